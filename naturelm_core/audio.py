@@ -1,0 +1,368 @@
+"""Audio front end: any recording a user hands us -> the 16 kHz mono waveform NatureLM-audio expects.
+
+NatureLM-audio was trained on 16 kHz mono audio clamped to [-1, 1] and cut into 10 s windows, so
+every source (a path, raw bytes, or a numpy array with its rate) is brought to exactly that.
+wav, flac, ogg and mp3 decode through soundfile (libsndfile) so the app needs no FFmpeg; other
+containers (m4a, aac, ...) go through torchcodec only where it and FFmpeg are installed.
+
+Every way a recording can be unusable raises its own `AudioError` subclass with a message a
+user can act on, and the cheap checks (duration from the header, sample rate) run before a
+possibly huge file is decoded into memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional
+
+from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
+
+MAX_DURATION_S = 600.0
+MIN_DURATION_S = 0.5
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
+HEADER_DURATION_SLACK = 1.25
+SOUNDFILE_FORMATS = ("wav", "flac", "ogg", "mp3")
+# Containers libsndfile cannot open; naming them lets us say "needs FFmpeg" instead of "corrupt".
+FFMPEG_ONLY_FORMATS = frozenset({"m4a", "aac", "mp4", "m4b", "3gp", "wma", "webm", "mka", "amr", "ac3", "opus"})
+
+EncodedSource = str | os.PathLike | bytes | bytearray | memoryview
+AudioSource = EncodedSource | np.ndarray
+
+
+class AudioError(ValueError):
+    """Base of every "this recording cannot be used" error, so a UI can catch them all at once."""
+
+
+class AudioFileNotFoundError(AudioError, FileNotFoundError):
+    """The path does not name an existing file."""
+
+
+class InvalidAudioSourceError(AudioError, TypeError):
+    """The source is not a path, bytes or a 1-D/2-D numeric array, or its arguments do not fit it."""
+
+
+class CorruptAudioError(AudioError):
+    """The data is not a readable recording (truncated, damaged, or not audio at all)."""
+
+
+class UnsupportedFormatError(AudioError):
+    """A real audio format that this installation cannot decode (FFmpeg formats without FFmpeg)."""
+
+
+class EmptyAudioError(AudioError):
+    """The recording holds no samples."""
+
+
+class AudioTooShortError(AudioError):
+    """Under MIN_DURATION_S: too little signal for the model to say anything meaningful."""
+
+
+class AudioTooLongError(AudioError):
+    """Over the caller's max_duration_s; bounds memory and inference time."""
+
+
+class NonFiniteAudioError(AudioError):
+    """NaN or infinite samples, which would silently poison every feature downstream."""
+
+
+class InvalidSampleRateError(AudioError):
+    """A sample rate that is missing, not a whole number, or outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE."""
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One model window; eq=False because ndarray fields make value equality ambiguous.
+
+    `samples` is always the full window length (zero-padded at the end); `end_s` is where the real
+    audio stops, so a UI can label a trailing partial window honestly.
+    """
+
+    start_s: float
+    end_s: float
+    samples: np.ndarray
+
+
+@functools.cache
+def ffmpeg_available() -> bool:
+    """Whether torchcodec imports, which it only does when it finds FFmpeg's shared libraries."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # ImportError when absent, RuntimeError/OSError when FFmpeg's libraries are missing
+        return False
+    return True
+
+
+def load_audio(
+    source: AudioSource, sample_rate: float | None = None, max_duration_s: float = MAX_DURATION_S
+) -> tuple[np.ndarray, float]:
+    """Return (float32 mono waveform at SAMPLE_RATE in [-1, 1], its duration in seconds).
+
+    `sample_rate` is required for a numpy source and refused for files, whose header carries it.
+    A 2-D array may be (samples, channels) or (channels, samples): the shorter axis is channels.
+    Integer arrays (e.g. int16 from a browser recording) are scaled to [-1, 1] by their type's range.
+    """
+    if not max_duration_s > 0:
+        raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
+    if isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise InvalidSampleRateError("a numpy array source needs its sample_rate")
+        rate = _checked_sample_rate(sample_rate, "the array")
+        frames = _frames_from_array(source)
+        _check_length(len(frames), rate, max_duration_s, "the array")
+    elif isinstance(source, EncodedSource):
+        if sample_rate is not None:
+            raise InvalidAudioSourceError("sample_rate is only for numpy arrays; files carry their own in the header")
+        frames, rate = _decode(source, max_duration_s)
+    else:
+        raise InvalidAudioSourceError(
+            f"audio source must be a path, bytes or a numpy array with its sample_rate, got {type(source).__name__}"
+        )
+    waveform = _to_mono_16k(frames, rate)
+    return waveform, len(waveform) / SAMPLE_RATE
+
+
+def windows(
+    waveform: np.ndarray,
+    window_s: float = WINDOW_SECONDS,
+    hop_s: float = WINDOW_SECONDS,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[Window]:
+    """Cut a waveform into fixed-length windows, keeping the trailing partial one (upstream drops it).
+
+    A new window starts every `hop_s` until one reaches the end of the audio, so no window ever
+    covers only audio its predecessor already covered (10.0 s with 10 s windows is one window).
+    """
+    samples = np.asarray(waveform, dtype=np.float32)
+    if samples.ndim != 1:
+        raise InvalidAudioSourceError(f"windows() needs a 1-D mono waveform, got shape {samples.shape}")
+    if samples.size == 0:
+        raise EmptyAudioError("cannot cut an empty waveform into windows")
+    if sample_rate <= 0:
+        raise InvalidSampleRateError(f"sample_rate must be positive, got {sample_rate!r}")
+    window_len = _seconds_to_samples(window_s, sample_rate, "window_s")
+    hop_len = _seconds_to_samples(hop_s, sample_rate, "hop_s")
+    starts = [0]
+    while starts[-1] + window_len < samples.size and starts[-1] + hop_len < samples.size:
+        starts.append(starts[-1] + hop_len)
+    result = []
+    for start in starts:
+        padded = np.zeros(window_len, dtype=np.float32)
+        chunk = samples[start : start + window_len]
+        padded[: chunk.size] = chunk
+        result.append(Window(start / sample_rate, (start + chunk.size) / sample_rate, padded))
+    return result
+
+
+def describe_audio(path: str | os.PathLike) -> dict[str, Any]:
+    """Header facts for display (format, original sample rate, channels, duration), without decoding.
+
+    The duration of a compressed file is the header's estimate (an MP3's reads a few % long when it
+    carries ID3 tags); load_audio's duration is exact.
+    """
+    path = _existing_file(path)
+    try:
+        info = sf.info(str(path))
+    except sf.SoundFileError:
+        if not ffmpeg_available():
+            _raise_unreadable(f"'{path.name}'", _format_name(path, _read_head(path)))
+        metadata = _ffmpeg_decoder(str(path), path.name).metadata
+        return {
+            "format": path.suffix.lstrip(".").lower() or (metadata.codec or "unknown"),
+            "sample_rate": metadata.sample_rate,
+            "channels": metadata.num_channels,
+            "duration_s": metadata.duration_seconds_from_header,
+        }
+    return {
+        "format": info.format.lower(),
+        "sample_rate": info.samplerate,
+        "channels": info.channels,
+        "duration_s": info.frames / info.samplerate if info.samplerate else 0.0,
+    }
+
+
+def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, int]:
+    """(frames [n, channels] float32, sample rate) from a file or encoded bytes, every check applied."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, label = bytes(source), "the audio data"
+        if not data:
+            raise EmptyAudioError("the audio data is empty (0 bytes)")
+        opened, head = io.BytesIO(data), data[:16]
+    else:
+        path = _existing_file(source)
+        label = f"'{path.name}'"
+        if path.stat().st_size == 0:
+            raise EmptyAudioError(f"{label} is an empty file (0 bytes)")
+        data = opened = str(path)
+        head = _read_head(path)
+    try:
+        sound_file = sf.SoundFile(opened)
+    except sf.SoundFileError:
+        if not ffmpeg_available():
+            _raise_unreadable(label, _format_name(source, head))
+        frames, rate = _decode_with_ffmpeg(data, label, max_duration_s)
+    else:
+        frames, rate = _decode_with_soundfile(sound_file, label, max_duration_s)
+    if not np.isfinite(frames).all():
+        raise NonFiniteAudioError(f"{label} contains NaN or infinite samples")
+    return frames, rate
+
+
+def _decode_with_soundfile(sound_file: sf.SoundFile, label: str, max_duration_s: float) -> tuple[np.ndarray, int]:
+    with sound_file:
+        rate = _checked_sample_rate(sound_file.samplerate, label)
+        _refuse_if_header_too_long(sound_file.frames / rate, max_duration_s, label)
+        try:
+            frames = sound_file.read(dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as error:
+            raise CorruptAudioError(f"{label} is damaged and could not be decoded: {error}") from error
+    _check_length(len(frames), rate, max_duration_s, label)
+    return frames, rate
+
+
+def _decode_with_ffmpeg(source: str | bytes, label: str, max_duration_s: float) -> tuple[np.ndarray, int]:
+    decoder = _ffmpeg_decoder(source, label)
+    metadata = decoder.metadata
+    rate = _checked_sample_rate(metadata.sample_rate, label)
+    if metadata.duration_seconds_from_header is not None:
+        _refuse_if_header_too_long(metadata.duration_seconds_from_header, max_duration_s, label)
+    try:
+        frames = decoder.get_all_samples().data.T.contiguous().numpy().astype(np.float32, copy=False)
+    except RuntimeError as error:
+        raise CorruptAudioError(f"{label} is damaged and could not be decoded: {error}") from error
+    _check_length(len(frames), rate, max_duration_s, label)
+    return frames, rate
+
+
+def _ffmpeg_decoder(source: str | bytes, label: str) -> Any:
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        return AudioDecoder(source)
+    except (RuntimeError, ValueError) as error:
+        raise CorruptAudioError(f"{label} is not a readable audio file: {error}") from error
+
+
+def _raise_unreadable(label: str, format_name: str | None) -> NoReturn:
+    if format_name is not None:
+        raise UnsupportedFormatError(
+            f"{label}: {format_name} needs FFmpeg; convert to {'/'.join(SOUNDFILE_FORMATS)} or install ffmpeg "
+            "and torchcodec"
+        )
+    raise CorruptAudioError(
+        f"{label} is not a readable audio file (corrupt, truncated, or not audio); "
+        f"supported formats: {', '.join(SOUNDFILE_FORMATS)}"
+    )
+
+
+def _format_name(source: Any, head: bytes) -> str | None:
+    """Name an FFmpeg-only format from the file extension or the first bytes, else None (not audio)."""
+    if isinstance(source, str | os.PathLike):
+        extension = Path(source).suffix.lstrip(".").lower()
+        if extension in FFMPEG_ONLY_FORMATS:
+            return extension
+    if head[4:8] == b"ftyp":
+        return "m4a/mp4"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "aac"
+    return None
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AudioFileNotFoundError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioFileNotFoundError(f"not an audio file (it is a directory or device): {path}")
+    return path
+
+
+def _frames_from_array(array: np.ndarray) -> np.ndarray:
+    """[n, channels] float32; integer PCM scaled by its type's range so int16 and float agree."""
+    if array.ndim == 1:
+        array = array[:, None]
+    elif array.ndim == 2:
+        if array.shape[0] < array.shape[1]:
+            array = array.T
+    else:
+        raise InvalidAudioSourceError(f"audio array must be 1-D or 2-D (samples x channels), got shape {array.shape}")
+    if array.size == 0:
+        raise EmptyAudioError(f"the audio array is empty (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise NonFiniteAudioError("the array contains NaN or infinite samples")
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.signedinteger):
+        return (array / float(2 ** (8 * array.itemsize - 1))).astype(np.float32)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        half = float(2 ** (8 * array.itemsize - 1))
+        return ((array - half) / half).astype(np.float32)
+    raise InvalidAudioSourceError(f"audio array must hold real numbers, got dtype {array.dtype}")
+
+
+def _checked_sample_rate(rate: Any, label: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate != int(rate):
+        raise InvalidSampleRateError(f"{label}: sample rate must be a whole number of Hz, got {rate!r}")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InvalidSampleRateError(
+            f"{label}: sample rate {rate} Hz is not valid; expected {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        )
+    return int(rate)
+
+
+def _refuse_if_header_too_long(header_duration_s: float, max_duration_s: float, label: str) -> None:
+    """Refuse a far-too-long file before decoding it into memory; the exact check follows decoding.
+
+    The slack exists because compressed headers only estimate: libsndfile derives an MP3's length
+    from its byte size, so ID3 tags and cover art inflate it (6% on one of our example files).
+    """
+    if header_duration_s > max_duration_s * HEADER_DURATION_SLACK:
+        raise AudioTooLongError(
+            f"{label} is about {header_duration_s:.1f} s long (from its header), over the limit of "
+            f"{max_duration_s:g} s; trim or split it"
+        )
+
+
+def _check_length(n_frames: int, rate: int, max_duration_s: float, label: str) -> None:
+    duration_s = n_frames / rate
+    if n_frames == 0:
+        raise EmptyAudioError(f"{label} holds no audio samples")
+    if duration_s < MIN_DURATION_S:
+        raise AudioTooShortError(f"{label} is {duration_s:.2f} s long; clips must be at least {MIN_DURATION_S} s")
+    if duration_s > max_duration_s:
+        raise AudioTooLongError(
+            f"{label} is {duration_s:.1f} s long, over the limit of {max_duration_s:g} s; trim or split it"
+        )
+
+
+def _to_mono_16k(frames: np.ndarray, rate: int) -> np.ndarray:
+    mono = frames.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, SAMPLE_RATE).numpy()
+    # Resampling can overshoot a full-scale input slightly; the model saw clamped audio only.
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _seconds_to_samples(seconds: float, sample_rate: int, name: str) -> int:
+    if not (isinstance(seconds, numbers.Real) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    count = round(seconds * sample_rate)
+    if count < 1:
+        raise ValueError(f"{name}={seconds} s is shorter than one sample at {sample_rate} Hz")
+    return count

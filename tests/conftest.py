@@ -20,3 +20,19 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip("../shared is not present in this checkout")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The tiny random model in the published layout, written once per test session."""
+    from naturelm_core.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_naturelm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """The tiny model loaded through the same code path as the real one (float32, CPU)."""
+    from naturelm_core.loading import load_model
+
+    return load_model(str(tiny_checkpoint), device="cpu")

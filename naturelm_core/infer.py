@@ -1,0 +1,107 @@
+"""Command line: one recording, one prompt, one alpha -> an answer per window, with its time span.
+
+    python -m naturelm_core.infer --audio FILE --prompt TEXT --alpha 0.5 [--model SRC] [--llm SRC] [--device cpu]
+
+Bad input (unreadable audio, an alpha out of range, a checkpoint that does not load) ends with one
+line on stderr and exit code 2, never a traceback: the user can act on the line, not on a stack.
+The settings and the recording are checked first (neither needs peft nor transformers, so a bad
+file fails in seconds), then the alpha, and only then is the model loaded, which can take minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from naturelm_core.audio import AudioError, Window, load_audio, windows
+from naturelm_core.config import PUBLISHED_REPO_ID, WINDOW_SECONDS
+
+if TYPE_CHECKING:
+    from naturelm_core.model import NatureLM
+
+EXIT_BAD_INPUT = 2
+# Windows per generate call: bounds memory for long recordings while still batching.
+WINDOWS_PER_BATCH = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m naturelm_core.infer",
+        description="Ask NatureLM-audio about a recording, window by window, at a LoRA interpolation weight alpha.",
+    )
+    parser.add_argument("--audio", required=True, help="recording to analyse (wav, flac, ogg, mp3)")
+    parser.add_argument("--prompt", required=True, help="question or instruction, e.g. 'What is the common name ...?'")
+    parser.add_argument("--alpha", required=True, type=float, help="0 = base Llama, 1 = NatureLM-audio")
+    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
+    parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
+    parser.add_argument("--num-beams", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--window-s", type=float, default=WINDOW_SECONDS, help="window length in seconds")
+    parser.add_argument("--hop-s", type=float, default=WINDOW_SECONDS, help="seconds between window starts")
+    return parser
+
+
+def format_answer(window: Window, answer: str) -> str:
+    """One line per window, so the output stays greppable: runs of whitespace (newlines too) become one space."""
+    return f"[{window.start_s:.1f} s - {window.end_s:.1f} s] {' '.join(answer.split())}"
+
+
+def checked_windows(args: argparse.Namespace) -> list[Window]:
+    """Everything that can be checked without the model: the settings, the recording, the alpha."""
+    if args.num_beams < 1 or args.max_new_tokens < 1:
+        raise ValueError("--num-beams and --max-new-tokens must be at least 1")
+    if args.window_s > WINDOW_SECONDS:
+        raise ValueError(f"--window-s must be at most {WINDOW_SECONDS:g} s, the model's window; got {args.window_s:g}")
+    waveform, _ = load_audio(args.audio)
+    pieces = windows(waveform, window_s=args.window_s, hop_s=args.hop_s)
+    # Imported late: naturelm_core.alpha pulls in peft and transformers, seconds a bad file need not wait.
+    from naturelm_core.alpha import validate_alphas
+
+    validate_alphas(args.alpha, 1)
+    return pieces
+
+
+def answer_windows(model: NatureLM, pieces: list[Window], args: argparse.Namespace) -> None:
+    """Print each window's answer as soon as its batch is done."""
+    for start in range(0, len(pieces), WINDOWS_PER_BATCH):
+        batch = pieces[start : start + WINDOWS_PER_BATCH]
+        answers = model.generate(
+            [window.samples for window in batch],
+            args.prompt,
+            args.alpha,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+        )
+        for window, answer in zip(batch, answers, strict=True):
+            print(format_answer(window, answer), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        pieces = checked_windows(args)
+    except (AudioError, ValueError) as error:
+        return _fail(error)
+    # Imported only now, so that bad input is reported before transformers and the model load.
+    from naturelm_core.loading import ModelLoadError, load_model
+
+    try:
+        model = load_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype)
+        answer_windows(model, pieces, args)
+    except (ModelLoadError, AudioError, ValueError, TypeError) as error:
+        return _fail(error)
+    return 0
+
+
+def _fail(error: Exception) -> int:
+    message = " ".join(str(error).split())  # one line, whatever the exception's formatting
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

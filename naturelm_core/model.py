@@ -1,0 +1,269 @@
+"""NatureLM-audio: the audio encoder, Llama with LoRA, and generation where every row has its own alpha.
+
+The model holds no alpha. Each call validates its alphas, installs them (one per row, repeated per
+beam) for exactly the duration of that call, and the LoRA layers refuse to run outside such a call;
+see naturelm_core.alpha for why this makes cross-request leaks impossible.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import Tensor, nn
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+from naturelm_core.alpha import install_row_alphas, validate_alphas
+from naturelm_core.audio import load_audio
+from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
+from naturelm_core.decoding import CachedDecoder, beam_search, greedy_search
+from naturelm_core.encoder import AudioEncoder
+from naturelm_core.prompting import PaddedBatch, left_pad, splice, tokenize_prompt
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
+# Generation options a caller may pass, with the only values our decoding loop implements (None: any float).
+_NEUTRAL_GENERATION_OPTIONS: dict[str, Any] = {
+    "do_sample": False,
+    "repetition_penalty": 1.0,
+    "early_stopping": False,
+    "length_penalty": None,
+}
+
+
+class NatureLM(nn.Module):
+    """NatureLM-audio for inference, with a per-row LoRA interpolation weight alpha.
+
+    `llm` must already have its embeddings resized to len(tokenizer), i.e. with `[PAD]`; it is wrapped
+    here with peft LoRA so that `llama_model.state_dict()` uses the published checkpoint's names
+    without their leading "llama_model.".
+    """
+
+    def __init__(
+        self,
+        config: NatureLMConfig,
+        audio_encoder: AudioEncoder,
+        llm: LlamaForCausalLM,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.audio_encoder = audio_encoder
+        self.tokenizer = tokenizer
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(LORA_TARGET_MODULES),
+            bias="none",
+            task_type=TaskType.CAUSAL_LM,
+        )
+        # LoRA in the LLM's dtype, as upstream (peft 0.11) ran it and the checkpoint stores it (bf16), not peft's fp32.
+        self.llama_model = get_peft_model(llm, lora, autocast_adapter_dtype=False)
+        self.row_alphas = install_row_alphas(self.llama_model, config.lora_dropout)
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; add '[PAD]' (as upstream does) before building NatureLM")
+        if llm.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ValueError(
+                f"the LLM embeds {llm.get_input_embeddings().num_embeddings} tokens but the tokenizer has "
+                f"{len(tokenizer)}; resize the embeddings to len(tokenizer) first"
+            )
+        self.stop_ids = _stop_ids(llm)
+        self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
+
+    @property
+    def llm(self) -> LlamaForCausalLM:
+        """The Llama with LoRA layers inside it, called directly (peft's wrapper adds nothing at inference)."""
+        return self.llama_model.get_base_model()
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @torch.no_grad()
+    def encode_audio(self, windows: Tensor | np.ndarray) -> Tensor:
+        """Waveform windows [B, S] at 16 kHz -> audio embeddings [B, T, H] in the LLM's dtype.
+
+        Windows stay float32 on the way in: the encoder computes its fbank in float32 whatever its
+        weights' dtype, and a bf16 waveform would lose the quiet parts of a recording.
+        """
+        windows = torch.as_tensor(windows, dtype=torch.float32).to(self.device)
+        return self.audio_encoder(windows).to(self.dtype)
+
+    def generate(
+        self,
+        audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+        prompts: Sequence[str] | str,
+        alphas: Sequence[float] | float,
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        allow_extrapolation: bool = False,
+        **gen: Any,
+    ) -> list[str]:
+        """One answer per audio row (a path, or a 16 kHz mono float32 array of at most one 10 s window).
+
+        A shorter clip is zero-padded to 10 s and clamped to [-1, 1], as upstream's processor does.
+        """
+        if isinstance(audio, str | os.PathLike | np.ndarray):
+            audio = [audio]
+        if len(audio) == 0:
+            raise ValueError("nothing to generate: no audio rows were given")
+        embeds = self.encode_audio(np.stack([_model_window(item) for item in audio]))
+        return self.generate_from_embeddings(
+            [[row] for row in embeds], prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, **gen
+        )
+
+    def generate_from_embeddings(
+        self,
+        audio_embeds: Sequence[Sequence[Tensor]],
+        prompts: Sequence[str] | str,
+        alphas: Sequence[float] | float,
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        allow_extrapolation: bool = False,
+        **gen: Any,
+    ) -> list[str]:
+        """Answers for rows of cached audio embeddings: one [T, H] tensor per `<AudioHere>` of the row's prompt."""
+        ids = self.generate_ids_from_embeddings(
+            audio_embeds, prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, **gen
+        )
+        return decode_answers(self.tokenizer, ids)
+
+    @torch.no_grad()
+    def generate_ids_from_embeddings(
+        self,
+        audio_embeds: Sequence[Sequence[Tensor]],
+        prompts: Sequence[str] | str,
+        alphas: Sequence[float] | float,
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        allow_extrapolation: bool = False,
+        **gen: Any,
+    ) -> list[list[int]]:
+        """Generated token ids per row: greedy for num_beams=1 (stop id kept), else transformers-4.44 beam search."""
+        for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        length_penalty = _length_penalty(gen)
+        rows = len(audio_embeds)
+        alpha_values = validate_alphas(alphas, rows, allow_extrapolation)
+        batch = self.build_inputs(audio_embeds, prompts).repeat_rows(num_beams)
+        row_alphas = torch.tensor(alpha_values, device=self.device).repeat_interleave(num_beams)
+        with self.row_alphas.applied(row_alphas):
+            decoder = CachedDecoder(self.llm, batch)
+            if num_beams == 1:
+                return greedy_search(decoder, max_new_tokens, self.stop_ids)
+            return beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)
+
+    @torch.no_grad()
+    def next_token_logits(
+        self,
+        audio_embeds: Sequence[Sequence[Tensor]],
+        prompts: Sequence[str] | str,
+        alphas: Sequence[float] | float,
+        allow_extrapolation: bool = False,
+    ) -> Tensor:
+        """Logits [B, V] (float32, or float64 for a float64 model) of each row's first generated position."""
+        alpha_values = validate_alphas(alphas, len(audio_embeds), allow_extrapolation)
+        batch = self.build_inputs(audio_embeds, prompts)
+        with self.row_alphas.applied(torch.tensor(alpha_values, device=self.device)):
+            return CachedDecoder(self.llm, batch).prefill()
+
+    def build_inputs(self, audio_embeds: Sequence[Sequence[Tensor]], prompts: Sequence[str] | str) -> PaddedBatch:
+        """The left-padded LLM inputs of a batch: templated prompts with audio spliced at the placeholders."""
+        rows = len(audio_embeds)
+        if rows == 0:
+            raise ValueError("nothing to generate: the batch has no rows")
+        prompts = [prompts] * rows if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != rows:
+            raise ValueError(f"got {len(prompts)} prompts for {rows} audio rows; pass one per row or a single str")
+        embed_tokens = self.llm.get_input_embeddings()
+        sequences = []
+        for row, (prompt, blocks) in enumerate(zip(prompts, audio_embeds, strict=True)):
+            if isinstance(blocks, Tensor):
+                raise TypeError(f"row {row}: audio embeddings must be a list of [T, H] tensors, one per placeholder")
+            piece_ids = tokenize_prompt(self.tokenizer, prompt, self.config.prompt_template)
+            try:
+                sequences.append(splice(embed_tokens, self.tokenizer.bos_token_id, piece_ids, blocks))
+            except ValueError as error:
+                raise ValueError(f"row {row}: {error}") from error
+        return left_pad(sequences, embed_tokens.weight[self.tokenizer.pad_token_id])
+
+
+# transformers 4.x's `clean_up_tokenization`, which NatureLM-audio's answers (and the paper's released
+# predictions) went through; transformers 5 silently skips it for BPE tokenizers, so it is applied here.
+_CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def clean_up_tokenization(text: str) -> str:
+    for spaced, joined in _CLEAN_UP:
+        text = text.replace(spaced, joined)
+    return text
+
+
+def decode_answers(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[str]:
+    """Decode as upstream did: special tokens (the stop id, [PAD]) dropped, then the 4.x clean-up."""
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return [clean_up_tokenization(text) for text in texts]
+
+
+def _stop_ids(llm: LlamaForCausalLM) -> list[int]:
+    """The LLM's own stop ids (Llama-3.1: 128001, 128008, 128009), in order: the first closes beam hypotheses."""
+    generation_config = getattr(llm, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = llm.config.eos_token_id
+    if eos is None:
+        raise ValueError("the LLM defines no eos_token_id, so generation could never stop on one")
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def _length_penalty(gen: dict[str, Any]) -> float:
+    """Accept only the generation options our decoding implements; refuse the rest by name."""
+    unknown = sorted(set(gen) - set(_NEUTRAL_GENERATION_OPTIONS))
+    if unknown:
+        raise TypeError(f"unsupported generation options {unknown}; supported: {sorted(_NEUTRAL_GENERATION_OPTIONS)}")
+    for name, neutral in _NEUTRAL_GENERATION_OPTIONS.items():
+        if neutral is not None and name in gen and gen[name] != neutral:
+            raise ValueError(f"{name}={gen[name]!r} is not supported; only {name}={neutral!r} is implemented")
+    return float(gen.get("length_penalty", 1.0))
+
+
+def _model_window(item: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """One 10 s model window: loaded or given at 16 kHz, right-padded with zeros, then clamped to [-1, 1]."""
+    if isinstance(item, str | os.PathLike):
+        waveform, _ = load_audio(item)
+    elif isinstance(item, np.ndarray):
+        if item.ndim != 1:
+            raise ValueError(f"an audio array must be 16 kHz mono, 1-D, got shape {item.shape}")
+        waveform = item.astype(np.float32, copy=False)
+    else:
+        raise TypeError(f"audio rows must be file paths or numpy arrays, got {type(item).__name__}")
+    if len(waveform) > WINDOW_SAMPLES:
+        raise ValueError(
+            f"audio of {len(waveform) / SAMPLE_RATE:.2f} s is longer than one {WINDOW_SECONDS:g} s model window; "
+            "cut it with naturelm_core.audio.windows() and pass one row per window (or several placeholders per prompt)"
+        )
+    padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+    padded[: len(waveform)] = waveform
+    return np.clip(padded, -1.0, 1.0)

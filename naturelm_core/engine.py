@@ -1,0 +1,384 @@
+"""One worker owns the model; every caller (app users, alpha scans, sweeps) goes through its queue.
+
+Why a worker and a queue rather than a lock around the model: requests that arrive together are
+answered in one batched `generate`, each row at its own alpha, so ten users moving sliders cost
+about one generation, and a sweep's rows fill the batches that interactive users leave empty.
+Interactive requests always go before sweep work; a full queue answers "busy" at once instead of
+letting a browser hang.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from naturelm_core.alpha import validate_alphas
+from naturelm_core.cache import AudioEmbeddingCache, content_key
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A request could not be answered; the message is meant for the user, never a stack trace."""
+
+
+class EngineBusy(EngineError):
+    """The queue is full: the caller should try again in a moment."""
+
+
+class RequestTimeout(EngineError):
+    """The request waited longer than its timeout before the model could start on it."""
+
+
+class Priority(IntEnum):
+    INTERACTIVE = 0
+    SWEEP = 1
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Settings that must be equal for rows to share one `generate` call."""
+
+    num_beams: int = 2
+    max_new_tokens: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_beams <= 16:
+            raise ValueError(f"num_beams must be between 1 and 16, got {self.num_beams}")
+        if not 1 <= self.max_new_tokens <= 1024:
+            raise ValueError(f"max_new_tokens must be between 1 and 1024, got {self.max_new_tokens}")
+
+
+class GenerativeModel(Protocol):
+    """What the engine needs of NatureLM (naturelm_core.model.NatureLM implements it)."""
+
+    def encode_audio(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+
+    def generate_from_embeddings(
+        self,
+        audio_embeds: list[list[torch.Tensor]],
+        prompts: Sequence[str],
+        alphas: Sequence[float],
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        allow_extrapolation: bool = False,
+    ) -> list[str]: ...
+
+
+@dataclass
+class Request:
+    """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha."""
+
+    windows: list[np.ndarray]
+    prompt: str
+    alpha: float
+    settings: GenerationSettings
+    priority: Priority
+    deadline: float
+    allow_extrapolation: bool = False
+    future: Future = field(default_factory=Future)
+    sequence: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Counters a benchmark or a test can read; windows_encoded proves each recording is encoded once."""
+
+    requests: int = 0
+    batches: int = 0
+    rows_generated: int = 0
+    windows_encoded: int = 0
+    encoder_calls: int = 0
+    oom_retries: int = 0
+
+
+class _RequestQueue:
+    """Two bounded FIFO lanes (interactive before sweep) that hand out batches of compatible rows."""
+
+    def __init__(self, capacity: dict[Priority, int]) -> None:
+        self._lanes: dict[Priority, deque[Request]] = {p: deque() for p in Priority}
+        self._capacity = capacity
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def put(self, request: Request, block: bool) -> None:
+        lane = self._lanes[request.priority]
+        with self._changed:
+            while len(lane) >= self._capacity[request.priority]:
+                if not block or self._closed:
+                    raise EngineBusy("The model is busy (queue full); please try again in a few seconds.")
+                self._changed.wait(timeout=0.5)
+            if self._closed:
+                raise EngineError("The engine has stopped.")
+            lane.append(request)
+            self._changed.notify_all()
+
+    def close(self) -> list[Request]:
+        with self._changed:
+            self._closed = True
+            pending = [r for lane in self._lanes.values() for r in lane]
+            for lane in self._lanes.values():
+                lane.clear()
+            self._changed.notify_all()
+            return pending
+
+    def take_batch(self, max_rows: int, max_wait_s: float, block: bool = True) -> list[Request]:
+        """Wait for the first request (or return [] at once if not `block`), then gather compatible ones."""
+        with self._changed:
+            while not any(self._lanes.values()):
+                if self._closed or not block:
+                    return []
+                self._changed.wait()
+            first = self._pop_first()
+            batch = [first]
+            deadline = time.monotonic() + max_wait_s
+            while len(batch) < max_rows:
+                batch.extend(self._pop_compatible(first.settings, max_rows - len(batch)))
+                remaining = deadline - time.monotonic()
+                if len(batch) >= max_rows or remaining <= 0 or self._closed:
+                    break
+                self._changed.wait(timeout=remaining)
+            self._changed.notify_all()
+            return batch
+
+    def _pop_first(self) -> Request:
+        for priority in Priority:
+            if self._lanes[priority]:
+                return self._lanes[priority].popleft()
+        raise AssertionError("take_batch checked that a lane is non-empty")
+
+    def _pop_compatible(self, settings: GenerationSettings, limit: int) -> list[Request]:
+        taken: list[Request] = []
+        for priority in Priority:
+            lane = self._lanes[priority]
+            keep: deque[Request] = deque()
+            while lane:
+                request = lane.popleft()
+                if len(taken) < limit and request.settings == settings:
+                    taken.append(request)
+                else:
+                    keep.append(request)
+            self._lanes[priority] = keep
+        return taken
+
+
+class Engine:
+    """Serves generation requests from one model in one worker thread, batching across requests."""
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        max_batch_rows: int = 32,
+        max_wait_ms: float = 5.0,
+        interactive_capacity: int = 256,
+        sweep_capacity: int = 4096,
+        cache_bytes: int = 512 * 2**20,
+        default_timeout_s: float = 120.0,
+        inline: bool = False,
+    ) -> None:
+        """`inline=True` runs no worker thread: callers of `answer`/`answer_many` process the queue
+        themselves. That is what ZeroGPU hardware needs, where CUDA may only be touched inside a
+        `@spaces.GPU` call of the request's own thread."""
+        self.model = model
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.default_timeout_s = default_timeout_s
+        self.cache = AudioEmbeddingCache(cache_bytes)
+        self.stats = EngineStats()
+        self._queue = _RequestQueue({Priority.INTERACTIVE: interactive_capacity, Priority.SWEEP: sweep_capacity})
+        self._sequence = itertools.count()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.inline = inline
+        self._inline_lock = threading.Lock()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        if self.inline:
+            return self
+        with self._start_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="naturelm-engine", daemon=True)
+                self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        for request in self._queue.close():
+            request.future.set_exception(EngineError("The engine stopped before answering."))
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+
+    def submit(
+        self,
+        windows: Sequence[np.ndarray],
+        prompt: str,
+        alpha: float,
+        settings: GenerationSettings | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        timeout_s: float | None = None,
+        block: bool = False,
+        allow_extrapolation: bool = False,
+    ) -> Future:
+        """Queue one row; its Future resolves to the answer text or an EngineError.
+
+        `windows` holds one 16 kHz mono window per `<AudioHere>` in the prompt. Validation happens
+        here so a bad alpha fails the caller at once instead of poisoning a batch of other users.
+        """
+        validate_alphas([alpha], 1, allow_extrapolation=allow_extrapolation)
+        if not windows:
+            raise ValueError("a request needs at least one audio window")
+        self.start()
+        request = Request(
+            windows=[np.ascontiguousarray(w, dtype=np.float32) for w in windows],
+            prompt=prompt,
+            alpha=float(alpha),
+            settings=settings or GenerationSettings(),
+            priority=priority,
+            deadline=time.monotonic() + (timeout_s or self.default_timeout_s),
+            allow_extrapolation=allow_extrapolation,
+            sequence=next(self._sequence),
+        )
+        self._queue.put(request, block=block)
+        self.stats.requests += 1
+        return request.future
+
+    def answer(self, windows: Sequence[np.ndarray], prompt: str, alpha: float, **kwargs: Any) -> str:
+        """Blocking convenience for one row."""
+        return self.answer_many([(windows, prompt, alpha)], **kwargs)[0]
+
+    def answer_many(
+        self,
+        rows: Sequence[tuple[Sequence[np.ndarray], str, float]],
+        **kwargs: Any,
+    ) -> list[str]:
+        """Submit rows together so the worker can batch them (an alpha scan is one call)."""
+        futures = [self.submit(w, p, a, **kwargs) for w, p, a in rows]
+        if self.inline:
+            self._drain_in_caller()
+        timeout_s = kwargs.get("timeout_s") or self.default_timeout_s
+        return [f.result(timeout=timeout_s + 5) for f in futures]
+
+    # -- worker -------------------------------------------------------------------------------
+
+    def _drain_in_caller(self) -> None:
+        with self._inline_lock:
+            while batch := self._queue.take_batch(self.max_batch_rows, 0.0, block=False):
+                live = self._drop_expired(batch)
+                if live:
+                    self._run_with_oom_backoff(live)
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._queue.take_batch(self.max_batch_rows, self.max_wait_s)
+            if not batch:
+                return
+            live = self._drop_expired(batch)
+            if live:
+                self._run_with_oom_backoff(live)
+
+    @staticmethod
+    def _drop_expired(batch: list[Request]) -> list[Request]:
+        """Claim each future (a caller can no longer cancel it mid-generation) and fail the stale ones."""
+        now = time.monotonic()
+        live = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue
+            if now > request.deadline:
+                request.future.set_exception(
+                    RequestTimeout("The request timed out waiting for the model; try again or use fewer beams.")
+                )
+            else:
+                live.append(request)
+        return live
+
+    def _run_with_oom_backoff(self, batch: list[Request]) -> None:
+        """Run the batch; on out-of-memory, retry in halves down to single rows."""
+        chunk = len(batch)
+        start = 0
+        while start < len(batch):
+            rows = batch[start : start + chunk]
+            try:
+                answers = self._generate(rows)
+            except torch.OutOfMemoryError:
+                self._release_memory()
+                if chunk == 1:
+                    self._fail(rows, "Out of GPU memory even for a single request; try fewer beams or tokens.")
+                    start += 1
+                    continue
+                self.stats.oom_retries += 1
+                chunk = max(1, chunk // 2)
+                logger.warning("out of memory; retrying with batches of %d rows", chunk)
+                continue
+            except Exception as error:  # every failure must reach the user as a message
+                logger.exception("generation failed")
+                self._fail(rows, f"The model failed on this request: {type(error).__name__}: {error}")
+                start += len(rows)
+                continue
+            for request, text in zip(rows, answers, strict=True):
+                request.future.set_result(text)
+            start += len(rows)
+
+    def _generate(self, rows: list[Request]) -> list[str]:
+        embeds = self._embed_windows(rows)
+        settings = rows[0].settings
+        answers = self.model.generate_from_embeddings(
+            embeds,
+            [r.prompt for r in rows],
+            [r.alpha for r in rows],
+            num_beams=settings.num_beams,
+            max_new_tokens=settings.max_new_tokens,
+            allow_extrapolation=any(r.allow_extrapolation for r in rows),
+        )
+        self.stats.batches += 1
+        self.stats.rows_generated += len(rows)
+        return answers
+
+    def _embed_windows(self, rows: list[Request]) -> list[list[torch.Tensor]]:
+        """Embeddings per row and placeholder, encoding only windows the cache has not seen."""
+        keys = [[content_key(w) for w in r.windows] for r in rows]
+        found: dict[str, torch.Tensor] = {}
+        missing: dict[str, np.ndarray] = {}
+        for request, row_keys in zip(rows, keys, strict=True):
+            for key, window in zip(row_keys, request.windows, strict=True):
+                if key in found or key in missing:
+                    continue
+                cached = self.cache.get(key)
+                if cached is None:
+                    missing[key] = window
+                else:
+                    found[key] = cached
+        by_length: dict[int, list[str]] = {}
+        for key, window in missing.items():
+            by_length.setdefault(len(window), []).append(key)
+        for same_length in by_length.values():
+            encoded = self.model.encode_audio(np.stack([missing[k] for k in same_length]))
+            self.stats.encoder_calls += 1
+            self.stats.windows_encoded += len(same_length)
+            for key, embedding in zip(same_length, encoded, strict=True):
+                found[key] = embedding
+                self.cache.put(key, embedding)
+        return [[found[k] for k in row_keys] for row_keys in keys]
+
+    @staticmethod
+    def _fail(rows: list[Request], message: str) -> None:
+        for request in rows:
+            if not request.future.done():
+                request.future.set_exception(EngineError(message))
+
+    @staticmethod
+    def _release_memory() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,76 @@
+"""Choose the model an app process serves: the real NatureLM-audio when it loads, else the demo.
+
+The fallback is deliberate and loud: a researcher must never mistake the tiny random model's
+answers for NatureLM's, so the reason for the fallback travels with the model to the UI banner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from naturelm_core.config import PUBLISHED_REPO_ID
+
+logger = logging.getLogger(__name__)
+
+DEMO_BANNER = (
+    "Offline demo: tiny random model, answers are meaningless. Set HF_TOKEN (with access to "
+    "meta-llama/Llama-3.1-8B-Instruct) and run `python app.py` on a machine with a 24 GB GPU "
+    "(or `--device cpu` with 40 GB RAM) to load NatureLM-audio."
+)
+
+
+@dataclass
+class ServedModel:
+    model: object
+    source: str
+    device: str
+    dtype: str
+    demo: bool
+    fallback_reason: str | None = None
+
+    @property
+    def header(self) -> str:
+        kind = "OFFLINE DEMO (tiny random model)" if self.demo else "NatureLM-audio"
+        return f"{kind} · {self.source} · {self.device} · {self.dtype}"
+
+
+def demo_checkpoint_dir() -> Path:
+    """Where the demo's tiny checkpoint is written once and reused; never inside the repository."""
+    base = os.environ.get("NATURELM_DEMO_DIR") or os.path.join(tempfile.gettempdir(), "naturelm-demo")
+    return Path(base)
+
+
+def load_demo_model(reason: str | None = None) -> ServedModel:
+    from naturelm_core.loading import load_model
+    from naturelm_core.tiny import write_tiny_checkpoint
+
+    folder = demo_checkpoint_dir()
+    if not (folder / "model.safetensors").is_file():
+        write_tiny_checkpoint(folder, seed=0)
+    model = load_model(str(folder), device="cpu")
+    return ServedModel(model, str(folder), "cpu", "float32", demo=True, fallback_reason=reason)
+
+
+def load_served_model(
+    source: str = PUBLISHED_REPO_ID,
+    llm: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    demo: bool = False,
+) -> ServedModel:
+    """The real model when it loads; otherwise the demo, with the reason stated (never a token)."""
+    if demo:
+        return load_demo_model(reason="--demo was given")
+    from naturelm_core.loading import load_model
+
+    try:
+        model = load_model(source, llm=llm, device=device, dtype=dtype)
+    except Exception as error:  # any failure to load means: say why, then serve the demo
+        reason = f"{type(error).__name__}: {error}"
+        logger.warning("NatureLM-audio could not be loaded (%s); starting the offline demo", reason)
+        return load_demo_model(reason=reason)
+    return ServedModel(model, source, str(model.device), str(model.dtype).removeprefix("torch."), demo=False)

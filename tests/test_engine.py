@@ -1,0 +1,167 @@
+"""The engine: dynamic batching across requests, each row at its own alpha, and failures as messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from naturelm_core.audio import windows
+from naturelm_core.engine import Engine, EngineBusy, EngineError, GenerationSettings, Priority
+
+PROMPT = "What is the common name for the focal species in the audio?"
+GREEDY = GenerationSettings(num_beams=1, max_new_tokens=6)
+
+
+def _clip(seed: int, seconds: float = 2.0) -> np.ndarray:
+    """A model window (10 s, zero-padded) of noise, as naturelm_core.audio.windows produces."""
+    rng = np.random.default_rng(seed)
+    noise = (0.3 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+    return windows(noise)[0].samples
+
+
+class CountingModel:
+    """Wraps the tiny model to record each generate call's alphas and to fail on demand."""
+
+    def __init__(self, model, oom_above_rows: int | None = None, fail_with: Exception | None = None) -> None:
+        self.model = model
+        self.calls: list[list[float]] = []
+        self.oom_above_rows = oom_above_rows
+        self.fail_with = fail_with
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def encode_audio(self, windows):
+        return self.model.encode_audio(windows)
+
+    def generate_from_embeddings(self, audio_embeds, prompts, alphas, **kwargs):
+        self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.oom_above_rows is not None and len(prompts) > self.oom_above_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.calls.append(list(alphas))
+        return self.model.generate_from_embeddings(audio_embeds, prompts, alphas, **kwargs)
+
+
+def test_concurrent_requests_batch_together_and_each_keeps_its_alpha(tiny_model):
+    clip = _clip(0)
+    alphas = [0.0, 0.3, 0.6, 1.0, 0.45, 0.9]
+    expected = [tiny_model.generate([clip], [PROMPT], [a], num_beams=1, max_new_tokens=6)[0] for a in alphas]
+    counting = CountingModel(tiny_model)
+    engine = Engine(counting, max_batch_rows=16, max_wait_ms=200).start()
+    try:
+        counting.gate.clear()  # hold the worker so every request is queued before the first batch
+        futures = [engine.submit([clip], PROMPT, a, settings=GREEDY) for a in alphas]
+        counting.gate.set()
+        answers = [f.result(timeout=60) for f in futures]
+    finally:
+        engine.stop()
+    assert answers == expected
+    assert sum(len(c) for c in counting.calls) == len(alphas)
+    assert len(counting.calls) <= 2  # at most the first request alone, then the rest in one batch
+    assert engine.stats.windows_encoded == 1  # one recording, encoded once for every alpha
+
+
+def test_interactive_requests_are_served_before_queued_sweep_work(tiny_model):
+    counting = CountingModel(tiny_model)
+    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0).start()
+    clip = _clip(1)
+    try:
+        counting.gate.clear()
+        blocker = engine.submit([clip], PROMPT, 0.5, settings=GREEDY, priority=Priority.SWEEP)
+        time.sleep(0.2)  # the worker now holds the blocker
+        sweep = [engine.submit([clip], PROMPT, 0.1 * i, settings=GREEDY, priority=Priority.SWEEP) for i in range(3)]
+        interactive = engine.submit([clip], PROMPT, 0.95, settings=GREEDY)
+        counting.gate.set()
+        for f in [blocker, *sweep, interactive]:
+            f.result(timeout=60)
+    finally:
+        engine.stop()
+    order = [c[0] for c in counting.calls]
+    assert order[:2] == [0.5, 0.95]
+
+
+def test_full_queue_answers_busy_instead_of_hanging(tiny_model):
+    counting = CountingModel(tiny_model)
+    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0, interactive_capacity=2).start()
+    clip = _clip(2)
+    try:
+        counting.gate.clear()
+        held = [engine.submit([clip], PROMPT, 0.5, settings=GREEDY)]
+        time.sleep(0.2)
+        held += [engine.submit([clip], PROMPT, 0.5, settings=GREEDY) for _ in range(2)]
+        with pytest.raises(EngineBusy, match="busy"):
+            engine.submit([clip], PROMPT, 0.5, settings=GREEDY)
+        counting.gate.set()
+        assert len({f.result(timeout=60) for f in held}) == 1
+    finally:
+        engine.stop()
+
+
+def test_out_of_memory_halves_the_batch_and_still_answers_every_row(tiny_model):
+    clip = _clip(3)
+    alphas = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    expected = [tiny_model.generate([clip], [PROMPT], [a], num_beams=1, max_new_tokens=6)[0] for a in alphas]
+    counting = CountingModel(tiny_model, oom_above_rows=2)
+    engine = Engine(counting, max_batch_rows=8, max_wait_ms=200)
+    try:
+        answers = engine.answer_many([([clip], PROMPT, a) for a in alphas], settings=GREEDY)
+    finally:
+        engine.stop()
+    assert answers == expected
+    assert engine.stats.oom_retries >= 1
+    assert max(len(c) for c in counting.calls) <= 2
+
+
+def test_model_failure_reaches_the_caller_as_a_message_and_the_engine_keeps_serving(tiny_model):
+    counting = CountingModel(tiny_model, fail_with=RuntimeError("device-side assert"))
+    engine = Engine(counting, max_wait_ms=0)
+    clip = _clip(4)
+    try:
+        with pytest.raises(EngineError, match="device-side assert"):
+            engine.answer([clip], PROMPT, 0.5, settings=GREEDY)
+        counting.fail_with = None
+        assert isinstance(engine.answer([clip], PROMPT, 0.5, settings=GREEDY), str)
+    finally:
+        engine.stop()
+
+
+def test_bad_alpha_and_settings_fail_at_submit(tiny_model):
+    engine = Engine(tiny_model)
+    try:
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            engine.submit([_clip(5)], PROMPT, 7.0)
+        with pytest.raises(ValueError, match="num_beams"):
+            GenerationSettings(num_beams=0)
+    finally:
+        engine.stop()
+
+
+def test_inline_engine_answers_in_the_callers_thread_without_a_worker(tiny_model):
+    clip = _clip(6)
+    engine = Engine(tiny_model, inline=True)
+    answers = engine.answer_many([([clip], PROMPT, a) for a in (0.0, 1.0)], settings=GREEDY)
+    assert not any(t.name == "naturelm-engine" for t in threading.enumerate())
+    assert answers == [tiny_model.generate([clip], [PROMPT], [a], num_beams=1, max_new_tokens=6)[0] for a in (0, 1)]
+
+
+def test_a_request_cancelled_by_its_caller_is_skipped_and_the_worker_survives(tiny_model):
+    counting = CountingModel(tiny_model)
+    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0).start()
+    clip = _clip(7)
+    try:
+        counting.gate.clear()
+        first = engine.submit([clip], PROMPT, 0.5, settings=GREEDY)
+        time.sleep(0.2)
+        abandoned = engine.submit([clip], PROMPT, 0.25, settings=GREEDY)
+        assert abandoned.cancel()
+        counting.gate.set()
+        first.result(timeout=60)
+        assert isinstance(engine.answer([clip], PROMPT, 0.75, settings=GREEDY), str)
+    finally:
+        engine.stop()
+    assert [c[0] for c in counting.calls] == [0.5, 0.75]

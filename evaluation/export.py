@@ -1,0 +1,120 @@
+"""A sweep's results out of the app (CSV, JSON, the paper's jsonl layout) and the paper's layout back in.
+
+The paper's layout is what its own plotting scripts read, so a sweep exported here can be checked
+with them, and a folder they produced can be imported and shown with our figures. That layout has
+no prompt names, only query numbers, so the export leaves `prompt_names.json` beside the files and
+the import uses it when present: a round trip gives back the same rows and hence the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from evaluation.reference import LabelMapping, find_mapping_beside, read_reference_folder, write_reference_folder
+from evaluation.results import ResultRow
+from evaluation.score import summary_json
+from evaluation.scoring import GroupScore
+
+PROMPT_NAMES_FILE = "prompt_names.json"
+MAPPING_FILE_PATTERN = "{dataset}_vernacular_scientific_mapping.jsonl"
+RESULT_COLUMNS = ["dataset", "id", "prompt_name", "prompt", "alpha", "label", "prediction"]
+
+
+def results_frame(rows: Sequence[ResultRow], scores: Sequence[GroupScore] = ()) -> pd.DataFrame:
+    """One row per answer; with scores, also the label it was scored as and its outcome."""
+    frame = pd.DataFrame.from_records([row.to_dict() for row in rows], columns=RESULT_COLUMNS)
+    if scores:
+        scored = pd.DataFrame.from_records(
+            [
+                {
+                    "dataset": score.dataset,
+                    "prompt_name": score.prompt_name,
+                    "alpha": score.alpha,
+                    "id": answer.id,
+                    "scored_label": answer.label,
+                    "scored_as": answer.predicted,
+                    "outcome": answer.outcome.value,
+                }
+                for score in scores
+                for answer in score.answers
+            ],
+            columns=["dataset", "prompt_name", "alpha", "id", "scored_label", "scored_as", "outcome"],
+        )
+        frame = frame.merge(scored, on=["dataset", "prompt_name", "alpha", "id"], how="left")
+    return frame.sort_values(["dataset", "prompt_name", "alpha", "id"], ignore_index=True)
+
+
+def export_csv(rows: Sequence[ResultRow], path: str | os.PathLike[str], scores: Sequence[GroupScore] = ()) -> Path:
+    path = Path(path)
+    results_frame(rows, scores).to_csv(path, index=False)
+    return path
+
+
+def export_json(
+    rows: Sequence[ResultRow],
+    path: str | os.PathLike[str],
+    scores: Sequence[GroupScore] = (),
+    spec: dict[str, Any] | None = None,
+) -> Path:
+    """{"spec", "metrics" (dataset -> prompt -> alpha -> numbers, as evaluation.score --json), "results"}."""
+    path = Path(path)
+    document = {"spec": spec, "metrics": summary_json(scores), "results": [row.to_dict() for row in rows]}
+    path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def export_paper_layout(
+    rows: Sequence[ResultRow],
+    folder: str | os.PathLike[str],
+    mapping: LabelMapping | None = None,
+) -> dict[str, int]:
+    """Write one jsonl per (dataset, query, alpha), prompt_names.json, and the label mapping per dataset.
+
+    Returns the prompt-name -> query-number map. Alphas must be multiples of 0.01 (the file names
+    hold round(100 * alpha)).
+    """
+    folder = Path(folder)
+    queries = write_reference_folder(rows, folder)
+    names = {str(query): name for name, query in queries.items()}
+    (folder / PROMPT_NAMES_FILE).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
+    if mapping is not None:
+        for dataset in sorted({row.dataset for row in rows}):
+            _write_mapping(mapping, folder / MAPPING_FILE_PATTERN.format(dataset=dataset))
+    return queries
+
+
+def _write_mapping(mapping: LabelMapping, path: Path) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for label, scientific in sorted(mapping.scientific.items()):
+            record: dict[str, Any] = {"label": label, "scientific_name": scientific}
+            if mapping.synonyms.get(label):
+                record["synonyms"] = list(mapping.synonyms[label])
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+@dataclass(frozen=True)
+class ImportedRun:
+    """Rows read from a folder in the paper's layout, and the label mapping found beside them."""
+
+    rows: list[ResultRow]
+    mapping: LabelMapping | None
+
+
+def import_paper_folder(folder: str | os.PathLike[str]) -> ImportedRun:
+    """Read every beans_zero_eval_*.jsonl of `folder`; prompt names come from prompt_names.json if present."""
+    folder = Path(folder)
+    rows = read_reference_folder(folder)
+    names_file = folder / PROMPT_NAMES_FILE
+    if names_file.is_file():
+        names = json.loads(names_file.read_text(encoding="utf-8"))
+        rows = [
+            ResultRow(**{**row.to_dict(), "prompt_name": names.get(row.prompt_name, row.prompt_name)}) for row in rows
+        ]
+    return ImportedRun(rows, find_mapping_beside(folder, {row.dataset for row in rows}))

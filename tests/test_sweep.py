@@ -1,0 +1,396 @@
+"""Sweeps on the tiny model and synthetic BEANS-Zero: complete, resume, cancel, queue, encode once, full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from evaluation import runs
+from evaluation.runs import RunsStorageError, SweepFolder, SweepLockedError, SweepState
+from evaluation.scoring import Outcome
+from evaluation.sweep import (
+    SweepQueue,
+    SweepSpec,
+    SweepSpecError,
+    load_results,
+    plan_sweep,
+    prepare_folder,
+    run_sweep,
+    sample_items,
+    score_sweep,
+    select_sample_ids,
+)
+from evaluation.sweep_plots import error_breakdown_figure, metric_vs_alpha_figure, metrics_frame
+from naturelm_core.engine import Engine, Priority
+from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("beans_zero")
+    write_sweep_data(folder)
+    return folder
+
+
+@pytest.fixture
+def engine(tiny_model):
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def complete_run(tiny_model, data_dir, tmp_path_factory):
+    """The 72-item sweep run once without interruption: (spec, runs dir, status, records, engine stats)."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    spec = SweepSpec.from_dict(spec_dict(data_dir))
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    try:
+        status = run_sweep(engine, spec, runs_dir)
+    finally:
+        engine.stop()
+    records = SweepFolder(runs_dir, spec.sweep_id).results.read()
+    return spec, runs_dir, status, records, engine.stats
+
+
+# -- the spec ------------------------------------------------------------------------------------
+
+
+def test_spec_from_dict_takes_presets_and_custom_prompts_and_its_id_depends_on_answers_only(data_dir):
+    spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common", {"name": "mine", "template": "Who sings?"}]))
+    assert [p.name for p in spec.prompts] == ["common", "mine"]
+    assert spec.prompts[1].template == "Who sings?"
+    again = SweepSpec.from_dict(spec.to_dict())
+    assert again == spec and again.sweep_id == spec.sweep_id
+    assert spec.sweep_id.startswith("tiny-watkins-")
+    rescored = SweepSpec.from_dict({**spec.to_dict(), "scoring_mode": "robust"})
+    assert rescored.sweep_id == spec.sweep_id  # scoring options do not change the answers
+    more_alphas = SweepSpec.from_dict({**spec.to_dict(), "alphas": [0.0, 0.25, 0.5, 1.0]})
+    assert more_alphas.sweep_id != spec.sweep_id
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"alphas": [0.0, 1.5]}, r"outside \[0, 1\]"),
+        ({"alphas": []}, "empty"),
+        ({"alphas": [0.5, 0.5]}, "twice"),
+        ({"prompts": ["common", "common"]}, "unique"),
+        ({"prompts": ["no-such-preset"]}, "unknown preset"),
+        ({"prompts": [{"name": "x", "template": "{species}"}]}, "placeholder"),
+        ({"limit": 0}, "limit"),
+        ({"num_beams": 0}, "num_beams"),
+        ({"subsets": []}, "subset"),
+        ({"source": "ftp"}, "ftp"),
+        ({"path": None}, "needs a 'path'"),
+        ({"colour": "red"}, "unknown spec field"),
+        ({"window_s": 30}, "window_s"),
+    ],
+)
+def test_bad_specs_fail_with_a_clear_message(data_dir, change, message):
+    with pytest.raises(SweepSpecError, match=message):
+        SweepSpec.from_dict(spec_dict(data_dir, **change))
+
+
+def test_relative_paths_in_a_spec_file_are_resolved_against_its_folder(tmp_path, data_dir):
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "spec.json"
+    path.write_text(json.dumps(spec_dict(data_dir, path=os.path.relpath(data_dir, path.parent))))
+    assert SweepSpec.from_json_file(path).path == str(data_dir.resolve())
+    with pytest.raises(SweepSpecError, match="not valid JSON"):
+        (tmp_path / "bad.json").write_text("{")
+        SweepSpec.from_json_file(tmp_path / "bad.json")
+
+
+def test_sample_selection_is_seeded_reproducible_and_in_source_order():
+    ids = [f"id-{i}" for i in range(50)]
+    chosen = select_sample_ids(ids, 10, seed=0)
+    assert len(chosen) == 10 and chosen == select_sample_ids(ids, 10, seed=0)
+    assert chosen == sorted(chosen, key=ids.index)
+    assert chosen != select_sample_ids(ids, 10, seed=1)
+    assert chosen != ids[:10]
+    assert select_sample_ids(list(reversed(ids)), 10, seed=0) == list(reversed(chosen))
+    assert select_sample_ids(ids, None, seed=0) == ids
+
+
+def test_plan_applies_top_k_and_limit_and_closed_set_prompts_shuffle_per_sample(data_dir):
+    spec = SweepSpec.from_dict(
+        spec_dict(data_dir, subsets=["esc50"], prompts=["closed_set"], alphas=[0.5], top_k_classes=3)
+    )
+    (plan,) = plan_sweep(spec)
+    assert len(plan.labels) == 3 and len(plan.sample_ids) == 6
+    assert len(plan_sweep(SweepSpec.from_dict({**spec.to_dict(), "limit": 4}))[0].sample_ids) == 4
+    texts = [sample_items(spec, plan, sample_id)[0].prompt_text for sample_id in plan.sample_ids]
+    orders = set()
+    for text in texts:
+        listed = text.split("Output exactly one of: ")[1]
+        assert all(listed.count(label) == 1 for label in plan.labels)
+        orders.add(tuple(sorted(plan.labels, key=listed.index)))
+    assert len(orders) > 1  # each sample lists the labels in its own order
+    assert texts == [sample_items(spec, plan, i)[0].prompt_text for i in plan.sample_ids]  # reproducible
+
+
+# -- a complete sweep ---------------------------------------------------------------------------
+
+
+def test_sweep_of_2_prompts_3_alphas_12_samples_writes_72_rows_and_a_complete_status(complete_run, data_dir):
+    spec, runs_dir, status, records, _ = complete_run
+    assert status.state is SweepState.COMPLETE
+    assert (status.total, status.done, status.failed) == (72, 72, 0)
+    assert status.rate_per_s > 0 and status.eta_s == 0.0
+    predictions = item_predictions(records)
+    assert len(predictions) == 72
+    ids = {key[1] for key in predictions}
+    assert len(ids) == 12
+    assert set(predictions) == {
+        ("watkins", i, p, a) for i in ids for p in ("common", "scientific") for a in (0, 0.5, 1)
+    }
+    assert {r["label"] for r in records} == set(WATKINS_LABELS)
+    assert all(isinstance(r["latency_s"], float) and r["latency_s"] >= 0 for r in records)
+    assert {r["prompt"] for r in records if r["prompt_name"] == "common"} == {spec.prompts[0].template}
+    saved = SweepFolder(runs_dir, spec.sweep_id)
+    assert SweepSpec.from_json_file(saved.spec_path) == spec
+    assert saved.read_status().state is SweepState.COMPLETE
+    assert len(load_results(runs_dir, spec.sweep_id)) == 72
+
+
+def _official_accuracy(predictions: list[str], labels: list[str], label_set: list[str]) -> float:
+    """Independent oracle: exact match, else the nearest label by Levenshtein (ties: first in sorted order)."""
+    ordered = sorted(label_set)
+    snapped = [
+        text if text in ordered else min(ordered, key=lambda lab: Levenshtein.distance(text, lab))
+        for text in predictions
+    ]
+    return float(np.mean([s == label for s, label in zip(snapped, labels, strict=True)]))
+
+
+def test_metrics_and_figures_of_the_sweep_match_its_rows(complete_run):
+    spec, runs_dir, _, _, _ = complete_run
+    rows = load_results(runs_dir, spec.sweep_id)
+    with pytest.warns(UserWarning, match="no label mapping"):  # scientific prompt scored without a mapping
+        scores = score_sweep(runs_dir, spec.sweep_id)
+    assert {score.mode.value for score in scores} == {"official"}  # the spec's scoring mode
+    frame = metrics_frame(scores)
+    assert len(frame) == 6 and set(frame["n"]) == {12}
+    common = [r for r in rows if r.prompt_name == "common"]
+    for alpha in (0.0, 0.5, 1.0):
+        group = [r for r in common if r.alpha == alpha]
+        expected = _official_accuracy([r.prediction for r in group], [r.label for r in group], WATKINS_LABELS)
+        got = frame[(frame["prompt"] == "common") & (frame["alpha"] == alpha)]["accuracy"].item()
+        assert got == pytest.approx(expected)
+
+    figure = metric_vs_alpha_figure(frame, "accuracy")
+    assert [trace.name for trace in figure.data] == ["common", "scientific"]
+    for trace in figure.data:
+        assert list(trace.x) == [0.0, 0.5, 1.0]
+        assert list(trace.y) == frame[frame["prompt"] == trace.name].sort_values("alpha")["accuracy"].tolist()
+    f1 = metric_vs_alpha_figure(frame, "f1_weighted")
+    assert list(f1.data[0].y) == frame[frame["prompt"] == "common"]["f1_weighted"].tolist()
+
+    breakdown = error_breakdown_figure(frame, "watkins", "common")
+    shares = np.array([list(trace.y) for trace in breakdown.data])
+    np.testing.assert_allclose(shares.sum(axis=0), 1.0)
+    correct = next(trace for trace in breakdown.data if trace.meta["outcome"] == Outcome.CORRECT.value)
+    assert list(correct.y) == pytest.approx(list(figure.data[0].y))  # share correct = accuracy
+
+
+def test_each_recording_is_encoded_once_per_sweep(tiny_model, data_dir, tmp_path):
+    """12 recordings x 6 (prompt, alpha) rows in batches of 4: rows of one recording span batches, yet 12 encodes."""
+    spec = SweepSpec.from_dict(spec_dict(data_dir))
+    engine = Engine(tiny_model, max_batch_rows=4).start()
+    try:
+        run_sweep(engine, spec, tmp_path)
+        assert engine.stats.rows_generated == 72
+        assert engine.stats.batches >= 18
+        assert engine.stats.windows_encoded == 12
+        assert engine.stats.encoder_calls <= engine.stats.batches
+        run_sweep(engine, spec, tmp_path)  # resuming a complete sweep asks the model nothing
+        assert (engine.stats.rows_generated, engine.stats.windows_encoded) == (72, 12)
+    finally:
+        engine.stop()
+
+
+# -- cancel and resume --------------------------------------------------------------------------
+
+
+def test_cancel_stops_after_the_batch_in_flight_and_resume_completes_like_an_uninterrupted_run(
+    tiny_model, data_dir, tmp_path, complete_run
+):
+    spec = SweepSpec.from_dict(spec_dict(data_dir))
+    cancel = threading.Event()
+
+    def on_progress(status):
+        if status.done >= 12:
+            cancel.set()
+
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    try:
+        status = run_sweep(engine, spec, tmp_path, cancel=cancel, on_progress=on_progress)
+        folder = SweepFolder(tmp_path, spec.sweep_id)
+        written = folder.results.read()
+        assert status.state is SweepState.CANCELLED
+        assert 12 <= status.done < 72 and len(written) == status.done
+        assert engine.stats.rows_generated == len(written)  # everything submitted was answered and written
+        per_sample = {}
+        for record in written:
+            per_sample[record["id"]] = per_sample.get(record["id"], 0) + 1
+        assert set(per_sample.values()) == {6}  # whole samples only
+        with folder.results_path.open("ab") as handle:
+            handle.write(b'{"id": "torn", "dataset": "wat')  # as a kill -9 mid-write would leave it
+
+        resumed = run_sweep(engine, spec, tmp_path)
+    finally:
+        engine.stop()
+    assert resumed.state is SweepState.COMPLETE and resumed.done == 72
+    assert item_predictions(folder.results.read()) == item_predictions(complete_run[3])
+    assert folder.results_path.read_bytes().endswith(b"\n")
+
+
+def test_the_app_can_cancel_a_sweep_run_elsewhere_through_its_cancel_file(engine, data_dir, tmp_path):
+    spec = SweepSpec.from_dict(spec_dict(data_dir, limit=6))
+    folder = SweepFolder(tmp_path, spec.sweep_id)
+
+    app_queue = SweepQueue(engine, tmp_path)  # the app's queue, which is not running this sweep
+
+    def on_progress(status):
+        if status.done > 0:
+            assert app_queue.cancel(spec.sweep_id)  # goes through the cancel file, as for a headless run
+
+    status = run_sweep(engine, spec, tmp_path, on_progress=on_progress)
+    assert status.state is SweepState.CANCELLED and 0 < status.done < 36
+    assert folder.cancel_requested()
+    assert run_sweep(engine, spec, tmp_path).state is SweepState.COMPLETE
+    assert not folder.cancel_requested()
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def test_unreadable_samples_are_skipped_and_the_sweep_still_completes(tiny_model, data_dir, tmp_path):
+    spec = SweepSpec.from_dict(spec_dict(data_dir, subsets=["esc50"], prompts=["common"], alphas=[1.0]))
+    engine = Engine(tiny_model).start()
+    try:
+        status = run_sweep(engine, spec, tmp_path)
+    finally:
+        engine.stop()
+    assert status.state is SweepState.COMPLETE
+    assert (status.skipped_samples, status.total, status.done) == (2, 6, 6)
+    assert "2 unreadable sample(s) skipped" in status.message
+
+
+def test_disk_full_mid_sweep_is_a_clear_error_earlier_rows_stay_intact_and_resume_finishes(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    spec = SweepSpec.from_dict(spec_dict(data_dir, limit=6))
+    folder = SweepFolder(tmp_path, spec.sweep_id)
+    real_write = os.write
+    appends = {"calls": 0, "rows": 0}
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("results.jsonl"):
+            appends["calls"] += 1
+            if appends["calls"] > 2:
+                real_write(fd, bytes(data)[:10])  # part of the batch reaches the disk, then it is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            appends["rows"] += bytes(data).count(b"\n")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(runs.os, "write", write)
+    engine = Engine(tiny_model, max_batch_rows=6).start()
+    try:
+        with pytest.raises(RunsStorageError, match=r"disk is full.*rows written before are intact"):
+            run_sweep(engine, spec, tmp_path, max_inflight_rows=6)
+        monkeypatch.undo()
+        kept = folder.results.read()
+        assert 12 <= len(kept) == appends["rows"] < 36  # the two groups written before the disk filled, nothing torn
+        assert folder.results_path.read_bytes().endswith(b"\n")
+        status = folder.read_status()
+        assert status.state is SweepState.FAILED and "disk is full" in status.message
+        assert run_sweep(engine, spec, tmp_path).state is SweepState.COMPLETE
+    finally:
+        engine.stop()
+    assert len(item_predictions(folder.results.read())) == 36
+
+
+def test_a_runs_folder_that_cannot_be_written_fails_before_any_work(engine, data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunsStorageError, match="cannot create the runs folder"):
+        run_sweep(engine, SweepSpec.from_dict(spec_dict(data_dir)), blocker / "runs")
+    assert engine.stats.requests == 0
+
+
+def test_a_sweep_already_running_elsewhere_is_not_run_twice(engine, data_dir, tmp_path):
+    spec = SweepSpec.from_dict(spec_dict(data_dir))
+    with prepare_folder(tmp_path, spec).lock():
+        with pytest.raises(SweepLockedError):
+            run_sweep(engine, spec, tmp_path)
+        with pytest.raises(SweepLockedError):
+            SweepQueue(engine, tmp_path).submit(spec)
+    assert engine.stats.requests == 0
+
+
+# -- the queue ----------------------------------------------------------------------------------
+
+
+class SlowModel:
+    """The tiny model, made to take a while per batch so a sweep is still running when a user asks something."""
+
+    def __init__(self, model, seconds: float) -> None:
+        self.model = model
+        self.seconds = seconds
+
+    def encode_audio(self, windows):
+        return self.model.encode_audio(windows)
+
+    def generate_from_embeddings(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.model.generate_from_embeddings(*args, **kwargs)
+
+
+def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_served(tiny_model, data_dir, tmp_path):
+    first = SweepSpec.from_dict(spec_dict(data_dir, name="first", limit=4))
+    second = SweepSpec.from_dict(spec_dict(data_dir, name="second", limit=4, alphas=[0.25]))
+    third = SweepSpec.from_dict(spec_dict(data_dir, name="third", limit=2))
+    engine = Engine(SlowModel(tiny_model, 0.05), max_batch_rows=2, max_wait_ms=0).start()
+    events: list[tuple[str, str, int]] = []
+    first_running = threading.Event()
+
+    def on_progress(status):
+        events.append((status.sweep_id, status.state.value, status.done))
+        if status.sweep_id == first.sweep_id and status.done > 0:
+            first_running.set()
+
+    queue = SweepQueue(engine, tmp_path, on_progress=on_progress)
+    try:
+        ids = [queue.submit(spec) for spec in (first, second, third)]
+        assert queue.submit(first) == ids[0] and queue.pending().count(first.sweep_id) == 0
+        assert SweepFolder(tmp_path, third.sweep_id).read_status().state is SweepState.QUEUED
+        assert queue.cancel(third.sweep_id)
+        assert first_running.wait(30)
+        window = np.zeros(16000 * 3, dtype=np.float32)
+        started = time.monotonic()
+        answer = engine.answer([window], "What is this?", 0.5, priority=Priority.INTERACTIVE, timeout_s=30)
+        waited = time.monotonic() - started
+        first_done_then = SweepFolder(tmp_path, first.sweep_id).read_status().done
+        assert queue.join(60)
+    finally:
+        queue.close()
+        engine.stop()
+    assert isinstance(answer, str)
+    assert first_done_then < 24 and waited < 2.0  # answered while the sweep still had most of its work to do
+    order = [sweep_id for sweep_id, _, _ in events]
+    last_of_first = len(order) - 1 - order[::-1].index(first.sweep_id)
+    assert order.index(second.sweep_id) > last_of_first  # the second started only after the first finished
+    statuses = {s.sweep_id: s for s in runs.list_sweeps(tmp_path)}
+    assert statuses[first.sweep_id].state is SweepState.COMPLETE and statuses[first.sweep_id].done == 24
+    assert statuses[second.sweep_id].state is SweepState.COMPLETE and statuses[second.sweep_id].done == 8
+    assert statuses[third.sweep_id].state is SweepState.CANCELLED
+    assert not SweepFolder(tmp_path, third.sweep_id).results_path.exists()

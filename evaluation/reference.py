@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluation.results import ResultRow
+from evaluation.results import ResultRow, iter_jsonl_objects
 
 FILE_PATTERN = re.compile(r"^beans_zero_eval_(?P<dataset>.+)_query(?P<query>\d+)_lora(?P<scale>\d{3,})\.jsonl$")
 ROW_KEYS = ("prediction", "label", "id", "dataset_name", "prompt", "lora_scale")
@@ -82,32 +82,24 @@ def find_reference_files(folder: str | Path) -> list[ReferenceFile]:
 def read_reference_file(reference: ReferenceFile) -> list[ResultRow]:
     """Rows of one released file; the alpha comes from the name and must agree with each row's lora_scale."""
     rows = []
-    with reference.path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{reference.path.name}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ReferenceFormatError(f"{where}: not JSON ({error.msg})") from error
-            missing = [key for key in ("prediction", "label", "id") if key not in data]
-            if missing:
-                raise ReferenceFormatError(f"{where}: row lacks {missing}")
-            scale = data.get("lora_scale")
-            if scale is not None and not math.isclose(float(scale), reference.alpha, abs_tol=5e-3):
-                raise ReferenceFormatError(f"{where}: lora_scale {scale} disagrees with the file name's alpha")
-            rows.append(
-                ResultRow(
-                    id=str(data["id"]),
-                    dataset=str(data.get("dataset_name") or reference.dataset),
-                    prompt_name=reference.prompt_name,
-                    prompt=str(data.get("prompt", "")),
-                    alpha=reference.alpha,
-                    prediction=str(data["prediction"] if data["prediction"] is not None else ""),
-                    label=str(data["label"]),
-                )
+    for where, data in iter_jsonl_objects(reference.path, ReferenceFormatError):
+        missing = [key for key in ("prediction", "label", "id") if key not in data]
+        if missing:
+            raise ReferenceFormatError(f"{where}: row lacks {missing}")
+        scale = data.get("lora_scale")
+        if scale is not None and not math.isclose(float(scale), reference.alpha, abs_tol=5e-3):
+            raise ReferenceFormatError(f"{where}: lora_scale {scale} disagrees with the file name's alpha")
+        rows.append(
+            ResultRow(
+                id=str(data["id"]),
+                dataset=str(data.get("dataset_name") or reference.dataset),
+                prompt_name=reference.prompt_name,
+                prompt=str(data.get("prompt", "")),
+                alpha=reference.alpha,
+                prediction=str(data["prediction"] if data["prediction"] is not None else ""),
+                label=str(data["label"]),
             )
+        )
     return rows
 
 
@@ -222,19 +214,7 @@ def load_label_mapping(path: str | Path) -> LabelMapping:
 
 
 def _read_jsonl_records(path: Path) -> list[tuple[str, dict]]:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MappingError(f"{path.name}:{number}: not JSON ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise MappingError(f"{path.name}:{number}: not a JSON object")
-            records.append((f"{path.name}:{number}", record))
-    return records
+    return list(iter_jsonl_objects(path, MappingError))
 
 
 def _read_csv_records(path: Path) -> list[tuple[str, dict]]:

@@ -54,22 +54,30 @@ def _preview(data: dict[str, Any]) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def read_results(path: str | Path) -> Iterator[ResultRow]:
-    """Rows of a results.jsonl; a malformed line names its line number (a crash can leave a torn last line)."""
-    with Path(path).open(encoding="utf-8") as handle:
+def iter_jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", object) for each non-blank line; a line that is not a JSON object raises `error` naming it."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            where = f"{path.name}:{number}"
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ResultsFormatError(f"{path}:{number}: not a JSON object ({error.msg})") from error
+            except json.JSONDecodeError as decode_error:
+                raise error(f"{where}: not JSON ({decode_error.msg})") from decode_error
             if not isinstance(data, dict):
-                raise ResultsFormatError(f"{path}:{number}: not a JSON object")
-            try:
-                yield ResultRow.from_dict(data)
-            except ResultsFormatError as error:
-                raise ResultsFormatError(f"{path}:{number}: {error}") from error
+                raise error(f"{where}: not a JSON object")
+            yield where, data
+
+
+def read_results(path: str | Path) -> Iterator[ResultRow]:
+    """Rows of a results.jsonl; a malformed line names its line number (a crash can leave a torn last line)."""
+    for where, data in iter_jsonl_objects(path, ResultsFormatError):
+        try:
+            yield ResultRow.from_dict(data)
+        except ResultsFormatError as error:
+            raise ResultsFormatError(f"{where}: {error}") from error
 
 
 def write_results(rows: Iterable[ResultRow], path: str | Path) -> None:

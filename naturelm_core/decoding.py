@@ -5,7 +5,8 @@ rewrote it): a finished hypothesis is stored without its stop token, scored by i
 (stop token included) over its length (stop token included), and returned with the FIRST stop id
 appended; a batch item stops once it holds `num_beams` finished hypotheses and the worst of them is at
 least the best candidate's score at the current length. We reproduce those semantics here, in a loop
-small enough to read and to capture in a CUDA graph later.
+small enough to read, over any `TokenDecoder`: `CachedDecoder` (transformers, eager) or the static-cache
+decoder of naturelm_core.static_decoding, whose steps replay as CUDA graphs on a GPU.
 """
 
 from __future__ import annotations

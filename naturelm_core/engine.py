@@ -348,7 +348,16 @@ class Engine:
 
     def _embed_windows(self, rows: list[Request]) -> list[list[torch.Tensor]]:
         """Embeddings per row and placeholder, encoding only windows the cache has not seen."""
-        keys = [[content_key(w) for w in r.windows] for r in rows]
+        # A sweep submits one window array for all its (prompt, alpha) rows: hash each array once per batch.
+        # Every array is referenced by a live request, so no id can be reused within the batch.
+        key_by_array: dict[int, str] = {}
+
+        def key_of(window: np.ndarray) -> str:
+            if id(window) not in key_by_array:
+                key_by_array[id(window)] = content_key(window)
+            return key_by_array[id(window)]
+
+        keys = [[key_of(w) for w in r.windows] for r in rows]
         found: dict[str, torch.Tensor] = {}
         missing: dict[str, np.ndarray] = {}
         for request, row_keys in zip(rows, keys, strict=True):

@@ -7,6 +7,7 @@ see naturelm_core.alpha for why this makes cross-request leaks impossible.
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 from collections.abc import Sequence
@@ -21,9 +22,12 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from naturelm_core.alpha import install_row_alphas, validate_alphas
 from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
-from naturelm_core.decoding import CachedDecoder, beam_search, greedy_search
+from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
 from naturelm_core.prompting import PaddedBatch, left_pad, splice, tokenize_prompt
+from naturelm_core.static_decoding import StaticDecoding, StaticDecodingUnsupported
+
+logger = logging.getLogger(__name__)
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
@@ -74,6 +78,9 @@ class NatureLM(nn.Module):
                 f"{len(tokenizer)}; resize the embeddings to len(tokenizer) first"
             )
         self.stop_ids = _stop_ids(llm)
+        # Prefill and decode from a static KV cache, as CUDA graphs; None: exactly when the model is on CUDA.
+        self.decode_with_static_cache: bool | None = None
+        self.static_decoding = StaticDecoding()
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 
     @property
@@ -156,13 +163,36 @@ class NatureLM(nn.Module):
         length_penalty = _length_penalty(gen)
         rows = len(audio_embeds)
         alpha_values = validate_alphas(alphas, rows, allow_extrapolation)
-        batch = self.build_inputs(audio_embeds, prompts).repeat_rows(num_beams)
-        row_alphas = torch.tensor(alpha_values, device=self.device).repeat_interleave(num_beams)
+        batch = self.build_inputs(audio_embeds, prompts)
+        item_alphas = torch.tensor(alpha_values, device=self.device)
+        row_alphas = item_alphas.repeat_interleave(num_beams)
+        if self.uses_static_cache:
+            # Every row's alpha lives in the static state; the LoRA layers' own alpha path is not used.
+            with self.row_alphas.applied(row_alphas):
+                try:
+                    decoder = self.static_decoding.decoder(self.llm, batch, row_alphas, num_beams, max_new_tokens)
+                except StaticDecodingUnsupported as error:
+                    logger.warning("static-cache decoding is off for this model: %s", error)
+                    self.decode_with_static_cache = False
+                else:
+                    return self._search(decoder, num_beams, max_new_tokens, length_penalty)
         with self.row_alphas.applied(row_alphas):
-            decoder = CachedDecoder(self.llm, batch)
-            if num_beams == 1:
-                return greedy_search(decoder, max_new_tokens, self.stop_ids)
-            return beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)
+            decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
+            return self._search(decoder, num_beams, max_new_tokens, length_penalty)
+
+    @property
+    def uses_static_cache(self) -> bool:
+        """Whether generation decodes with the static cache (graphs on CUDA); never while training."""
+        if self.training:
+            return False
+        return self.device.type == "cuda" if self.decode_with_static_cache is None else self.decode_with_static_cache
+
+    def _search(
+        self, decoder: TokenDecoder, num_beams: int, max_new_tokens: int, length_penalty: float
+    ) -> list[list[int]]:
+        if num_beams == 1:
+            return greedy_search(decoder, max_new_tokens, self.stop_ids)
+        return beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)
 
     @torch.no_grad()
     def next_token_logits(

@@ -1,0 +1,807 @@
+"""NatureLM-audio speed on one GPU, with random weights of the real shapes: nothing is downloaded.
+
+    python benchmarks/gpu.py --out DIR            # full size (BEATs + Q-Former + Llama-3.1-8B, bf16, LoRA r=32)
+    python benchmarks/gpu.py --out DIR --size tiny  # the same code on a tiny model, on the CPU, in seconds
+
+Measures in one run, on the same inputs and generation settings: (a) the cost of changing alpha
+between requests; (b) interactive latency for one 10 s recording (greedy and beam 2, p50/p90);
+(c) sweep throughput of our engine and of a re-creation of the public reference loop; (d) the
+memory-bandwidth bound of a decode step next to the measured step time; (e) peak GPU memory; and a
+check that the static-cache decoder generates what the eager one does. Writes results.json and
+results.md to --out (each section as soon as it finishes, so a partial run still reports).
+
+Honesty notes, also in docs/PERFORMANCE.md: weights are random, so answers are meaningless but
+cost the same as real ones; generation runs to exactly `--new-tokens` tokens whenever no stop id
+comes up (random weights almost never produce one; the tokens actually generated are reported);
+the tokenizer is a stand-in with Llama-3.1's special ids and about its token counts (the real one
+is gated); the reference loop uses our left-padded batches and SDPA attention, which can only make
+it faster than the public code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from naturelm_core.config import NatureLMConfig
+from naturelm_core.decoding import CachedDecoder
+from naturelm_core.encoder import AudioEncoder
+from naturelm_core.engine import Engine, GenerationSettings, Priority
+from naturelm_core.model import NatureLM, decode_answers
+from naturelm_core.tiny import LLAMA3_ROPE
+
+PROMPT = "What is the common name for the focal species in the audio?"  # BEANS-Zero's common-name prompt
+SWEEP_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+REFERENCE_BATCH = 16  # the public loop's batch size
+WINDOW_SAMPLES = 160_000  # 10 s at 16 kHz
+BOS_ID, PAD_ID, VOCAB = 128000, 128256, 128257
+STOP_IDS = [128001, 128008, 128009]
+
+
+class StandInTokenizer:
+    """Llama-3.1's special ids with word-level pieces, which give about Llama-3's token counts in English.
+
+    Speed depends on how many tokens a prompt becomes and on which ids stop generation; both are kept.
+    The real tokenizer is gated and cannot be downloaded here, so the word ids are hashes.
+    """
+
+    SPECIAL: ClassVar[dict[str, int]] = {
+        "<|begin_of_text|>": BOS_ID,
+        "<|end_of_text|>": 128001,
+        "<|start_header_id|>": 128006,
+        "<|end_header_id|>": 128007,
+        "<|eom_id|>": 128008,
+        "<|eot_id|>": 128009,
+        "[PAD]": PAD_ID,
+    }
+    SPECIAL_PIECE = re.compile(r"(<\|[a-z_]+\|>|\[PAD\])")
+    PIECE = re.compile(r" ?[A-Za-z]+| ?\d{1,3}| ?[^\sA-Za-z\d]+|\s+")
+    bos_token_id = BOS_ID
+    pad_token_id = PAD_ID
+
+    def __len__(self) -> int:
+        return VOCAB
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        ids = [BOS_ID] if add_special_tokens else []
+        for index, part in enumerate(self.SPECIAL_PIECE.split(text)):  # odd parts are special tokens
+            if index % 2:
+                ids.append(self.SPECIAL[part])
+            else:
+                ids += [zlib.crc32(piece.encode()) % BOS_ID for piece in self.PIECE.findall(part)]
+        return {"input_ids": ids}
+
+    def batch_decode(
+        self, ids: Sequence[Sequence[int]], skip_special_tokens: bool = True, clean_up_tokenization_spaces: bool = False
+    ) -> list[str]:
+        return [" ".join(f"w{i}" for i in row if not (skip_special_tokens and i >= BOS_ID)) for row in ids]
+
+
+def llama_config(size: str, layers: int | None = None) -> LlamaConfig:
+    """Llama-3.1-8B-Instruct's shapes with the [PAD] row (128257), or the same architecture tiny."""
+    dims = (
+        {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32}
+        if size == "full"
+        else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    )
+    if layers is not None:
+        dims["num_hidden_layers"] = layers
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        num_key_value_heads=8 if size == "full" else 2,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_parameters=dict(LLAMA3_ROPE),
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=STOP_IDS,
+        pad_token_id=PAD_ID,
+        attn_implementation="sdpa",
+        **dims,
+    )
+
+
+@torch.no_grad()
+def build_model(
+    size: str, device: torch.device, dtype: torch.dtype, seed: int = 0, layers: int | None = None
+) -> NatureLM:
+    """Random weights of the real shapes, made on the GPU in seconds: built on `meta`, then filled in place."""
+    torch.manual_seed(seed)
+    config = NatureLMConfig.full() if size == "full" else NatureLMConfig.tiny()
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(llama_config(size, layers)).to(dtype)
+    llm.to_empty(device=device)
+    for parameter in llm.parameters():
+        if parameter.dim() == 1:
+            parameter.fill_(1.0)  # RMSNorm gains
+        else:
+            parameter.normal_(0.0, 0.02)
+    # to_empty left the rotary frequencies uninitialised: rebuild them from the config.
+    llm.model.rotary_emb = type(llm.model.rotary_emb)(llm.config).to(device)
+    llm.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=STOP_IDS, pad_token_id=PAD_ID)
+    with torch.device(device):
+        audio_encoder = AudioEncoder(config, llm.config.hidden_size)  # float32, as load_model keeps it
+    model = NatureLM(config, audio_encoder, llm, StandInTokenizer()).to(device)
+    for name, parameter in model.llama_model.named_parameters():
+        if ".lora_B." in name:
+            parameter.normal_(0.0, 0.02)  # peft starts B at zero, which would make alpha a no-op
+    return model.eval()
+
+
+def recordings(count: int, seed: int) -> list[np.ndarray]:
+    """Distinct 10 s windows (noise): the audio encoder's cost does not depend on the content."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.5, 0.5, WINDOW_SAMPLES).astype(np.float32) for _ in range(count)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, function: Callable[[], Any]) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    result = function()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(1000 * s for s in seconds)
+    return {
+        "p50_ms": statistics.median(ms),
+        "p90_ms": ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))],
+        "min_ms": ms[0],
+        "n": len(ms),
+    }
+
+
+def interactive_ids(model: NatureLM, window: np.ndarray, alpha: float, beams: int, new_tokens: int) -> list[int]:
+    """What NatureLM.generate does for one recording, returning ids so the tokens can be counted."""
+    embeds = model.encode_audio(window[None])
+    ids = model.generate_ids_from_embeddings([[embeds[0]]], PROMPT, [alpha], beams, new_tokens)
+    decode_answers(model.tokenizer, ids)
+    return ids[0]
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def section_environment(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    import peft
+    import transformers
+
+    llm = model.llm
+    embeds = llm.get_input_embeddings().weight
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in llm.named_parameters() if "embed_tokens" not in n)
+    lora_bytes = sum(p.numel() * p.element_size() for n, p in llm.named_parameters() if ".lora_" in n)
+    prompt_tokens = model.build_inputs([[torch.zeros(29, embeds.shape[1], device=device)]], PROMPT)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "size": args.size,
+        "llm_dtype": str(embeds.dtype),
+        "lora_dtype": str(next(p for n, p in llm.named_parameters() if ".lora_A." in n).dtype),
+        "attention": llm.config._attn_implementation,
+        "llm_parameters": sum(p.numel() for p in llm.parameters()),
+        "weight_bytes_per_step": weight_bytes,
+        "lora_bytes": lora_bytes,
+        "prompt_tokens_with_audio": int(prompt_tokens.inputs_embeds.shape[1]),
+        "new_tokens": args.new_tokens,
+    }
+
+
+def section_bandwidth(device: torch.device) -> dict[str, Any]:
+    """Device-to-device copy of 4 GiB, bytes read plus written, median of 10 (the step bound's denominator)."""
+    source = torch.empty(2**31, dtype=torch.bfloat16, device=device).normal_()
+    target = torch.empty_like(source)
+    target.copy_(source)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    bytes_moved = 2 * source.numel() * source.element_size()
+    del source, target
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    a @ b
+    matmul_times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        matmul_times.append(start.elapsed_time(end) / 1000)
+    del a, b
+    torch.cuda.empty_cache()
+    return {
+        "copy_gb_per_s": bytes_moved / statistics.median(times) / 1e9,
+        "bytes_moved": bytes_moved,
+        "bf16_matmul_tflop_per_s": 2 * 8192**3 / statistics.median(matmul_times) / 1e12,
+    }
+
+
+def section_correctness(model: NatureLM, args: argparse.Namespace) -> dict[str, Any]:
+    """The static-cache decoder (graphs on CUDA) against the eager one, on the full model in its dtype."""
+    windows = recordings(4, seed=11)
+    embeds = model.encode_audio(np.stack(windows))
+    rows = [[e] for e in embeds]
+    alphas = [0.0, 0.35, 0.7, 1.0]
+    result: dict[str, Any] = {}
+    for beams in (1, 2):
+        ids = {}
+        for static in (False, True):
+            model.decode_with_static_cache = static
+            ids[static] = model.generate_ids_from_embeddings(rows, PROMPT, alphas, beams, args.new_tokens)
+        model.decode_with_static_cache = None
+        prefixes = [_common_prefix(a, b) / max(len(a), 1) for a, b in zip(ids[False], ids[True], strict=True)]
+        result[f"beams_{beams}"] = {
+            "rows_identical": sum(a == b for a, b in zip(ids[False], ids[True], strict=True)),
+            "rows": len(alphas),
+            "mean_common_prefix_fraction": statistics.mean(prefixes),
+            "distinct_answers_across_alphas": len({tuple(r) for r in ids[True]}),
+        }
+    result["lockstep_logits"] = _lockstep_logits(model, rows, alphas, steps=5)
+    return result
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+@torch.no_grad()
+def _lockstep_logits(model: NatureLM, rows: list, alphas: list[float], steps: int) -> list[dict[str, float]]:
+    """Feed both decoders the same tokens; per step, |static - eager| relative to the eager logits' size."""
+    batch = model.build_inputs(rows, PROMPT)
+    alpha_tensor = torch.tensor(alphas, device=model.device)
+    with model.row_alphas.applied(alpha_tensor):
+        eager = CachedDecoder(model.llm, batch)
+        static = model.static_decoding.decoder(model.llm, batch, alpha_tensor, 1, steps + 1)
+        eager_logits, static_logits = eager.prefill(), static.prefill()
+        all_tokens = []
+        report = []
+        for _ in range(steps):
+            tokens = eager_logits.argmax(dim=-1)
+            all_tokens.append(tokens)
+            eager_logits, static_logits = eager.step(tokens), static.step(tokens).clone()
+            report.append(
+                {
+                    "relative_l2": _relative(static_logits, eager_logits),
+                    "max_abs": float((static_logits - eager_logits).abs().max()),
+                    "argmax_agree": float((static_logits.argmax(-1) == eager_logits.argmax(-1)).float().mean()),
+                }
+            )
+    # The noise floor: the eager decoder on the first row alone against the same row in the batch of 4.
+    first = model.build_inputs(rows[:1], PROMPT)
+    with model.row_alphas.applied(alpha_tensor[:1]):
+        alone = CachedDecoder(model.llm, first)
+        alone.prefill()
+    with model.row_alphas.applied(alpha_tensor):
+        batched = CachedDecoder(model.llm, batch)
+        batched.prefill()
+    for index, tokens in enumerate(all_tokens):
+        with model.row_alphas.applied(alpha_tensor[:1]):
+            alone_logits = alone.step(tokens[:1])
+        with model.row_alphas.applied(alpha_tensor):
+            batched_logits = batched.step(tokens)
+        report[index]["eager_row_in_batch_vs_alone"] = _relative(batched_logits[:1], alone_logits)
+    return report
+
+
+def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
+def section_precision(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Each decoder against a float32 reference (METHOD: compare with higher precision), on a model of
+    full width and 4 layers: logits of 5 decode steps fed the reference's own tokens."""
+    reference_model = build_model(args.size, device, torch.float32, seed=1, layers=4)
+    half_model = copy.deepcopy(reference_model).to(torch.bfloat16)
+    embeds = reference_model.encode_audio(np.stack(recordings(4, seed=81)))
+    rows = [[e] for e in embeds]
+    alphas = [0.0, 0.35, 0.7, 1.0]
+    reference = _step_logits(reference_model, rows, alphas, None, static=False)
+    tokens = [logits.argmax(dim=-1) for logits in reference[:-1]]
+    result: dict[str, Any] = {}
+    for label, model, static in (
+        ("float32_static", reference_model, True),
+        ("bfloat16_eager", half_model, False),
+        ("bfloat16_static", half_model, True),
+    ):
+        logits = _step_logits(model, rows, alphas, tokens, static)
+        result[label] = {
+            "max_relative_l2_vs_float32_eager": max(_relative(a, b) for a, b in zip(logits, reference, strict=True)),
+            "argmax_agreement": statistics.mean(
+                float((a.argmax(-1) == b.argmax(-1)).float().mean()) for a, b in zip(logits, reference, strict=True)
+            ),
+        }
+    del reference_model, half_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+@torch.no_grad()
+def _step_logits(
+    model: NatureLM, rows: list, alphas: list[float], tokens: list[torch.Tensor] | None, static: bool, steps: int = 5
+) -> list[torch.Tensor]:
+    """Float32 logits of the prefill and `steps` decode steps, fed `tokens` (or the argmax when None)."""
+    batch = model.build_inputs(rows, PROMPT)
+    alpha_tensor = torch.tensor(alphas, device=model.device)
+    with model.row_alphas.applied(alpha_tensor):
+        if static:
+            decoder = model.static_decoding.decoder(model.llm, batch, alpha_tensor, 1, steps + 1)
+        else:
+            decoder = CachedDecoder(model.llm, batch)
+        logits = [decoder.prefill().float().clone()]
+        for step in range(steps):
+            fed = logits[-1].argmax(dim=-1) if tokens is None else tokens[step]
+            logits.append(decoder.step(fed).float().clone())
+    return logits
+
+
+def section_alpha_change(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """20 requests at one alpha, then 20 at 20 distinct alphas: same cost, no new graph captures."""
+    window = recordings(1, seed=21)[0]
+    cold, _ = timed(device, lambda: interactive_ids(model, window, 0.5, 1, args.new_tokens))
+    captures_before = model.static_decoding.captures
+    same = [timed(device, lambda: interactive_ids(model, window, 0.5, 1, args.new_tokens))[0] for _ in range(20)]
+    distinct_alphas = [float(a) for a in np.random.default_rng(0).permutation(np.linspace(0.0, 1.0, 20))]
+    distinct, answers = [], set()
+    for alpha in distinct_alphas:
+        seconds, ids = timed(device, lambda alpha=alpha: interactive_ids(model, window, alpha, 1, args.new_tokens))
+        distinct.append(seconds)
+        answers.add(tuple(ids))
+    return {
+        "first_call_ms": 1000 * cold,
+        "same_alpha": percentiles(same),
+        "twenty_distinct_alphas": percentiles(distinct),
+        "ratio_p50_distinct_over_same": statistics.median(distinct) / statistics.median(same),
+        "graph_captures_during_alpha_changes": model.static_decoding.captures - captures_before,
+        "distinct_answers_among_20_alphas": len(answers),
+        "weight_writes": 0,
+    }
+
+
+def section_latency(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """One 10 s recording, the prompt, `new_tokens` tokens: encode + prefill + decode + detokenise."""
+    window = recordings(1, seed=31)[0]
+    result: dict[str, Any] = {}
+    for label, static, repeats in (("static_graphs", True, args.repeats), ("eager", False, max(3, args.repeats // 5))):
+        model.decode_with_static_cache = static
+        for beams in (1, 2):
+            interactive_ids(model, window, 0.5, beams, args.new_tokens)  # warm-up (captures the shape once)
+            runs = [
+                timed(device, lambda b=beams: interactive_ids(model, window, 0.5, b, args.new_tokens))
+                for _ in range(repeats)
+            ]
+            stats = percentiles([seconds for seconds, _ in runs])
+            stats["tokens"] = statistics.mean(len(ids) for _, ids in runs)
+            result[f"{label}_beams_{beams}"] = stats
+    model.decode_with_static_cache = None
+    return result
+
+
+def section_decode_step(
+    model: NatureLM, device: torch.device, args: argparse.Namespace, bandwidth: float | None, matmul_tflops: float
+):
+    """Measured ms per decode step (Python loop and argmax included) at batch 1 and at the sweep's rows."""
+    sweep_rows = args.sweep_batch * args.beams
+    embeds = model.encode_audio(recordings(1, seed=41)[0][None])[0]
+    env = section_environment(model, device, args)
+    result: dict[str, Any] = {}
+    for rows in (1, sweep_rows):
+        batch = model.build_inputs([[embeds]] * rows, PROMPT)
+        alphas = torch.linspace(0.0, 1.0, rows, device=device)
+        entry: dict[str, Any] = {}
+        for label in ("static_graphs", "eager"):
+            repeats = 1 if label == "eager" and rows > 1 and args.size == "full" else 3  # eager at 352 rows: ~1 s
+            times = [_time_steps(model, batch, alphas, label, args.new_tokens, device) for _ in range(repeats)]
+            entry[f"{label}_ms_per_step"] = 1000 * statistics.median(times)
+        prompt_length = batch.inputs_embeds.shape[1]
+        kv_columns = prompt_length + args.new_tokens // 2  # the mean over a generation, as HF's cache reads it
+        config = model.llm.config
+        head_dim = config.hidden_size // config.num_attention_heads
+        kv_bytes = rows * config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * kv_columns * 2
+        entry["kv_bytes_per_step"] = kv_bytes
+        if bandwidth:
+            flops = 2 * env["weight_bytes_per_step"] / 2 * rows  # two flops per (bf16) weight per row
+            entry["bound_compute_ms"] = 1000 * flops / (matmul_tflops * 1e12)
+            entry["bound_weights_ms"] = 1000 * env["weight_bytes_per_step"] / bandwidth
+            entry["bound_weights_and_kv_ms"] = 1000 * (env["weight_bytes_per_step"] + kv_bytes) / bandwidth
+            entry["static_over_bound_weights"] = entry["static_graphs_ms_per_step"] / entry["bound_weights_ms"]
+            entry["static_over_bound_weights_and_kv"] = (
+                entry["static_graphs_ms_per_step"] / entry["bound_weights_and_kv_ms"]
+            )
+            floor = max(entry["bound_weights_and_kv_ms"], entry["bound_compute_ms"])
+            entry["static_over_max_of_bounds"] = entry["static_graphs_ms_per_step"] / floor
+        result[f"rows_{rows}"] = entry
+    return result
+
+
+@torch.no_grad()
+def _time_steps(model: NatureLM, batch, alphas: torch.Tensor, label: str, new_tokens: int, device) -> float:
+    with model.row_alphas.applied(alphas):
+        if label == "eager":
+            decoder = CachedDecoder(model.llm, batch)
+        else:
+            decoder = model.static_decoding.decoder(model.llm, batch, alphas, 1, new_tokens)
+        tokens = decoder.prefill().argmax(dim=-1)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            tokens = decoder.step(tokens).argmax(dim=-1)
+        sync(device)
+        return (time.perf_counter() - start) / (new_tokens - 1)
+
+
+def section_breakdown(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Where one interactive request and one sweep batch spend their time (static decoding)."""
+    model.decode_with_static_cache = True
+    result: dict[str, Any] = {}
+    for label, recordings_count, alphas in (("interactive", 1, [0.5]), ("sweep_batch", REFERENCE_BATCH, SWEEP_ALPHAS)):
+        windows = np.stack(recordings(recordings_count, seed=61))
+        beams = 1 if label == "interactive" else args.beams
+        encode_s, embeds = timed(device, lambda w=windows: model.encode_audio(w))
+        rows = [[e] for e in embeds for _ in alphas]
+        row_alphas = [a for _ in embeds for a in alphas]
+        build_s, batch = timed(device, lambda r=rows: model.build_inputs(r, PROMPT))
+        item_alphas = torch.tensor(row_alphas, device=device)
+        with model.row_alphas.applied(item_alphas):
+            decoder = model.static_decoding.decoder(
+                model.llm, batch, item_alphas.repeat_interleave(beams), beams, args.new_tokens
+            )
+            prefill_s, _ = timed(device, decoder.prefill)
+        generate_s, _ = timed(
+            device,
+            lambda r=rows, a=row_alphas, b=beams: model.generate_ids_from_embeddings(r, PROMPT, a, b, args.new_tokens),
+        )
+        result[label] = {
+            "rows": len(rows),
+            "beams": beams,
+            "encode_ms": 1000 * encode_s,
+            "build_inputs_ms": 1000 * build_s,
+            "prefill_ms": 1000 * prefill_s,
+            "generate_ids_ms": 1000 * generate_s,
+            "decode_and_search_ms": 1000 * (generate_s - build_s - prefill_s),
+        }
+    model.decode_with_static_cache = None
+    return result
+
+
+def section_profile(model: NatureLM, device: torch.device, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """GPU kernels of one static decode step (run eagerly: a graph replays the same kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return {"skipped": "no GPU"}
+    embeds = model.encode_audio(recordings(1, seed=71)[0][None])[0]
+    result: dict[str, Any] = {"cudnn_attention": model.static_decoding.step.cudnn_gqa}
+    tables = []
+    for rows in (1, args.sweep_batch * args.beams):
+        batch = model.build_inputs([[embeds]] * rows, PROMPT)
+        alphas = torch.linspace(0.0, 1.0, rows, device=device)
+        with model.row_alphas.applied(alphas):
+            decoder = model.static_decoding.decoder(model.llm, batch, alphas, 1, args.new_tokens)
+            decoder.prefill()
+            runner = decoder.runner
+            runner.step.decode(runner.state, runner.windows[0])
+            sync(device)
+            with profile(activities=[ProfilerActivity.CUDA]) as trace:
+                for _ in range(3):
+                    runner.step.decode(runner.state, runner.windows[0])
+                sync(device)
+        kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu_us = sum(e.device_time for e in kernels) / 3
+        result[f"rows_{rows}"] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
+        table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+        tables.append(f"decode step, rows={rows}\n{table}")
+    items = args.sweep_batch
+    batch = model.build_inputs([[embeds]] * items, PROMPT)
+    alphas = torch.linspace(0.0, 1.0, items, device=device)
+    with model.row_alphas.applied(alphas):
+        decoder = model.static_decoding.decoder(model.llm, batch, alphas.repeat_interleave(2), 2, args.new_tokens)
+        decoder.prefill()
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as trace:
+            decoder.prefill()
+            sync(device)
+    kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    result[f"prefill_items_{items}"] = {
+        "kernels": len(kernels),
+        "gpu_busy_ms": sum(e.device_time for e in kernels) / 1000,
+    }
+    table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+    tables.append(f"prefill, items={items}\n{table}")
+    (out / "profile.txt").write_text("\n\n".join(tables))
+    result["attention_ms"] = _attention_kernels(device, args)
+    return result
+
+
+def _attention_kernels(device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+    """Each attention kernel on the sweep's decode shape and prefill shape (q: kv heads x groups)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads, kv, dim = 32, 8, 128  # Llama-3.1-8B's attention
+    groups = heads // kv
+    shapes = {
+        "decode": (args.sweep_batch * args.beams, groups, 96),
+        "prefill": (args.sweep_batch, groups * 64, 64),
+    }
+    result = {}
+    for label, (rows, queries, keys) in shapes.items():
+        query = torch.randn(rows, kv, queries, dim, device=device, dtype=torch.bfloat16)
+        key = torch.randn(rows, kv, keys, dim, device=device, dtype=torch.bfloat16)
+        value = torch.randn(rows, kv, keys, dim, device=device, dtype=torch.bfloat16)
+        bias = torch.zeros(rows, 1, queries, keys, device=device, dtype=torch.bfloat16)
+        bias[..., keys // 2 :] = torch.finfo(torch.bfloat16).min
+        # The same attention with the query heads as heads (enable_gqa) rather than as query rows.
+        length = queries // groups
+        query_gqa = torch.randn(rows, heads, length, dim, device=device, dtype=torch.bfloat16)
+        bias_gqa = bias[:, :, :length]
+        for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+            for gqa in (False, True):
+                name = f"{label}_{backend.name.lower()}{'_gqa' if gqa else ''}"
+                try:
+                    with sdpa_kernel([backend]):
+                        result[name] = _event_ms(
+                            lambda q=query_gqa if gqa else query, k=key, v=value, b=bias_gqa if gqa else bias, g=gqa: (
+                                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=b, enable_gqa=g)
+                            )
+                        )
+                except RuntimeError as error:
+                    result[name] = f"unavailable: {str(error)[:80]}"
+        result[f"{label}_matmul_softmax"] = _event_ms(
+            lambda q=query, k=key, v=value, b=bias: torch.matmul(
+                torch.softmax((torch.matmul(q, k.transpose(-1, -2)) * dim**-0.5 + b).float(), dim=-1).to(q.dtype), v
+            )
+        )
+    return result
+
+
+def _event_ms(function: Callable[[], Any], repeats: int = 20) -> float:
+    function()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        function()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def reference_loop(
+    model: NatureLM,
+    windows: list[np.ndarray],
+    alphas: list[float],
+    args: argparse.Namespace,
+    batch_seconds: list[float] | None = None,
+):
+    """The public evaluation loop: alpha outermost, one LoRA scale for the whole batch, every recording
+    re-encoded for every alpha, batches of 16, transformers' generate with beam search."""
+    generation = GenerationConfig(
+        num_beams=args.beams,
+        do_sample=False,
+        max_new_tokens=args.new_tokens,
+        repetition_penalty=1.0,
+        length_penalty=1.0,
+        early_stopping=False,
+        eos_token_id=STOP_IDS,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+    )
+    tokens = []
+    batch_seconds = [] if batch_seconds is None else batch_seconds
+    start_time = time.perf_counter()
+    for alpha in alphas:
+        for start in range(0, len(windows), REFERENCE_BATCH):
+            chunk = windows[start : start + REFERENCE_BATCH]
+            embeds = model.encode_audio(np.stack(chunk))
+            batch = model.build_inputs([[e] for e in embeds], PROMPT)
+            # One global scale: every row (and beam) of the batch at the same alpha.
+            scale = torch.full((len(chunk) * args.beams,), alpha, device=model.device)
+            with torch.no_grad(), model.row_alphas.applied(scale):
+                output = model.llm.generate(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    generation_config=generation,
+                )
+            tokens += [len(answer.split()) for answer in decode_answers(model.tokenizer, output.tolist())]
+            batch_seconds.append(time.perf_counter() - start_time)
+            start_time = time.perf_counter()
+    return tokens
+
+
+def engine_sweep(model: NatureLM, windows: list[np.ndarray], alphas: list[float], args: argparse.Namespace):
+    """Our path: every (recording, alpha) row queued at once; the engine encodes each recording once and
+    generates mixed-alpha batches of `sweep_batch` rows."""
+    engine = Engine(model, max_batch_rows=args.sweep_batch, inline=True, sweep_capacity=100_000)
+    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.new_tokens)
+    rows = [([window], PROMPT, alpha) for window in windows for alpha in alphas]
+    answers = engine.answer_many(rows, settings=settings, priority=Priority.SWEEP, timeout_s=3600)
+    tokens = [len(answer.split()) for answer in answers]  # counted as for the reference loop
+    stats = {"batches": engine.stats.batches, "windows_encoded": engine.stats.windows_encoded}
+    return tokens, stats
+
+
+def section_sweep(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Answers per second on the same recordings, alphas, prompt, beams and new-token budget."""
+    alphas = SWEEP_ALPHAS
+    result: dict[str, Any] = {"alphas": len(alphas), "beams": args.beams, "new_tokens": args.new_tokens}
+    warm = recordings(REFERENCE_BATCH, seed=51)
+    reference_loop(model, warm[:REFERENCE_BATCH], alphas[:1], args)  # warm-up, same shapes
+    shared = recordings(args.sweep_recordings, seed=52)
+    batch_seconds: list[float] = []
+    seconds, tokens = timed(device, lambda: reference_loop(model, shared, alphas, args, batch_seconds))
+    result["reference_loop"] = _throughput(seconds, tokens)
+    # The reference is CPU-bound (eager transformers), so its rate moves with the host: the speedups below
+    # use its median batch, the more favourable to it of the two when a few batches ran slow.
+    median_rate = len(tokens) / len(batch_seconds) / statistics.median(batch_seconds)  # equal batches
+    result["reference_loop"]["batch_seconds"] = batch_seconds
+    result["reference_loop"]["answers_per_s_median_batch"] = median_rate
+    reference_rate = max(median_rate, result["reference_loop"]["answers_per_s"])
+
+    model.decode_with_static_cache = True
+    engine_sweep(model, warm, alphas, args)  # warm-up: captures this batch shape's graphs once
+    large = recordings(args.large_recordings, seed=53)
+    double = argparse.Namespace(**{**vars(args), "sweep_batch": 2 * args.sweep_batch})
+    engine_sweep(model, warm + warm, alphas, double)  # warm-up of the doubled batch's shape
+    for label, windows, options in (
+        ("ours", shared, args),
+        ("ours_large", large, args),
+        ("ours_large_double_batch", large, double),
+    ):
+        seconds, (tokens, stats) = timed(device, lambda w=windows, o=options: engine_sweep(model, w, alphas, o))
+        result[label] = {**_throughput(seconds, tokens), **stats, "rows_per_batch": options.sweep_batch}
+    model.decode_with_static_cache = False
+    seconds, (tokens, stats) = timed(device, lambda: engine_sweep(model, shared, alphas, args))
+    result["ours_eager_decode"] = {**_throughput(seconds, tokens), **stats}
+    model.decode_with_static_cache = None
+    result["speedup_vs_reference"] = result["ours"]["answers_per_s"] / reference_rate
+    result["speedup_large_vs_reference"] = result["ours_large"]["answers_per_s"] / reference_rate
+    return result
+
+
+def _throughput(seconds: float, tokens: list[int]) -> dict[str, Any]:
+    return {
+        "answers": len(tokens),
+        "seconds": seconds,
+        "answers_per_s": len(tokens) / seconds,
+        "mean_tokens_per_answer": statistics.mean(tokens),
+    }
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The table docs/PERFORMANCE.md shows; every number that a section produced, errors named."""
+    env = results.get("environment", {})
+    lines = [
+        f"Device: {env.get('device')} | date: {env.get('date')} | torch {env.get('torch')} | "
+        f"transformers {env.get('transformers')} | peft {env.get('peft')}",
+        f"Command: `{env.get('command')}`",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+    ]
+    for section, values in results.items():
+        if section == "environment":
+            continue
+        for key, value in _flatten(values):
+            lines.append(f"| {section}.{key} | {_format(value)} |" if key else f"| {section} | {_format(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(values, dict):
+        return [item for key, value in values.items() for item in _flatten(value, f"{prefix}{key}.")]
+    if isinstance(values, list):
+        return [item for index, value in enumerate(values) for item in _flatten(value, f"{prefix}{index}.")]
+    return [(prefix.rstrip("."), values)]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmark-results"))
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--beams", type=int, default=2)
+    parser.add_argument("--sweep-recordings", type=int, default=16, help="recordings in the side-by-side sweep")
+    parser.add_argument("--large-recordings", type=int, default=64, help="recordings in our larger sweep")
+    parser.add_argument("--sweep-batch", type=int, default=176, help="rows per engine batch (16 recordings x 11)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
+    parser.add_argument(
+        "--sections", default="correctness,alpha_change,latency,decode_step,breakdown,sweep,profile,precision"
+    )
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    build_seconds, model = timed(device, lambda: build_model(args.size, device, dtype))
+    results: dict[str, Any] = {"environment": section_environment(model, device, args)}
+    results["environment"]["build_seconds"] = build_seconds
+    if device.type == "cuda":
+        results["environment"]["model_gpu_memory_gib"] = torch.cuda.memory_allocated(device) / 2**30
+    bandwidth, matmul_tflops = None, 0.0
+    if device.type == "cuda":
+        results["bandwidth"] = section_bandwidth(device)
+        bandwidth = results["bandwidth"]["copy_gb_per_s"] * 1e9
+        matmul_tflops = results["bandwidth"]["bf16_matmul_tflop_per_s"]
+    sections = {
+        "correctness": lambda: section_correctness(model, args),
+        "alpha_change": lambda: section_alpha_change(model, device, args),
+        "latency": lambda: section_latency(model, device, args),
+        "decode_step": lambda: section_decode_step(model, device, args, bandwidth, matmul_tflops),
+        "breakdown": lambda: section_breakdown(model, device, args),
+        "profile": lambda: section_profile(model, device, args, out),
+        "precision": lambda: section_precision(device, args),
+        "sweep": lambda: section_sweep(model, device, args),
+    }
+    peaks = {}
+    for name in args.sections.split(","):
+        start = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            results[name] = sections[name]()
+        except Exception as error:  # a failed section is reported, and the others still run
+            results[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results[name + "_seconds"] = time.perf_counter() - start
+        if device.type == "cuda":  # what the section allocated at most, with the model and held states
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+            results["peak_gpu_memory_gib"] = peaks
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "results.md").write_text(markdown(results))
+        print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+    print(markdown(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

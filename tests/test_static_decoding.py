@@ -1,0 +1,190 @@
+"""The static-cache decoder (the GPU fast path, run eagerly on the CPU) against transformers' eager decoding.
+
+On a GPU the same forward pass is captured in CUDA graphs; what it computes is pinned down here, on the
+tiny checkpoint in float32, where both paths must agree to rounding and generate identical ids.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from naturelm_core.decoding import CachedDecoder
+from naturelm_core.loading import load_model
+from naturelm_core.static_decoding import (
+    LlamaStep,
+    StaticDecoding,
+    StaticDecodingUnsupported,
+    row_capacity,
+)
+from naturelm_core.tiny import write_tiny_checkpoint
+
+PROMPTS = [
+    "Caption the audio.",
+    "What is the common name for the focal species in the audio? Answer with the common name only.",
+    "Is there a bird?",
+]
+ALPHAS = [0.0, 0.5, 1.0]
+MAX_NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny")), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[list[torch.Tensor]]:
+    """Three different windows' worth of audio embeddings (29 x 64 each), one per prompt."""
+    generator = torch.Generator().manual_seed(3)
+    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+
+
+def _ids(model, rows, prompts, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None):
+    model.decode_with_static_cache = static
+    if decoding is not None:
+        model.static_decoding = decoding
+    try:
+        return model.generate_ids_from_embeddings(rows, prompts, alphas, num_beams, MAX_NEW_TOKENS)
+    finally:
+        model.decode_with_static_cache = None
+
+
+# Small blocks so that a 12-token generation crosses several attention windows; small_prefill_tokens=0
+# prefills once per item (the sweep path), the default once per beam row (the interactive, graphed path).
+@pytest.mark.parametrize("small_prefill_tokens", [0, 1024])
+@pytest.mark.parametrize("num_beams", [1, 2, 3])
+def test_static_decoding_generates_the_eager_ids(model, rows, num_beams, small_prefill_tokens):
+    decoding = StaticDecoding(prompt_block=8, window_block=4, small_prefill_tokens=small_prefill_tokens)
+    eager = _ids(model, rows, PROMPTS, ALPHAS, num_beams, static=False)
+    static = _ids(model, rows, PROMPTS, ALPHAS, num_beams, static=True, decoding=decoding)
+    assert static == eager
+    assert all(len(ids) > 1 for ids in static)
+    assert len(decoding.shapes) == 1
+
+
+@torch.no_grad()
+def test_logits_match_the_eager_decoder_at_every_step(model, rows):
+    """Prefill and eight steps fed the same tokens: left padding, per-row alphas and three windows."""
+    batch = model.build_inputs(rows, PROMPTS)
+    alphas = torch.tensor([0.2, 0.9, 1.7])
+    with model.row_alphas.applied(alphas):
+        eager = CachedDecoder(model.llm, batch)
+        static = StaticDecoding(prompt_block=8, window_block=3).decoder(model.llm, batch, alphas, 1, 9)
+        eager_logits, static_logits = eager.prefill(), static.prefill()
+        for _ in range(8):
+            _assert_float32_close(static_logits, eager_logits)
+            tokens = eager_logits.argmax(dim=-1)
+            eager_logits, static_logits = eager.step(tokens), static.step(tokens)
+        _assert_float32_close(static_logits, eager_logits)
+
+
+def _assert_float32_close(value: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal up to float32 rounding of another operation order (~1e-6 relative; logits here reach 30).
+
+    A wrong mask, position or alpha moves them by O(1).
+    """
+    assert float((value - reference).norm() / reference.norm()) < 2e-5
+    torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-3)
+
+
+def test_a_state_serves_new_alphas_and_prompts_without_a_rebuild(model, rows):
+    """The second call reuses the first call's buffers (stale columns must stay invisible) at new alphas."""
+    decoding = StaticDecoding(prompt_block=256, window_block=4)  # both batches: one prompt capacity
+    first = _ids(model, rows, PROMPTS, ALPHAS, 2, static=True, decoding=decoding)
+    runner = next(iter(decoding._runners.values()))
+    new_rows, new_prompts, new_alphas = rows[::-1], ["Caption it.", "Which bird?", "Any frogs?"], [0.9, 0.1, 0.6]
+    second = _ids(model, new_rows, new_prompts, new_alphas, 2, static=True, decoding=decoding)
+    assert second == _ids(model, new_rows, new_prompts, new_alphas, 2, static=False)
+    assert second != first
+    assert next(iter(decoding._runners.values())) is runner
+    assert len(decoding.shapes) == 1
+
+
+def test_weights_loaded_in_place_are_seen_by_the_next_generation(model, rows):
+    """The fused LoRA A copy is refreshed per generation; a replaced tensor rebuilds the step."""
+    twin = copy.deepcopy(model)
+    decoding = StaticDecoding()
+    before = _ids(twin, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding)
+    step = decoding.step
+    with torch.no_grad():
+        for name, parameter in twin.llm.named_parameters():
+            if ".lora_A." in name and ".v_proj." in name:
+                parameter.mul_(-3.0)
+    after = _ids(twin, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding)
+    assert after == _ids(twin, rows, PROMPTS, ALPHAS, 1, static=False)
+    assert after != before
+    assert decoding.step is step
+    layer = twin.llm.model.layers[0].self_attn.q_proj.base_layer
+    layer.weight = torch.nn.Parameter(layer.weight.detach() * 2.0)
+    replaced = _ids(twin, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding)
+    assert replaced == _ids(twin, rows, PROMPTS, ALPHAS, 1, static=False)
+    assert decoding.step is not step
+
+
+def test_a_copied_model_starts_without_states(model, rows):
+    _ids(model, rows, PROMPTS, ALPHAS, 1, static=True, decoding=StaticDecoding())
+    assert model.static_decoding.shapes
+    twin = copy.deepcopy(model)
+    assert twin.static_decoding.shapes == []
+    assert twin.static_decoding.step is None
+
+
+def test_static_decoding_is_used_on_cuda_only_unless_asked_and_never_in_training(model):
+    assert model.decode_with_static_cache is None
+    assert not model.uses_static_cache  # the tiny model is on the CPU
+    model.decode_with_static_cache = True
+    try:
+        assert model.uses_static_cache
+        model.train()
+        assert not model.uses_static_cache
+    finally:
+        model.eval()
+        model.decode_with_static_cache = None
+
+
+def test_an_unsupported_model_falls_back_to_the_eager_decoder(model, rows, monkeypatch, caplog):
+    expected = _ids(model, rows, PROMPTS, ALPHAS, 2, static=False)
+
+    def refuse(*args, **kwargs):
+        raise StaticDecodingUnsupported("merged LoRA")
+
+    monkeypatch.setattr(model.static_decoding, "decoder", refuse)
+    model.decode_with_static_cache = True
+    try:
+        assert model.generate_ids_from_embeddings(rows, PROMPTS, ALPHAS, 2, MAX_NEW_TOKENS) == expected
+        assert model.decode_with_static_cache is False
+        assert "merged LoRA" in caplog.text
+    finally:
+        model.decode_with_static_cache = None
+
+
+def test_a_llama_without_lora_is_refused(model):
+    plain = LlamaForCausalLM(model.llm.config).eval()
+    with pytest.raises(StaticDecodingUnsupported, match="not a LoRA layer"):
+        LlamaStep(plain)
+
+
+def test_bad_arguments_are_refused(model, rows):
+    batch = model.build_inputs(rows, PROMPTS)
+    decoding = StaticDecoding()
+    with pytest.raises(ValueError, match="expected 6 row alphas"):
+        decoding.decoder(model.llm, batch, torch.zeros(3), 2, 4)
+    alphas = torch.zeros(3)
+    with torch.no_grad(), model.row_alphas.applied(alphas):
+        decoder = decoding.decoder(model.llm, batch, alphas, 1, 2)
+        tokens = decoder.prefill().argmax(dim=-1)
+        decoder.step(tokens)
+        decoder.step(tokens)
+        with pytest.raises(RuntimeError, match="holds 2 new tokens"):
+            decoder.step(tokens)
+
+
+@pytest.mark.parametrize(
+    "rows,capacity", [(1, 1), (2, 2), (3, 4), (17, 32), (32, 32), (33, 64), (176, 192), (352, 352), (353, 384)]
+)
+def test_row_capacity_rounds_up_to_few_shapes(rows, capacity):
+    assert row_capacity(rows) == capacity

@@ -1,6 +1,8 @@
 """Sweeps: a grid of (sample, prompt, alpha) answers from the model that also serves the app, kept on disk.
 
     python -m evaluation.sweep SPEC.json [SPEC.json ...] [--runs-dir DIR] [--model SRC] [--demo]
+    python -m evaluation.sweep CONFIG.yml [--data-path BEANS_ZERO_COPY] [--limit N]   (the paper fork's configs)
+    python -m evaluation.sweep SPEC.json --ray [ADDRESS] [--ray-actors N]   (on a Ray cluster: ray_backend.py)
 
 A SweepSpec names the data, the prompts, the alpha grid and the generation settings; its id is
 derived from what decides the answers, so running the same spec again resumes it. The runner
@@ -34,11 +36,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from evaluation.datasets import DatasetError, Sample, Subset, load_recordings, load_subset
+from evaluation.icl import (
+    ContextBudget,
+    ExampleBank,
+    ExtendedPrompt,
+    InContextError,
+    Species,
+    examples_needed,
+    parse_species,
+    uses_extended_language,
+)
 from evaluation.prompts import PAPER_PROMPTS, Prompt, PromptTemplateError
 from evaluation.reference import LabelMapping, load_label_mapping
 from evaluation.results import ResultRow
@@ -96,6 +108,7 @@ ANSWER_FIELDS = (
     "num_beams",
     "max_new_tokens",
     "window_s",
+    "species",
 )
 
 
@@ -106,6 +119,9 @@ class SweepSpec:
     `limit` is per subset: that many samples chosen by a seeded hash of their ids (a reproducible
     random subset, not the first rows, which are often grouped by class). `top_k_classes` keeps the
     rows of the k most frequent labels first. `window_s` overrides each subset's model window.
+    `species` keeps the rows of these labels only and lists them in this order (the fork's
+    `species:`); `max_context_tokens` caps the positions one row may take, its recordings and answer
+    included (default: the LLM's max_position_embeddings).
     """
 
     name: str
@@ -123,6 +139,8 @@ class SweepSpec:
     window_s: float | None = None
     scoring_mode: ScoringMode = ScoringMode.PAPER
     mapping_file: str | None = None
+    species: tuple[Species, ...] = ()
+    max_context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -141,7 +159,9 @@ class SweepSpec:
             raise SweepSpecError(f"source {self.source.value!r} needs a 'path'")
         if self.source is DataSource.RECORDINGS and len(self.subsets) != 1:
             raise SweepSpecError("a folder of recordings is one data set: give exactly one subset name for it")
-        for key in ("limit", "top_k_classes"):
+        if self.species and self.top_k_classes is not None:
+            raise SweepSpecError("give either species or top_k_classes (top_k_species), not both")
+        for key in ("limit", "top_k_classes", "max_context_tokens"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise SweepSpecError(f"{key} must be a positive integer or null, got {value!r}")
@@ -171,6 +191,7 @@ class SweepSpec:
     # -- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """species and max_context_tokens came after sweeps existed: written only when set, so older ids stay."""
         return {
             "name": self.name,
             "source": self.source.value,
@@ -179,7 +200,7 @@ class SweepSpec:
             "subsets": list(self.subsets),
             "limit": self.limit,
             "top_k_classes": self.top_k_classes,
-            "prompts": [{"name": p.name, "template": p.template} for p in self.prompts],
+            "prompts": [_prompt_dict(p) for p in self.prompts],
             "alphas": list(self.alphas),
             "seed": self.seed,
             "num_beams": self.num_beams,
@@ -187,6 +208,8 @@ class SweepSpec:
             "window_s": self.window_s,
             "scoring_mode": self.scoring_mode.value,
             "mapping_file": self.mapping_file,
+            **({"species": [s.to_dict() for s in self.species]} if self.species else {}),
+            **({"max_context_tokens": self.max_context_tokens} if self.max_context_tokens is not None else {}),
         }
 
     @classmethod
@@ -221,6 +244,11 @@ class SweepSpec:
                 values[key] = str((base / Path(values[key]).expanduser()).resolve())
         if values.get("window_s") is not None:
             values["window_s"] = _as_number(values["window_s"], "window_s")
+        if "species" in values:
+            try:
+                values["species"] = parse_species(values["species"])
+            except InContextError as error:
+                raise SweepSpecError(str(error)) from None
         return cls(**values)
 
     @classmethod
@@ -266,11 +294,23 @@ def _parse_prompt(value: Any) -> Prompt:
             if value not in PAPER_PROMPTS:
                 raise SweepSpecError(f"unknown preset prompt {value!r}; presets: {sorted(PAPER_PROMPTS)}")
             return PAPER_PROMPTS[value]
+        if isinstance(value, dict) and set(value) == {"name", "template", "examples_per_class"}:
+            return ExtendedPrompt(str(value["name"]), str(value["template"]), value["examples_per_class"])
         if isinstance(value, dict) and set(value) == {"name", "template"}:
-            return Prompt(name=str(value["name"]), template=str(value["template"]))
+            name, template = str(value["name"]), str(value["template"])
+            return ExtendedPrompt(name, template) if uses_extended_language(template) else Prompt(name, template)
     except PromptTemplateError as error:
         raise SweepSpecError(str(error)) from None
-    raise SweepSpecError(f"a prompt is a preset name or {{'name': ..., 'template': ...}}, got {value!r}")
+    raise SweepSpecError(
+        f"a prompt is a preset name or {{'name': ..., 'template': ...[, 'examples_per_class': k]}}, got {value!r}"
+    )
+
+
+def _prompt_dict(prompt: Prompt) -> dict[str, Any]:
+    """An ExtendedPrompt always carries examples_per_class, which is what marks it as one when read back."""
+    if isinstance(prompt, ExtendedPrompt):
+        return {"name": prompt.name, "template": prompt.template, "examples_per_class": prompt.examples_per_class}
+    return {"name": prompt.name, "template": prompt.template}
 
 
 def _check_alphas(alphas: Sequence[Any]) -> None:
@@ -304,13 +344,18 @@ def item_key(dataset: str, sample_id: str, prompt_name: str, alpha: float) -> It
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One answer to produce: a sample, a prompt (rendered for that sample) and an alpha."""
+    """One answer to produce: a sample, a prompt (rendered for that sample) and an alpha.
+
+    `example_ids` are the in-context example recordings of the prompt's placeholders, in order; the
+    sample itself fills the last placeholder.
+    """
 
     dataset: str
     sample_id: str
     prompt_name: str
     prompt_text: str
     alpha: float
+    example_ids: tuple[str, ...] = ()
 
     @property
     def key(self) -> ItemKey:
@@ -319,11 +364,16 @@ class WorkItem:
 
 @dataclass
 class SubsetPlan:
-    """The samples of one subset a sweep asks about, in source order, and the labels closed-set prompts list."""
+    """The samples of one subset a sweep asks about, in source order, and the labels closed-set prompts list.
+
+    `examples` holds the in-context example recordings once the runner has read them (load_examples).
+    """
 
     subset: Subset
     sample_ids: list[str]
     labels: list[str]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    examples: ExampleBank | None = None
 
     @property
     def name(self) -> str:
@@ -352,19 +402,42 @@ def plan_sweep(spec: SweepSpec) -> list[SubsetPlan]:
     plans = []
     for name in spec.subsets:
         subset = open_subset(spec, name)
-        if spec.top_k_classes is not None:
+        # The species in the order prompts list them without {randomize}: as given, or the most frequent first.
+        labels = None
+        if spec.species:
+            labels = [s.name for s in spec.species]
+            subset = subset.with_classes(labels)
+        elif spec.top_k_classes is not None:
             subset = subset.top_k_classes(spec.top_k_classes)
-        plans.append(SubsetPlan(subset, select_sample_ids(subset.ids(), spec.limit, spec.seed), subset.labels()))
+            labels = list(subset.label_counts())
+        ids = select_sample_ids(subset.ids(), spec.limit, spec.seed)
+        descriptions = {s.name: s.description for s in spec.species}
+        plans.append(SubsetPlan(subset, ids, labels or subset.labels(), descriptions))
     return plans
+
+
+def load_examples(spec: SweepSpec, plan: SubsetPlan) -> None:
+    """Read the subset's in-context example recordings into the plan (one pass), if any prompt uses them."""
+    from naturelm_core.audio import AudioError
+
+    k = examples_needed(spec.prompts)
+    if k and plan.examples is None:
+        plan.examples = ExampleBank.collect(
+            plan.subset, plan.labels, k, spec.seed, model_window, unusable=(AudioError,), dataset=plan.name
+        )
 
 
 def sample_items(spec: SweepSpec, plan: SubsetPlan, sample_id: str) -> list[WorkItem]:
     """A sample's rows, prompt-major; closed-set prompts list the labels in this sample's own seeded order."""
-    return [
-        WorkItem(plan.name, sample_id, prompt.name, prompt.render(sample_id, plan.labels, spec.seed), float(alpha))
-        for prompt in spec.prompts
-        for alpha in spec.alphas
-    ]
+    items = []
+    for prompt in spec.prompts:
+        if isinstance(prompt, ExtendedPrompt):
+            rendered = prompt.render_for_sample(sample_id, plan.labels, spec.seed, plan.descriptions, plan.examples)
+            text, example_ids = rendered.text, rendered.example_ids
+        else:
+            text, example_ids = prompt.render(sample_id, plan.labels, spec.seed), ()
+        items.extend(WorkItem(plan.name, sample_id, prompt.name, text, float(a), example_ids) for a in spec.alphas)
+    return items
 
 
 def model_window(sample: Sample) -> np.ndarray:
@@ -450,19 +523,75 @@ class _InFlight:
 
 
 ProgressCallback = Callable[[SweepStatus], None]
+# One row to answer: an audio window per `<AudioHere>` of the prompt, the prompt, the alpha.
+Row = tuple[list[np.ndarray], str, float]
+
+
+@runtime_checkable
+class SweepBackend(Protocol):
+    """Where a sweep's rows are answered: this process's Engine, or workers elsewhere (evaluation.ray_backend).
+
+    The runner alone reads the data and writes results.jsonl, whatever the backend, so the file,
+    resume and metrics do not depend on where the answers were computed.
+    """
+
+    @property
+    def inflight_rows(self) -> int:
+        """Rows to keep queued so that every worker has its next batch ready."""
+        ...
+
+    def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
+        """Queue the rows of one recording together (one worker, one encode); each Future resolves to the answer."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class EngineBackend:
+    """The local backend: rows go to the shared Engine at sweep priority, behind interactive users."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def inflight_rows(self) -> int:
+        return 2 * self.engine.max_batch_rows
+
+    def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
+        from naturelm_core.engine import Priority
+
+        return [
+            self.engine.submit(
+                windows,
+                prompt,
+                alpha,
+                settings=settings,
+                priority=Priority.SWEEP,
+                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
+                block=True,
+            )
+            for windows, prompt, alpha in rows
+        ]
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+
+def as_backend(engine: Engine | SweepBackend) -> SweepBackend:
+    return engine if isinstance(engine, SweepBackend) else EngineBackend(engine)
 
 
 class SweepRunner:
-    """Runs (or resumes) one sweep on an Engine; `run()` returns the final status.
+    """Runs (or resumes) one sweep on an Engine or another SweepBackend; `run()` returns the final status.
 
-    At most `max_inflight_rows` rows (default: two engine batches, at least two samples' worth) are
-    queued at once, so the engine always has the next batch ready while a cancel or a crash loses at
-    most what is in flight.
+    At most `max_inflight_rows` rows (default: the backend's `inflight_rows`, at least two samples'
+    worth) are queued at once, so every worker always has its next batch ready while a cancel or a
+    crash loses at most what is in flight.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | SweepBackend,
         spec: SweepSpec,
         runs_dir: str | os.PathLike[str] | None = None,
         *,
@@ -470,12 +599,12 @@ class SweepRunner:
         on_progress: ProgressCallback | None = None,
         max_inflight_rows: int | None = None,
     ) -> None:
-        self.engine = engine
+        self.backend = as_backend(engine)
         self.spec = spec
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
         self.cancel_event = cancel or threading.Event()
         self.on_progress = on_progress
-        self.max_inflight_rows = max_inflight_rows or max(2 * engine.max_batch_rows, 2 * spec.items_per_sample)
+        self.max_inflight_rows = max_inflight_rows or max(self.backend.inflight_rows, 2 * spec.items_per_sample)
         self.folder = SweepFolder(self.runs_dir, spec.sweep_id)
         self.status = SweepStatus(spec.sweep_id, spec.name, SweepState.RUNNING, created_at=time.time())
         self._inflight: deque[_InFlight] = deque()
@@ -484,6 +613,9 @@ class SweepRunner:
         self._session_start = 0.0
         self._failed_groups_in_a_row = 0
         self._first_error = ""
+        # The model's context where the backend serves it in this process; a remote backend's is not checked here.
+        local_model = getattr(getattr(self.backend, "engine", None), "model", None)
+        self._budget = ContextBudget.of_model(local_model, spec.max_context_tokens)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -550,8 +682,8 @@ class SweepRunner:
 
     def _submit_subset(self, plan: SubsetPlan, settings: GenerationSettings) -> None:
         from naturelm_core.audio import AudioError
-        from naturelm_core.engine import Priority
 
+        load_examples(self.spec, plan)
         wanted = set(plan.sample_ids)
         seen: set[str] = set()
         for sample in plan.subset:
@@ -568,18 +700,7 @@ class SweepRunner:
             except AudioError as error:
                 self._skip_sample(plan.name, sample.id, str(error))
                 continue
-            futures = [
-                self.engine.submit(
-                    [window],
-                    item.prompt_text,
-                    item.alpha,
-                    settings=settings,
-                    priority=Priority.SWEEP,
-                    timeout_s=SWEEP_REQUEST_TIMEOUT_S,
-                    block=True,
-                )
-                for item in items
-            ]
+            futures = self.backend.submit_group(self._rows(plan, items, window), settings)
             flight = _InFlight(sample, items, futures, time.monotonic())
             for index, future in enumerate(futures):
                 future.add_done_callback(lambda _, i=index, f=flight: f.finished.setdefault(i, time.monotonic()))
@@ -590,6 +711,19 @@ class SweepRunner:
             if row.id in wanted and row.id not in seen:
                 self._skip_sample(plan.name, row.id, row.reason)
                 seen.add(row.id)
+
+    def _rows(self, plan: SubsetPlan, items: list[WorkItem], window: np.ndarray) -> list[Row]:
+        """Each item's windows (its examples', then the sample's) and prompt; a prompt too long fails here."""
+        rows: list[Row] = []
+        checked: set[str] = set()
+        for item in items:
+            windows = [*(plan.examples.window(i) for i in item.example_ids), window] if item.example_ids else [window]
+            if self._budget is not None and item.prompt_text not in checked:
+                what = f"prompt {item.prompt_name!r} for {item.dataset}/{item.sample_id}"
+                self._budget.check(item.prompt_text, [len(w) for w in windows], self.spec.max_new_tokens, what)
+                checked.add(item.prompt_text)
+            rows.append((windows, item.prompt_text, item.alpha))
+        return rows
 
     def _skip_sample(self, dataset: str, sample_id: str, reason: str) -> None:
         """An unusable recording leaves the plan (it could never be answered) instead of failing the sweep."""
@@ -609,17 +743,21 @@ class SweepRunner:
         while self._inflight and self._inflight[0].done():
             group.append(self._inflight.popleft())
         records: list[dict[str, Any]] = []
+        written: set[ItemKey] = set()
         failed = 0
         for flight in group:
             for index, (item, future) in enumerate(zip(flight.items, flight.futures, strict=True)):
+                if item.key in self._done or item.key in written:
+                    continue  # an item answered twice (a backend that retried it) still gets one row
                 error = future.exception()
                 if error is not None:
                     failed += 1
                     self._first_error = self._first_error or str(error)
                     continue
                 records.append(_record(flight, index, item, future.result()))
+                written.add(item.key)
         self.folder.results.append(records)
-        self._done.update(_record_key(record) for record in records)
+        self._done.update(written)
         self.status.done = len(self._done)
         self.status.failed += failed
         self._session_done += len(records)
@@ -668,7 +806,9 @@ def _record(flight: _InFlight, index: int, item: WorkItem, prediction: str) -> d
         label=flight.sample.label,
     )
     finished = flight.finished.get(index, time.monotonic())
-    return {**row.to_dict(), "latency_s": round(finished - flight.submitted, 4), "written_at": round(time.time(), 3)}
+    examples = {"examples": list(item.example_ids)} if item.example_ids else {}
+    timing = {"latency_s": round(finished - flight.submitted, 4), "written_at": round(time.time(), 3)}
+    return {**row.to_dict(), **examples, **timing}
 
 
 def _record_key(record: dict[str, Any]) -> ItemKey:
@@ -679,12 +819,12 @@ def _record_key(record: dict[str, Any]) -> ItemKey:
 
 
 def run_sweep(
-    engine: Engine,
+    engine: Engine | SweepBackend,
     spec: SweepSpec,
     runs_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> SweepStatus:
-    """Run or resume `spec` on `engine` in the calling thread (see SweepRunner for the options)."""
+    """Run or resume `spec` on `engine` (or a SweepBackend) in the calling thread (see SweepRunner for the options)."""
     return SweepRunner(engine, spec, runs_dir, **options).run()
 
 
@@ -696,12 +836,13 @@ class SweepQueue:
     """Runs submitted sweeps one at a time in a background thread, on the engine the app already serves from.
 
     One sweep at a time keeps the accelerator's memory and the results' order predictable; the
-    engine still interleaves interactive requests between the sweep's batches.
+    engine still interleaves interactive requests between the sweep's batches. `engine` may also be
+    another SweepBackend (a Ray pool), which the queue then uses for every sweep it runs.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | SweepBackend,
         runs_dir: str | os.PathLike[str] | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
@@ -833,7 +974,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluation.sweep",
         description="Run or resume sweeps headless; results land in RUNS_DIR/<sweep-id>/results.jsonl.",
     )
-    parser.add_argument("specs", nargs="+", type=Path, metavar="SPEC.json", help="sweep spec(s), run one after another")
+    parser.add_argument(
+        "specs",
+        nargs="+",
+        type=Path,
+        metavar="SPEC.json|CONFIG.yml",
+        help="sweep specs or the paper's fork YAML configs (model/generate/extended), run one after another",
+    )
+    parser.add_argument("--data-path", default=None, help="YAML configs: a local BEANS-Zero copy (default: the Hub)")
+    parser.add_argument("--limit", type=int, default=None, help="YAML configs: at most N samples per data set")
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: $NATURELM_RUNS_DIR, /data/runs or runs/")
     parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
@@ -841,19 +990,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
     parser.add_argument("--demo", action="store_true", help="the tiny random model: exercises the pipeline only")
     parser.add_argument("--max-batch-rows", type=int, default=32, help="rows per batched generate call")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="answer on a Ray cluster (auto, host:6379, ray://host:10001); alone: start Ray on this machine",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, else per CPU)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        specs = [SweepSpec.from_json_file(path) for path in args.specs]
+        specs = [load_spec_file(path, args.data_path, args.limit) for path in args.specs]
         for spec in specs:
             spec.generation_settings()
             plan_sweep(spec)  # bad data fails here, before minutes of model loading
     except (SweepSpecError, DatasetError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)
-    engine = _start_engine(args)
+    engine = _start_ray_backend(args) if args.ray is not None else _start_engine(args)
     if isinstance(engine, int):
         return engine
     cancel = threading.Event()
@@ -874,6 +1034,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code
 
 
+def load_spec_file(path: Path, data_path: str | None = None, limit: int | None = None) -> SweepSpec:
+    """A JSON spec, or a fork YAML config (.yml/.yaml) read as one, with the data and limit it cannot name."""
+    if path.suffix.lower() in (".yml", ".yaml"):
+        from evaluation.fork_config import spec_from_yaml
+
+        return spec_from_yaml(path, data_path=data_path, limit=limit)
+    if data_path is not None or limit is not None:
+        raise SweepSpecError(f"--data-path and --limit apply to YAML configs; the JSON spec {path} names its own")
+    return SweepSpec.from_json_file(path)
+
+
 def _start_engine(args: argparse.Namespace) -> Engine | int:
     from naturelm_core.engine import Engine
     from naturelm_core.loading import ModelLoadError, load_model
@@ -892,6 +1063,28 @@ def _start_engine(args: argparse.Namespace) -> Engine | int:
     return Engine(model, max_batch_rows=args.max_batch_rows).start()
 
 
+def _start_ray_backend(args: argparse.Namespace) -> SweepBackend | int:
+    """A pool of Ray actors, each loading the model the flags name; bad flags or an unloadable model exit 2."""
+    from naturelm_core.loading import ModelLoadError
+
+    try:
+        from evaluation.ray_backend import ModelSource, RayBackend, RayBackendError
+    except ImportError as error:  # Ray is an optional extra
+        return _fail(error, EXIT_BAD_INPUT)
+    try:
+        model = ModelSource(args.model, args.llm, args.device, args.dtype, args.demo)
+        backend = RayBackend(
+            model, address=args.ray or None, num_actors=args.ray_actors, max_batch_rows=args.max_batch_rows
+        ).start()
+    except (RayBackendError, ModelLoadError, OSError, ValueError) as error:
+        return _fail(error, EXIT_BAD_INPUT)
+    if args.demo:
+        print("warning: --demo runs the tiny random model; its answers are meaningless", file=sys.stderr)
+    actors = backend.live_actors()
+    print(f"Ray: {len(actors)} actor(s) on {sorted({a.node_ip for a in actors})}", file=sys.stderr)
+    return backend
+
+
 def _request_stop(cancel: threading.Event, previous_handler: Any) -> None:
     """First Ctrl-C: finish the batch in flight and stop cleanly; a second one interrupts at once."""
     print("\ncancelling after the batch in flight (Ctrl-C again to abort)", file=sys.stderr)
@@ -899,7 +1092,9 @@ def _request_stop(cancel: threading.Event, previous_handler: Any) -> None:
     signal.signal(signal.SIGINT, previous_handler)
 
 
-def _run_with_progress(engine: Engine, spec: SweepSpec, runs_dir: Path | None, cancel: threading.Event) -> int:
+def _run_with_progress(
+    engine: Engine | SweepBackend, spec: SweepSpec, runs_dir: Path | None, cancel: threading.Event
+) -> int:
     from tqdm import tqdm
 
     bar = tqdm(desc=spec.sweep_id, unit="item", dynamic_ncols=True)

@@ -10,16 +10,20 @@ same figures, and tests read the traces back to check their values.
 - the error breakdown vs alpha: stacked shares of correct / in-set confusion / out of set / abstention
 - the per-sample table: each sample's answers across alphas, filterable by dataset, prompt, correctness
 - an overlay of several sweeps' metric-vs-alpha curves
+- for the paper's presets: one panel per data set, bars per prompt at chosen alphas, and the
+  majority-class and random baselines of a closed set
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 from evaluation.prompts import PromptKind
 from evaluation.scoring import GroupScore, Outcome
@@ -317,3 +321,143 @@ def answers_table(
 
 def alpha_column(alpha: float) -> str:
     return f"alpha={alpha:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's figures: panels per data set, bars, closed-set baselines
+
+BASELINE_DASHES = {"majority class": "dash", "random": "dashdot"}
+BAR_COLOURS = qualitative.Set2
+
+
+def metric_vs_alpha_panels(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """One panel per data set, one line per prompt (the paper's Figure 2 layout); a prompt keeps its colour."""
+    label = _check_metric(metric)
+    datasets = sorted(frame["dataset"].unique()) or [""]
+    figure = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets, shared_yaxes=True)
+    colours = _prompt_colours([frame])
+    in_legend: set[str] = set()
+    for column, dataset in enumerate(datasets, start=1):
+        for prompt, group in frame[frame["dataset"] == dataset].groupby("prompt", sort=True):
+            group = group.sort_values("alpha")
+            figure.add_trace(
+                go.Scatter(
+                    x=group["alpha"].tolist(),
+                    y=group[metric].tolist(),
+                    customdata=group["n"].tolist(),
+                    mode="lines+markers",
+                    name=prompt,
+                    legendgroup=prompt,
+                    showlegend=prompt not in in_legend,
+                    line={"color": colours[prompt]},
+                    meta={"dataset": dataset, "prompt": prompt},
+                    hovertemplate="alpha %{x}<br>" + label + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+                ),
+                row=1,
+                col=column,
+            )
+            in_legend.add(prompt)
+        figure.update_xaxes(title_text="alpha", row=1, col=column)
+    figure.update_yaxes(range=[0, 1.02], title_text=label, row=1, col=1)
+    figure.update_layout(title=f"{label} vs alpha", legend={"orientation": "h", "y": -0.25}, height=380)
+    return figure
+
+
+def alpha_bars_figure(
+    frame: pd.DataFrame,
+    metric: str = "accuracy",
+    alphas: Sequence[float] | None = None,
+    prompts: Sequence[str] | None = None,
+) -> go.Figure:
+    """Bars of `metric` per (dataset, prompt), one colour per alpha (the paper's Figures 1 and 9).
+
+    `alphas` picks the grid points to show (default: all); points the sweep lacks are left out.
+    `prompts` orders the bars as the paper does (default: by name); prompts not listed come last.
+    """
+    label = _check_metric(metric)
+    wanted = sorted(frame["alpha"].unique()) if alphas is None else [float(a) for a in alphas]
+    selected = frame[frame["alpha"].round(6).isin([round(a, 6) for a in wanted])]
+    several = selected["dataset"].nunique() > 1
+    rank = {name: position for position, name in enumerate(prompts or ())}
+    figure = go.Figure()
+    for index, (alpha, group) in enumerate(selected.groupby("alpha", sort=True)):
+        group = group.assign(rank=group["prompt"].map(rank).fillna(len(rank)))
+        group = group.sort_values(["dataset", "rank", "prompt"])
+        figure.add_trace(
+            go.Bar(
+                x=[_curve_name(d, p, several) for d, p in zip(group["dataset"], group["prompt"], strict=True)],
+                y=group[metric].tolist(),
+                text=[f"{value:.2f}" for value in group[metric]],
+                textposition="outside",
+                name=f"alpha={alpha:g}",
+                marker_color=BAR_COLOURS[index % len(BAR_COLOURS)],
+                meta={"alpha": float(alpha)},
+                hovertemplate="%{x}<br>" + label + " %{y:.3f}<extra>alpha " + f"{alpha:g}</extra>",
+            )
+        )
+    if selected.empty:
+        shown = ", ".join(f"{a:g}" for a in wanted)
+        figure.add_annotation(text=f"no answers yet at alpha {shown}", showarrow=False, x=0.5, y=0.5)
+    figure.update_layout(
+        barmode="group",
+        title=f"{label} per prompt",
+        yaxis_title=label,
+        yaxis_range=[0, 1.1],
+        legend={"orientation": "h", "y": -0.25},
+        height=380,
+    )
+    return figure
+
+
+def label_counts(scores: Sequence[GroupScore]) -> dict[str, dict[str, int]]:
+    """Per data set, how many samples carry each label, read from its most complete (prompt, alpha) group."""
+    fullest: dict[str, GroupScore] = {}
+    for score in scores:
+        if score.dataset not in fullest or len(score.answers) > len(fullest[score.dataset].answers):
+            fullest[score.dataset] = score
+    return {dataset: dict(Counter(a.label for a in score.answers)) for dataset, score in fullest.items()}
+
+
+def class_baselines(counts: Mapping[str, int], metric: str = "accuracy") -> dict[str, float]:
+    """What always answering the most frequent class, and answering uniformly at random, score (expected values).
+
+    The lines the paper draws on its closed-set figures. Per class c with n_c of N samples and K
+    classes, uniform guessing gets TP = n_c / K, so F1_c = 2 n_c / (N + K n_c); the majority class m
+    gets F1_m = 2 n_m / (N + n_m) and every other class 0. Macro F1 averages over classes,
+    weighted F1 weighs each class by n_c / N.
+    """
+    _check_metric(metric)
+    n = np.array([count for count in counts.values() if count > 0], dtype=float)
+    if n.size == 0:
+        raise PlotInputError("baselines need at least one labelled sample")
+    total, classes = n.sum(), n.size
+    if metric == "accuracy":
+        return {"majority class": float(n.max() / total), "random": 1.0 / classes}
+    majority = np.zeros(classes)
+    top = int(n.argmax())
+    majority[top] = 2 * n[top] / (total + n[top])
+    uniform = 2 * n / (total + classes * n)
+    weights = n / total if metric == "f1_weighted" else np.full(classes, 1.0 / classes)
+    return {"majority class": float(weights @ majority), "random": float(weights @ uniform)}
+
+
+def add_baselines(figure: go.Figure, baselines: Mapping[str, float]) -> go.Figure:
+    """Grey horizontal lines across the figure's x values (alphas or bar categories), named in the legend."""
+    xs = [x for trace in figure.data for x in (trace.x if trace.x is not None else ())]
+    if not xs:
+        return figure
+    numeric = all(isinstance(x, int | float) for x in xs)
+    ends = [min(xs), max(xs)] if numeric else [next(iter(dict.fromkeys(xs))), list(dict.fromkeys(xs))[-1]]
+    for name, value in baselines.items():
+        figure.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[value, value],
+                mode="lines",
+                name=f"{name} baseline",
+                line={"color": "#888888", "dash": BASELINE_DASHES.get(name, "dot")},
+                meta={"baseline": name},
+                hovertemplate=f"{name} baseline {value:.3f}<extra></extra>",
+            )
+        )
+    return figure

@@ -18,8 +18,13 @@ from naturelm_core.config import AUDIO_PLACEHOLDER, AUDIO_PROMPT_PREFIX
 
 
 def apply_template(prompt: str, template: str) -> str:
-    """Upstream's rule: the audio prefix (with its trailing space) is prepended when absent, then strip."""
-    if AUDIO_PROMPT_PREFIX not in prompt:
+    """The audio prefix is prepended to a prompt that has no audio placeholder at all, then stripped.
+
+    Upstream prepends unless the exact prefix with its trailing space is present, so a prompt written
+    with "<Audio><AudioHere></Audio>\n" (the paper fork's in-context queries) got one placeholder more
+    than it has recordings. Here a placeholder the user wrote anywhere counts.
+    """
+    if AUDIO_PLACEHOLDER not in prompt:
         prompt = AUDIO_PROMPT_PREFIX + prompt
     return template.format(prompt.strip())
 

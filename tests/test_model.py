@@ -48,8 +48,9 @@ def test_the_audio_prefix_is_added_only_when_absent():
     assert apply_template(" Caption it.", "<{}>") == f"<{AUDIO_PROMPT_PREFIX} Caption it.>"
     with_prefix = f"{AUDIO_PROMPT_PREFIX}Caption it."
     assert apply_template(with_prefix, "<{}>") == f"<{with_prefix}>"
-    # Without its trailing space the prefix does not count (upstream's rule): a second one is added.
-    assert apply_template("<Audio><AudioHere></Audio>Hi", "{}") == f"{AUDIO_PROMPT_PREFIX}<Audio><AudioHere></Audio>Hi"
+    # A placeholder written without the trailing space still counts: no second one is added (upstream added one).
+    assert apply_template("<Audio><AudioHere></Audio>\nHi", "{}") == "<Audio><AudioHere></Audio>\nHi"
+    assert apply_template("Audio: <Audio><AudioHere></Audio>\nLabel:", "{}").count("<AudioHere>") == 1
 
 
 def test_special_token_strings_become_single_ids_and_no_bos_is_added(model):

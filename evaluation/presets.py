@@ -1,0 +1,352 @@
+"""The paper's experiments as ready sweeps: one click each, with what they cost and the figures they make.
+
+Each preset is our own SweepSpec for one experiment of "Model Merging Improves Zero-Shot
+Generalization in Bioacoustic Foundation Models", asking the questions exactly as the paper's
+released configs worded them (so the numbers can be compared), and drawing the paper's figures
+(same axes, same series) from the sweep's scores in whichever scoring mode the user picks:
+
+- watkins-cbi       common / scientific / combined prompts over alpha 0..1      Figures 2, 4, 6
+- closed-set-2      unseen-family-cmn, its 2 most frequent classes              Figures 5, 7
+- closed-set-all    unseen-family-cmn, all of its classes                       Figures 1, 5, 8
+- zf-indiv          one bird or more: original, reversed and no-options prompts Figure 9
+- icl               in-context examples, k = 0, 1, 5, on the 2-class set        Figure 10
+
+The paper's k = 0 curve of Figure 10 is its 2-class closed-set run, so the icl preset asks that
+closed-set question for k = 0 and the fork's in-context query for k = 1 and 5.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+
+from evaluation.datasets import SUBSETS
+from evaluation.icl import ExtendedPrompt
+from evaluation.prompts import COMBINED_RELEASED, COMMON, SCIENTIFIC, Prompt
+from evaluation.scoring import GroupScore, ScoringMode
+from evaluation.sweep import DataSource, SweepSpec
+from evaluation.sweep_plots import (
+    add_baselines,
+    alpha_bars_figure,
+    class_baselines,
+    error_breakdown_figure,
+    label_counts,
+    metric_vs_alpha_figure,
+    metric_vs_alpha_panels,
+    metrics_frame,
+    tradeoff_figure,
+)
+
+ALPHA_GRID = tuple(round(0.1 * step, 1) for step in range(11))
+MERGED_ALPHA = 0.4  # the merged model the paper singles out (Figure 1)
+NATURELM_ALPHA = 1.0
+CLOSED_SET_DATASET = "unseen-family-cmn"
+# BEANS-Zero rows of the 2 most frequent unseen-family-cmn classes: 73 + 52, as the paper's own ICL script counts them.
+TOP_2_ROWS = 125
+
+# The queries as the paper's configs wrote them (closed_set_classification_*, in_context_learning_*, zf_indiv).
+CLOSED_SET_QUERY = (
+    "What is the common name for the focal species in the audio?{randomize}\nOutput exactly one of: {species_list}"
+)
+ICL_QUERY = (
+    "Identify the common name for the focal species in the audio.\nOutput exactly one of: {species_list}\n\n"
+    "{audio_examples}\n\nAudio: <Audio><AudioHere></Audio>\nLabel:{randomize}"
+)
+ZF_PROMPTS = (
+    Prompt("original", 'Is there only one bird in the audio, or more?\nReply with "One" or "More".'),
+    Prompt("reversed", 'Is there more than one bird in the audio, or just one?\nReply with "More" or "One".'),
+    Prompt("no classes", "How many birds are there in the audio?"),
+)
+WATKINS_CBI_PROMPTS = (COMMON, SCIENTIFIC, Prompt("combined", COMBINED_RELEASED.template))
+CLOSED_SET_PROMPT = ExtendedPrompt("closed set", CLOSED_SET_QUERY)
+ICL_PROMPTS = (
+    ExtendedPrompt("k=0", CLOSED_SET_QUERY),
+    ExtendedPrompt("k=1", ICL_QUERY, examples_per_class=1),
+    ExtendedPrompt("k=5", ICL_QUERY, examples_per_class=5),
+)
+
+FigureBuilder = Callable[[Sequence[GroupScore], str], go.Figure]
+
+
+class PresetError(ValueError):
+    """No preset of that name."""
+
+
+@dataclass(frozen=True)
+class PresetFigure:
+    """One figure a preset draws, from the sweep's scores and the metric the user picked."""
+
+    caption: str
+    build: FigureBuilder
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One experiment of the paper: what it asks, how many answers it needs, and which figures it draws.
+
+    `rows` is how many samples each data set contributes in BEANS-Zero (after the class filter),
+    which is what the answer count is computed from before any data is at hand.
+    """
+
+    key: str
+    title: str
+    description: str
+    paper_figures: tuple[int, ...]
+    subsets: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
+    rows: Mapping[str, int]
+    figures: tuple[PresetFigure, ...]
+    default_metric: str = "accuracy"
+    alphas: tuple[float, ...] = ALPHA_GRID
+    top_k_classes: int | None = None
+    needs_mapping: bool = False
+    notes: tuple[str, ...] = ()
+
+    def spec(
+        self,
+        *,
+        source: DataSource | str = DataSource.BEANS_ZERO,
+        path: str | os.PathLike[str] | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        scoring_mode: ScoringMode | str = ScoringMode.PAPER,
+        mapping_file: str | os.PathLike[str] | None = None,
+        alphas: Sequence[float] | None = None,
+    ) -> SweepSpec:
+        """The sweep to run: BEANS-Zero from the Hub by default, or a local copy (`source`, `path`)."""
+        return SweepSpec(
+            name=f"paper {self.key}",
+            subsets=self.subsets,
+            prompts=self.prompts,
+            alphas=tuple(self.alphas if alphas is None else alphas),
+            source=DataSource(source),
+            path=None if path is None else os.fspath(path),
+            limit=limit,
+            top_k_classes=self.top_k_classes,
+            seed=seed,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            scoring_mode=ScoringMode(scoring_mode),
+            mapping_file=None if mapping_file is None else os.fspath(mapping_file),
+        )
+
+    def answers_needed(self, limit: int | None = None, alphas: Sequence[float] | None = None) -> int:
+        """Model answers of the full experiment on BEANS-Zero (or with at most `limit` samples per data set)."""
+        samples = sum(self.rows[s] if limit is None else min(limit, self.rows[s]) for s in self.subsets)
+        return samples * len(self.prompts) * len(self.alphas if alphas is None else alphas)
+
+    def estimated_seconds(self, rate_per_s: float | None, limit: int | None = None) -> float | None:
+        """How long the answers take at a measured rate (answers per second); None without a rate."""
+        if rate_per_s is None or rate_per_s <= 0:
+            return None
+        return self.answers_needed(limit) / rate_per_s
+
+    def make_figures(self, scores: Sequence[GroupScore], metric: str | None = None) -> list[tuple[str, go.Figure]]:
+        """(caption, figure) for each of the preset's figures, from the scores written so far."""
+        return [(figure.caption, figure.build(scores, metric or self.default_metric)) for figure in self.figures]
+
+    @property
+    def figures_label(self) -> str:
+        """'Figure 9' or 'Figures 2, 4, 6'."""
+        plural = "s" if len(self.paper_figures) > 1 else ""
+        return f"Figure{plural} " + ", ".join(map(str, self.paper_figures))
+
+    def summary(self, rate_per_s: float | None = None, limit: int | None = None) -> dict[str, Any]:
+        """What the Sweeps tab lists for a preset."""
+        return {
+            "key": self.key,
+            "title": self.title,
+            "description": self.description,
+            "figures": self.figures_label,
+            "subsets": list(self.subsets),
+            "prompts": [prompt.name for prompt in self.prompts],
+            "alphas": list(self.alphas),
+            "answers": self.answers_needed(limit),
+            "duration_s": self.estimated_seconds(rate_per_s, limit),
+            "needs_mapping": self.needs_mapping,
+            "default_metric": self.default_metric,
+            "notes": list(self.notes),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure builders: every one copes with a sweep still running (a data set or prompt not answered yet)
+
+
+def _placeholder(title: str) -> go.Figure:
+    figure = go.Figure()
+    figure.add_annotation(text="no answers yet", showarrow=False, x=0.5, y=0.5)
+    figure.update_layout(title=title, height=380)
+    return figure
+
+
+def _panels(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    return metric_vs_alpha_panels(metrics_frame(scores), metric)
+
+
+def _tradeoff(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    return tradeoff_figure(metrics_frame(scores), metric)
+
+
+def _breakdown(dataset: str, prompt: str) -> FigureBuilder:
+    def build(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+        frame = metrics_frame(scores)
+        if frame[(frame["dataset"] == dataset) & (frame["prompt"] == prompt)].empty:
+            return _placeholder(f"Where the answers go: {dataset} · {prompt}")
+        return error_breakdown_figure(frame, dataset, prompt)
+
+    return build
+
+
+def _with_baselines(figure: go.Figure, scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    counts = label_counts(scores).get(CLOSED_SET_DATASET)
+    return add_baselines(figure, class_baselines(counts, metric)) if counts else figure
+
+
+def _curves_with_baselines(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    return _with_baselines(metric_vs_alpha_figure(metrics_frame(scores), metric), scores, metric)
+
+
+def _bars(alphas: Sequence[float], baselines: bool) -> FigureBuilder:
+    def build(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+        figure = alpha_bars_figure(metrics_frame(scores), metric, alphas)
+        return _with_baselines(figure, scores, metric) if baselines else figure
+
+    return build
+
+
+def _zf_bars(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    """Figure 9 draws only the random baseline (1 / 2 for One or More)."""
+    figure = alpha_bars_figure(metrics_frame(scores), metric, [NATURELM_ALPHA], [p.name for p in ZF_PROMPTS])
+    counts = label_counts(scores).get("zf-indiv")
+    return add_baselines(figure, {"random": class_baselines(counts, metric)["random"]}) if counts else figure
+
+
+PRESETS: dict[str, Preset] = {
+    preset.key: preset
+    for preset in (
+        Preset(
+            key="watkins-cbi",
+            title="Watkins and CBI: common, scientific and combined names",
+            description=(
+                "Watkins (marine mammals) and CBI (birds), asked for the common name, the scientific name, and both "
+                "at once, at alpha 0, 0.1, ..., 1: how merging brings back the combined task the fine-tuned model "
+                "lost, and what it costs the two it was trained on."
+            ),
+            paper_figures=(2, 4, 6),
+            subsets=("watkins", "cbi"),
+            prompts=WATKINS_CBI_PROMPTS,
+            rows={"watkins": SUBSETS["watkins"].rows, "cbi": SUBSETS["cbi"].rows},
+            figures=(
+                PresetFigure("metric vs alpha per data set, one line per prompt", _panels),
+                PresetFigure("trade-off: combined prompt vs the mean of the individual prompts", _tradeoff),
+                PresetFigure("where the combined prompt's answers go: Watkins", _breakdown("watkins", "combined")),
+                PresetFigure("where the combined prompt's answers go: CBI", _breakdown("cbi", "combined")),
+            ),
+            needs_mapping=True,
+            notes=(
+                "Scientific and combined answers are scored against a common -> scientific name mapping "
+                "(the paper's *_vernacular_scientific_mapping.jsonl); without one they are compared with the "
+                "common names.",
+            ),
+        ),
+        Preset(
+            key="closed-set-2",
+            title="Closed set, 2 classes (unseen-family-cmn)",
+            description=(
+                "The 2 most frequent species of unseen-family-cmn, families NatureLM-audio never saw, with both names "
+                "offered in the question (shuffled per sample): F1 and accuracy against alpha beside the "
+                "majority-class and random baselines, and where the errors go."
+            ),
+            paper_figures=(5, 7),
+            subsets=(CLOSED_SET_DATASET,),
+            prompts=(CLOSED_SET_PROMPT,),
+            rows={CLOSED_SET_DATASET: TOP_2_ROWS},
+            top_k_classes=2,
+            default_metric="f1_weighted",
+            figures=(
+                PresetFigure("metric vs alpha with the majority-class and random baselines", _curves_with_baselines),
+                PresetFigure("error breakdown per alpha", _breakdown(CLOSED_SET_DATASET, CLOSED_SET_PROMPT.name)),
+            ),
+        ),
+        Preset(
+            key="closed-set-all",
+            title="Closed set, all classes (unseen-family-cmn)",
+            description=(
+                "Every species of unseen-family-cmn offered in the question (shuffled per sample): F1 and accuracy "
+                "against alpha beside the baselines, where the errors go, and the merged model (alpha 0.4) against "
+                "NatureLM-audio (alpha 1)."
+            ),
+            paper_figures=(1, 5, 8),
+            subsets=(CLOSED_SET_DATASET,),
+            prompts=(CLOSED_SET_PROMPT,),
+            rows={CLOSED_SET_DATASET: SUBSETS[CLOSED_SET_DATASET].rows},
+            default_metric="f1_weighted",
+            figures=(
+                PresetFigure("metric vs alpha with the majority-class and random baselines", _curves_with_baselines),
+                PresetFigure("error breakdown per alpha", _breakdown(CLOSED_SET_DATASET, CLOSED_SET_PROMPT.name)),
+                PresetFigure(
+                    "merged (alpha 0.4) vs NatureLM-audio (alpha 1)", _bars([MERGED_ALPHA, NATURELM_ALPHA], True)
+                ),
+            ),
+        ),
+        Preset(
+            key="zf-indiv",
+            title="Zebra finch: one bird or more",
+            description=(
+                "zf-indiv asked as in the paper, with the two options in reversed order, and without options (a "
+                "number: 0 or 1 -> One, 2 or more -> More), to NatureLM-audio (alpha 1), as the paper's Figure 9. "
+                "Add alphas to see the merged models too."
+            ),
+            paper_figures=(9,),
+            subsets=("zf-indiv",),
+            prompts=ZF_PROMPTS,
+            rows={"zf-indiv": SUBSETS["zf-indiv"].rows},
+            alphas=(NATURELM_ALPHA,),
+            figures=(PresetFigure("accuracy per prompt at alpha 1, with the random baseline", _zf_bars),),
+        ),
+        Preset(
+            key="icl",
+            title="In-context learning, k = 0, 1, 5 (2 classes)",
+            description=(
+                "The 2-class set with k labelled example recordings of each species before the one to classify "
+                "(k = 0: the closed-set question alone). Every example is really heard, none is the recording under "
+                "test, and the same seed gives the same examples. A k = 5 prompt carries 11 recordings, so its "
+                "answers take longer than the estimate, which assumes one recording per answer."
+            ),
+            paper_figures=(10,),
+            subsets=(CLOSED_SET_DATASET,),
+            prompts=ICL_PROMPTS,
+            rows={CLOSED_SET_DATASET: TOP_2_ROWS},
+            top_k_classes=2,
+            default_metric="f1_weighted",
+            figures=(PresetFigure("metric vs alpha per k, with the baselines", _curves_with_baselines),),
+        ),
+    )
+}
+
+
+def get_preset(key: str) -> Preset:
+    if key not in PRESETS:
+        raise PresetError(f"no preset {key!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[key]
+
+
+def preset_of(spec: SweepSpec) -> Preset | None:
+    """The preset a sweep was started from (same data sets, classes and prompts), so its figures can be drawn."""
+    for preset in PRESETS.values():
+        same_questions = spec.subsets == preset.subsets and spec.prompts == preset.prompts
+        if same_questions and spec.top_k_classes == preset.top_k_classes and not spec.species:
+            return preset
+    return None
+
+
+def list_presets(rate_per_s: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every preset's summary: key, title, description, figures, answers, duration_s (None without a rate), ..."""
+    return [preset.summary(rate_per_s, limit) for preset in PRESETS.values()]

@@ -1,0 +1,511 @@
+"""The Sweeps tab end to end through gradio_client: start, watch, cancel, resume, figures, export, import.
+
+The app serves the tiny model through a paced wrapper (each batch takes a few tenths of a second
+longer), so a sweep of a few dozen items runs long enough to watch its progress, to cancel it half
+way and to ask the Explore tab something in the middle. Expected figure values are recomputed here
+from the results file on disk with the scoring module, so the test checks that the tab shows what
+the sweep wrote, not just that a figure came back.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import types
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+gradio_client = pytest.importorskip("gradio_client")
+
+import app as app_module  # noqa: E402  (after the importorskip)
+from evaluation.prompts import PAPER_PROMPTS  # noqa: E402
+from evaluation.results import read_results  # noqa: E402
+from evaluation.runs import SweepFolder  # noqa: E402
+from evaluation.scoring import score_rows  # noqa: E402
+from evaluation.sweep import SweepQueue  # noqa: E402
+from evaluation.sweep_forms import ALL  # noqa: E402
+from naturelm_core.audio import load_audio  # noqa: E402
+from naturelm_core.engine import Engine  # noqa: E402
+from naturelm_core.startup import ServedModel  # noqa: E402
+from tests.sweep_helpers import write_sweep_data  # noqa: E402
+
+PROMPTS = ["common", "scientific", "combined"]
+ALPHAS = [0.0, 1.0]
+SAMPLES = 6  # 3 prompts x 2 alphas x 6 samples = 36 items, one engine batch of 6 rows per sample
+ITEMS = len(PROMPTS) * len(ALPHAS) * SAMPLES
+BATCH_PAUSE_S = 0.3
+EXPLORE_PROMPT = "What is the common name for the focal species in the audio?"
+MODE = "official"
+POLL_S = 0.1
+TIMEOUT_S = 60.0
+BROWSER_TIMEOUT_MS = 20_000
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _form(**fields) -> dict:
+    """Every field of /start_sweep (gradio_client needs them all), with the test's small settings by default."""
+    return {
+        "name": "tab sweep",
+        "source": "parquet",
+        "subsets": ["watkins"],
+        "local_path": "",
+        "labels_csv": None,
+        "recordings": None,
+        "recordings_name": "",
+        "presets": PROMPTS,
+        "custom_prompts": "",
+        "alphas": ", ".join(f"{a:g}" for a in ALPHAS),
+        "limit": SAMPLES,
+        "top_k_classes": 0,
+        "seed": 0,
+        "num_beams": 1,
+        "max_new_tokens": 6,
+        "scoring_mode": MODE,
+        "mapping_file": None,
+        **fields,
+    }
+
+
+class PacedModel:
+    """The tiny model, made slower per batch so a sweep is still running while the test looks at it."""
+
+    def __init__(self, model, seconds: float) -> None:
+        self.model = model
+        self.seconds = seconds
+
+    def encode_audio(self, windows):
+        return self.model.encode_audio(windows)
+
+    def generate_from_embeddings(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.model.generate_from_embeddings(*args, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(blocks) -> None:
+    blocks.queue(default_concurrency_limit=16).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("beans_zero")
+    write_sweep_data(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tiny_checkpoint, tmp_path_factory):
+    """The app with its own runs folder: (client, runs dir, paced model, url)."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    paced = PacedModel(tiny_model, BATCH_PAUSE_S)
+    engine = Engine(paced, max_batch_rows=6, max_wait_ms=20)
+    queue = SweepQueue(engine, runs_dir)
+    model = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
+    blocks = app_module.build_app(model, engine, queue)
+    _launch(blocks)
+    try:
+        yield gradio_client.Client(blocks.local_url, verbose=False), runs_dir, paced, blocks.local_url
+    finally:
+        blocks.close()
+        queue.close()
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(served) -> Path:
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> str:
+    t = np.arange(16000 * 2) / 16000
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 660 * t), 16000)
+    return str(path)
+
+
+def _start(client, data_dir: Path, name: str, limit: int = SAMPLES) -> tuple[str, str]:
+    return client.predict(**_form(name=name, local_path=str(data_dir), limit=limit), api_name="/start_sweep")
+
+
+def _status_row(client, sweep_id: str) -> dict:
+    table = client.predict(api_name="/sweep_status")
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    return next(row for row in rows if row["sweep"] == sweep_id)
+
+
+def _poll_until(client, sweep_id: str, states: set[str], on_row=None) -> list[dict]:
+    """Every status row seen until the sweep reaches one of `states`."""
+    seen = []
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        row = _status_row(client, sweep_id)
+        seen.append(row)
+        if on_row is not None:
+            on_row(row)
+        if row["state"] in states:
+            return seen
+        time.sleep(POLL_S)
+    raise AssertionError(f"{sweep_id} did not reach {states}; last status {seen[-1]}")
+
+
+def _plot(value: dict) -> dict:
+    assert value["type"] == "plotly"
+    return json.loads(value["plot"])
+
+
+def _traces_by_prompt(figure: dict) -> dict[str, dict]:
+    return {trace["meta"]["prompt"]: trace for trace in figure["data"]}
+
+
+def _figures(client, key: str, dataset: str = ALL, prompt: str = ALL, correct: str = ALL, mode: str = MODE):
+    progress, accuracy, f1, tradeoff, breakdown, answers, *_ = client.predict(
+        key, dataset, prompt, correct, mode, api_name="/sweep_figures"
+    )
+    return progress, _plot(accuracy), _plot(f1), _plot(tradeoff), _plot(breakdown), answers
+
+
+def _scores_on_disk(runs_dir: Path, sweep_id: str):
+    """(rows, {(prompt, alpha): GroupScore}) straight from results.jsonl, as an independent reference."""
+    rows = list(read_results(SweepFolder(runs_dir, sweep_id).results_path))
+    with pytest.warns(UserWarning):  # scientific and combined prompts without a mapping
+        scores = score_rows(rows, MODE)
+    return rows, {(score.prompt_name, score.alpha): score for score in scores}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(client, data_dir, tiny_model, recording):
+    """Start a sweep from the tab, poll its status to the end, and ask Explore something while it runs."""
+    sweep_id, message = _start(client, data_dir, "tab sweep")
+    explored: dict = {}
+
+    def explore_once_running(row: dict) -> None:
+        if row["state"] == "running" and not explored:
+            answer = client.predict(
+                gradio_client.handle_file(recording), EXPLORE_PROMPT, 0.5, 1, 6, api_name="/explore"
+            )
+            explored.update(answer=answer, at=time.time(), status_after=_status_row(client, sweep_id))
+
+    seen = _poll_until(client, sweep_id, {"complete", "failed"}, explore_once_running)
+    return sweep_id, message, seen, explored
+
+
+def test_a_started_sweep_shows_moving_progress_and_completes(client, runs_dir, finished_sweep):
+    sweep_id, message, seen, _ = finished_sweep
+    assert f"{ITEMS} items" in message
+    done = [row["done"] for row in seen]
+    assert done == sorted(done), "progress went backwards"
+    assert any(0 < d < ITEMS for d in done), f"never saw the sweep part-way: {done}"
+    assert {row["total"] for row in seen if row["state"] == "running"} == {ITEMS}
+    assert any(row["rate"] != "-" and row["ETA"] != "-" for row in seen if 0 < row["done"] < ITEMS)
+    final = seen[-1]
+    assert (final["state"], final["done"], final["total"], final["progress"]) == ("complete", ITEMS, ITEMS, "100%")
+    assert len(list(read_results(SweepFolder(runs_dir, sweep_id).results_path))) == ITEMS
+
+
+def test_explore_is_answered_while_a_sweep_runs(tiny_model, recording, finished_sweep, runs_dir):
+    sweep_id, _, _, explored = finished_sweep
+    waveform, _ = load_audio(recording)
+    [direct] = tiny_model.generate([waveform], [EXPLORE_PROMPT], [0.5], num_beams=1, max_new_tokens=6)
+    assert explored["answer"] == direct
+    assert explored["status_after"]["state"] == "running" and explored["status_after"]["done"] < ITEMS
+    assert explored["at"] < SweepFolder(runs_dir, sweep_id).read_status().finished_at
+
+
+def test_figures_show_the_scores_of_the_results_on_disk(client, runs_dir, finished_sweep):
+    sweep_id = finished_sweep[0]
+    rows, scores = _scores_on_disk(runs_dir, sweep_id)
+    progress, accuracy, f1, tradeoff, breakdown, answers = _figures(client, sweep_id)
+    assert "complete" in progress and f"{ITEMS}/{ITEMS} items" in progress
+
+    for figure, metric in ((accuracy, "accuracy"), (f1, "f1_weighted")):
+        traces = _traces_by_prompt(figure)
+        assert sorted(traces) == sorted(PROMPTS)
+        for prompt, trace in traces.items():
+            assert trace["x"] == ALPHAS
+            assert trace["y"] == pytest.approx([getattr(scores[(prompt, a)].metrics, metric) for a in ALPHAS])
+            assert trace["customdata"] == [SAMPLES] * len(ALPHAS)
+    accuracies = {key: score.metrics.accuracy for key, score in scores.items()}
+
+    [curve] = tradeoff["data"]
+    assert curve["text"] == ["0", "1"]
+    assert curve["x"] == pytest.approx(
+        [(accuracies[("common", a)] + accuracies[("scientific", a)]) / 2 for a in ALPHAS]
+    )
+    assert curve["y"] == pytest.approx([accuracies[("combined", a)] for a in ALPHAS])
+
+    shares = np.array([trace["y"] for trace in breakdown["data"]])
+    np.testing.assert_allclose(shares.sum(axis=0), 1.0)
+    correct = next(trace for trace in breakdown["data"] if trace["meta"]["outcome"] == "correct")
+    assert correct["y"] == pytest.approx([accuracies[("combined", a)] for a in ALPHAS])  # first prompt by name
+
+    table = pd.DataFrame(answers["data"], columns=answers["headers"])
+    assert len(table) == SAMPLES * len(PROMPTS)
+    predictions = {(row.id, row.prompt_name, row.alpha): row.prediction for row in rows}
+    for record in table.to_dict("records"):
+        for alpha in ALPHAS:
+            cell = record[f"alpha={alpha:g}"]
+            assert cell[0] in "✓✗" and cell[2:] == predictions[(record["id"], record["prompt"], alpha)]
+
+
+def test_answer_filters_and_the_breakdown_follow_the_chosen_prompt(client, runs_dir, finished_sweep):
+    sweep_id = finished_sweep[0]
+    _, scores = _scores_on_disk(runs_dir, sweep_id)
+    *_, breakdown, answers = _figures(client, sweep_id, "watkins", "common", "never")
+    correct = next(trace for trace in breakdown["data"] if trace["meta"]["outcome"] == "correct")
+    assert correct["y"] == pytest.approx([scores[("common", a)].metrics.accuracy for a in ALPHAS])
+    hits = Counter(
+        answer.id
+        for (prompt, _), score in scores.items()
+        if prompt == "common"
+        for answer in score.answers
+        if answer.outcome.value == "correct"
+    )
+    table = pd.DataFrame(answers["data"], columns=answers["headers"])
+    assert set(table["prompt"]) <= {"common"}
+    assert len(table) == SAMPLES - len(hits) and not set(table["id"]) & set(hits)
+
+
+def test_export_csv_holds_every_answer_with_its_outcome(client, runs_dir, finished_sweep):
+    sweep_id = finished_sweep[0]
+    rows, scores = _scores_on_disk(runs_dir, sweep_id)
+    exported = pd.read_csv(client.predict(sweep_id, MODE, api_name="/export_csv"), keep_default_na=False)
+    assert len(exported) == ITEMS
+    as_exported = {
+        (r["id"], r["prompt_name"], float(r["alpha"])): (r["prediction"], r["outcome"])
+        for r in exported.to_dict("records")
+    }
+    outcomes = {(a.id, s.prompt_name, s.alpha): a.outcome.value for s in scores.values() for a in s.answers}
+    assert as_exported == {
+        (r.id, r.prompt_name, r.alpha): (r.prediction, outcomes[(r.id, r.prompt_name, r.alpha)]) for r in rows
+    }
+
+
+def test_a_paper_layout_import_gives_the_same_figures_and_overlays(client, runs_dir, finished_sweep, tmp_path):
+    sweep_id = finished_sweep[0]
+    archive = Path(client.predict(sweep_id, MODE, api_name="/export_paper"))
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(tmp_path)
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert sum(p.name.startswith("beans_zero_eval_watkins_query") for p in files) == len(PROMPTS) * len(ALPHAS)
+
+    key, message = client.predict(
+        [gradio_client.handle_file(str(p)) for p in files], "round trip", api_name="/import_paper"
+    )
+    assert key.startswith("import:round-trip-") and "Imported" in message
+    _, imported, *_ = _figures(client, key)
+    _, original, *_ = _figures(client, sweep_id)
+    assert {p: (t["x"], t["y"]) for p, t in _traces_by_prompt(imported).items()} == {
+        p: (t["x"], t["y"]) for p, t in _traces_by_prompt(original).items()
+    }
+    again, _ = client.predict([gradio_client.handle_file(str(archive))], "round trip", api_name="/import_paper")
+    assert again == key  # the same content imported as a zip lands in the same folder
+
+    overlay = _plot(client.predict(sweep_id, key, "accuracy", MODE, api_name="/overlay"))
+    by_name = {trace["name"]: trace["y"] for trace in overlay["data"]}
+    assert len(by_name) == 2 * len(PROMPTS)
+    for prompt in PROMPTS:
+        assert by_name[f"{sweep_id} · {prompt}"] == by_name[f"{key.removeprefix('import:')} · {prompt}"]
+
+
+DESIGNED_ALPHAS = [0.0, 0.5, 1.0]
+DESIGNED_LABELS = ["Robin", "Wren", "Blackbird", "Song Thrush", "Chaffinch"]
+DESIGNED_RIGHT = {"common": (1, 3, 5), "scientific": (0, 2, 4), "combined": (5, 4, 2)}  # of 5, per alpha
+
+
+def _write_designed_paper_folder(folder: Path) -> dict[tuple[str, float], float]:
+    """A paper-layout folder whose accuracy per (prompt, alpha) is chosen here; wrong answers are other labels."""
+    accuracy = {}
+    for query, prompt in enumerate(PROMPTS):
+        for alpha, right in zip(DESIGNED_ALPHAS, DESIGNED_RIGHT[prompt], strict=True):
+            accuracy[(prompt, alpha)] = right / len(DESIGNED_LABELS)
+            records = [
+                {
+                    "prediction": label if i < right else DESIGNED_LABELS[(i + 1) % len(DESIGNED_LABELS)],
+                    "label": label,
+                    "id": f"s{i}",
+                    "dataset_name": "garden",
+                    "prompt": PAPER_PROMPTS[prompt].template,
+                    "lora_scale": alpha,
+                }
+                for i, label in enumerate(DESIGNED_LABELS)
+            ]
+            path = folder / f"beans_zero_eval_garden_query{query}_lora{round(100 * alpha):03d}.jsonl"
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    (folder / "prompt_names.json").write_text(json.dumps({str(q): p for q, p in enumerate(PROMPTS)}))
+    return accuracy
+
+
+def test_an_imported_paper_folder_shows_its_accuracies(client, tmp_path):
+    accuracy = _write_designed_paper_folder(tmp_path)
+    files = [gradio_client.handle_file(str(p)) for p in sorted(tmp_path.iterdir())]
+    key, _ = client.predict(files, "designed", api_name="/import_paper")
+    _, curves, _, tradeoff, breakdown, answers = _figures(client, key, mode="paper")
+    traces = _traces_by_prompt(curves)
+    assert sorted(traces) == sorted(PROMPTS)
+    for prompt, trace in traces.items():
+        assert trace["x"] == DESIGNED_ALPHAS
+        assert trace["y"] == pytest.approx([accuracy[(prompt, a)] for a in DESIGNED_ALPHAS])
+    [curve] = tradeoff["data"]
+    assert curve["text"] == ["0", "0.5", "1"]
+    individual = [(accuracy[("common", a)] + accuracy[("scientific", a)]) / 2 for a in DESIGNED_ALPHAS]
+    combined = [accuracy[("combined", a)] for a in DESIGNED_ALPHAS]
+    assert curve["x"] == pytest.approx(individual) and curve["y"] == pytest.approx(combined)
+    bars = {trace["meta"]["outcome"]: trace["y"] for trace in breakdown["data"]}  # first prompt by name: combined
+    assert bars["correct"] == pytest.approx(combined)
+    assert bars["in_set_confusion"] == pytest.approx([1 - value for value in combined])
+    assert len(answers["data"]) == len(DESIGNED_LABELS) * len(PROMPTS)
+
+
+def test_cancel_stops_a_sweep_part_way_and_resume_completes_it(served, data_dir):
+    client, runs_dir, paced, _ = served
+    sweep_id, _ = _start(client, data_dir, "tab cancel", limit=12)
+    total = len(PROMPTS) * len(ALPHAS) * 12
+    cancelled: list[str] = []
+
+    def cancel_once_running(row: dict) -> None:
+        if row["done"] > 0 and not cancelled:
+            cancelled.append(client.predict(sweep_id, api_name="/cancel_sweep"))
+
+    final = _poll_until(client, sweep_id, {"cancelled", "complete", "failed"}, cancel_once_running)[-1]
+    assert "Cancelling" in cancelled[0]
+    assert final["state"] == "cancelled" and 0 < final["done"] < total
+    written = list(read_results(SweepFolder(runs_dir, sweep_id).results_path))
+    assert len(written) == final["done"]
+    assert set(Counter(row.id for row in written).values()) == {len(PROMPTS) * len(ALPHAS)}  # whole samples
+
+    paced.seconds = 0.0  # the rest needs no watching
+    try:
+        assert "Queued" in client.predict(sweep_id, api_name="/resume_sweep")
+        final = _poll_until(client, sweep_id, {"complete", "failed"})[-1]
+    finally:
+        paced.seconds = BATCH_PAUSE_S
+    assert (final["state"], final["done"]) == ("complete", total)
+    keys = [(r.id, r.prompt_name, r.alpha) for r in read_results(SweepFolder(runs_dir, sweep_id).results_path)]
+    assert len(keys) == len(set(keys)) == total
+
+
+def test_uploaded_recordings_and_labels_csv_are_swept(client, runs_dir, tmp_path):
+    labels = {"bird_a.wav": "Robin", "bird_b.wav": "Wren", "frog.flac": "Bullfrog"}
+    for index, name in enumerate(labels):
+        t = np.arange(16000) / 16000
+        sf.write(tmp_path / name, 0.3 * np.sin(2 * np.pi * 300 * (index + 1) * t), 16000)
+    csv = tmp_path / "my labels.csv"
+    csv.write_text("file,label\n" + "".join(f"{name},{label}\n" for name, label in labels.items()))
+    form = _form(
+        name="my recordings",
+        source="recordings",
+        labels_csv=gradio_client.handle_file(str(csv)),
+        recordings=[gradio_client.handle_file(str(tmp_path / name)) for name in labels],
+        recordings_name="garden",
+        presets=["common"],
+        alphas="1",
+    )
+    sweep_id, message = client.predict(**form, api_name="/start_sweep")
+    assert "3 items" in message
+    assert _poll_until(client, sweep_id, {"complete", "failed"})[-1]["state"] == "complete"
+    rows = list(read_results(SweepFolder(runs_dir, sweep_id).results_path))
+    assert {(row.dataset, row.id, row.label) for row in rows} == {("garden", n, label) for n, label in labels.items()}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"alphas": "0, 1.5"}, r"outside \[0, 1\]"),
+        ({"alphas": "0:1:0"}, "positive step"),
+        ({"alphas": "zero"}, "not a number"),
+        ({"presets": [], "custom_prompts": ""}, "at least one"),
+        ({"custom_prompts": "Name it: {species}"}, "unknown placeholder"),
+        ({"local_path": "/no/such/folder"}, "does not exist"),
+        ({"subsets": ["esc50", "nope"]}, "nope"),
+    ],
+)
+def test_bad_form_input_gets_a_clear_message_and_queues_nothing(client, data_dir, runs_dir, fields, message):
+    before = client.predict(api_name="/sweep_status")["data"]
+    form = _form(**{"name": "bad", "local_path": str(data_dir), "limit": 2, **fields})
+    with pytest.raises(Exception, match=message) as caught:
+        client.predict(**form, api_name="/start_sweep")
+    assert "Traceback" not in str(caught.value)
+    assert client.predict(api_name="/sweep_status")["data"] == before
+
+
+def test_on_zero_gpu_start_is_disabled_and_refused(monkeypatch, tiny_model, tiny_checkpoint, tmp_path, data_dir):
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda handler: handler))
+    engine = app_module.create_engine(tiny_model)
+    model = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True)
+    blocks = app_module.build_app(model, engine, SweepQueue(engine, tmp_path / "runs"))
+    by_id = {c.get("props", {}).get("elem_id"): c["props"] for c in blocks.config["components"]}
+    assert by_id["sweep-start"]["interactive"] is False and by_id["sweep-resume"]["interactive"] is False
+    assert "dedicated GPU" in by_id["sweeps-zero-gpu"]["value"]
+    _launch(blocks)
+    try:
+        client = gradio_client.Client(blocks.local_url, verbose=False)
+        with pytest.raises(Exception, match="dedicated GPU"):
+            _start(client, data_dir, "zero gpu")
+    finally:
+        blocks.close()
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_in_a_browser_the_tab_starts_a_sweep_refreshes_itself_and_survives_a_reload(served, data_dir):
+    """Only a browser runs the page's timer and load events: the progress must reach 'complete' with no click."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    from tests.test_browser import ARTIFACTS, CHROMIUM_ARGS
+
+    expect = playwright_sync.expect
+    with playwright_sync.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page.goto(served[3])
+            page.get_by_role("tab", name="Sweeps").click()
+            page.get_by_label("A local parquet file or folder (BEANS-Zero columns)").check()
+            page.locator("#sweep-local-path textarea").fill(str(data_dir))
+            page.locator("#sweep-name textarea").fill("browser sweep")
+            page.locator("#sweep-alphas textarea").fill("0, 1")
+            page.locator("#sweep-limit input").fill("2")
+            for slider, value in (("#sweep-beams", "1"), ("#sweep-max-new-tokens", "6")):
+                page.locator(f"{slider} input[type=number]").fill(value)
+                page.locator(f"{slider} input[type=number]").press("Enter")
+            page.locator("#sweep-start").click()
+            expect(page.locator("#sweep-message")).to_contain_text("Queued", timeout=BROWSER_TIMEOUT_MS)
+            expect(page.locator("#sweep-message")).to_contain_text("12 items")
+            progress = page.locator("#sweep-progress")
+            expect(progress).to_contain_text("browser sweep")
+            expect(progress).to_contain_text("complete", timeout=BROWSER_TIMEOUT_MS)  # only the timer can say so
+            expect(page.locator("#sweeps-table")).to_contain_text("browser sweep")
+            expect(page.locator("#sweep-accuracy .js-plotly-plot")).to_be_visible()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "sweeps.png", full_page=True)
+
+            page.reload()
+            page.get_by_role("tab", name="Sweeps").click()
+            expect(page.locator("#sweeps-table")).to_contain_text("browser sweep")
+            expect(page.locator("#sweep-progress")).to_contain_text("12/12 items")  # the newest sweep, reselected
+            expect(page.locator("#sweep-accuracy .js-plotly-plot")).to_be_visible()
+        finally:
+            browser.close()

@@ -67,7 +67,7 @@ from evaluation.sweep_forms import (
 from evaluation.sweep_plots import CORRECT_FILTERS, METRIC_LABELS
 from naturelm_core.audio import AudioError, describe_audio, load_audio
 from naturelm_core.config import PUBLISHED_REPO_ID
-from naturelm_core.engine import Engine, EngineError, GenerationSettings
+from naturelm_core.engine import Engine, EngineError, GenerationSettings, default_batch_rows
 from naturelm_core.explore import (
     DEFAULT_ALPHA_GRID,
     ScanRow,
@@ -84,8 +84,6 @@ logger = logging.getLogger("naturelm_app")
 ALPHA_LABEL = "alpha (0 = Llama-3.1-8B-Instruct, 1 = NatureLM-audio)"
 DEFAULT_SPECIES = "Humpback Whale, Killer Whale, Bearded Seal, Walrus"
 MAX_UPLOAD = "200mb"
-GPU_BATCH_ROWS = 176
-CPU_BATCH_ROWS = 32
 SWEEP_REFRESH_S = 2.0
 ZERO_GPU_SWEEPS = (
     "Sweeps need dedicated GPU hardware: on ZeroGPU a GPU is lent for one short call at a time, not for the hours "
@@ -152,12 +150,8 @@ def build_prompt(preset: str, species: str) -> str:
 
 
 def create_engine(model: Any) -> Engine:
-    """The process's one engine; on ZeroGPU it runs in the callers' (GPU-decorated) threads.
-
-    On a GPU, batches of up to 176 rows (16 recordings x 11 alphas) keep it busy; see docs/PERFORMANCE.md.
-    """
-    on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
-    return Engine(model, max_batch_rows=GPU_BATCH_ROWS if on_gpu else CPU_BATCH_ROWS, inline=_zero_gpu() is not None)
+    """The process's one engine; on ZeroGPU it runs in the callers' (GPU-decorated) threads."""
+    return Engine(model, max_batch_rows=default_batch_rows(model), inline=_zero_gpu() is not None)
 
 
 def build_app(served: ServedModel, engine: Engine, sweeps: SweepQueue | None = None) -> gr.Blocks:

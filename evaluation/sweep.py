@@ -66,6 +66,7 @@ from evaluation.runs import (
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
 
 if TYPE_CHECKING:
+    from evaluation.ray_backend import RayBackend
     from naturelm_core.engine import Engine, GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -544,8 +545,6 @@ class SweepBackend(Protocol):
         """Queue the rows of one recording together (one worker, one encode); each Future resolves to the answer."""
         ...
 
-    def stop(self) -> None: ...
-
 
 class EngineBackend:
     """The local backend: rows go to the shared Engine at sweep priority, behind interactive users."""
@@ -572,9 +571,6 @@ class EngineBackend:
             )
             for windows, prompt, alpha in rows
         ]
-
-    def stop(self) -> None:
-        self.engine.stop()
 
 
 def as_backend(engine: Engine | SweepBackend) -> SweepBackend:
@@ -989,7 +985,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
     parser.add_argument("--demo", action="store_true", help="the tiny random model: exercises the pipeline only")
-    parser.add_argument("--max-batch-rows", type=int, default=32, help="rows per batched generate call")
+    parser.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=None,
+        help="rows per batched generate call (default: 176 on a GPU, 32 on CPU)",
+    )
     parser.add_argument(
         "--ray",
         nargs="?",
@@ -1046,7 +1047,7 @@ def load_spec_file(path: Path, data_path: str | None = None, limit: int | None =
 
 
 def _start_engine(args: argparse.Namespace) -> Engine | int:
-    from naturelm_core.engine import Engine
+    from naturelm_core.engine import Engine, default_batch_rows
     from naturelm_core.loading import ModelLoadError, load_model
     from naturelm_core.startup import load_demo_model
 
@@ -1060,22 +1061,22 @@ def _start_engine(args: argparse.Namespace) -> Engine | int:
         return _fail(error, EXIT_BAD_INPUT)
     if args.demo:
         print("warning: --demo runs the tiny random model; its answers are meaningless", file=sys.stderr)
-    return Engine(model, max_batch_rows=args.max_batch_rows).start()
+    return Engine(model, max_batch_rows=args.max_batch_rows or default_batch_rows(model)).start()
 
 
-def _start_ray_backend(args: argparse.Namespace) -> SweepBackend | int:
+def _start_ray_backend(args: argparse.Namespace) -> RayBackend | int:
     """A pool of Ray actors, each loading the model the flags name; bad flags or an unloadable model exit 2."""
+    from naturelm_core.engine import CPU_BATCH_ROWS, GPU_BATCH_ROWS
     from naturelm_core.loading import ModelLoadError
 
+    rows = args.max_batch_rows or (CPU_BATCH_ROWS if args.device == "cpu" else GPU_BATCH_ROWS)
     try:
         from evaluation.ray_backend import ModelSource, RayBackend, RayBackendError
     except ImportError as error:  # Ray is an optional extra
         return _fail(error, EXIT_BAD_INPUT)
     try:
         model = ModelSource(args.model, args.llm, args.device, args.dtype, args.demo)
-        backend = RayBackend(
-            model, address=args.ray or None, num_actors=args.ray_actors, max_batch_rows=args.max_batch_rows
-        ).start()
+        backend = RayBackend(model, address=args.ray or None, num_actors=args.ray_actors, max_batch_rows=rows).start()
     except (RayBackendError, ModelLoadError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)
     if args.demo:

@@ -29,6 +29,16 @@ from naturelm_core.cache import AudioEmbeddingCache, content_key
 logger = logging.getLogger(__name__)
 
 
+GPU_BATCH_ROWS = 176
+CPU_BATCH_ROWS = 32
+
+
+def default_batch_rows(model: object) -> int:
+    """Rows per batch: 176 (16 recordings x 11 alphas) keeps a GPU busy (docs/PERFORMANCE.md); CPUs want fewer."""
+    device = getattr(model, "device", None)
+    return GPU_BATCH_ROWS if getattr(device, "type", "cpu") == "cuda" else CPU_BATCH_ROWS
+
+
 class EngineError(RuntimeError):
     """A request could not be answered; the message is meant for the user, never a stack trace."""
 
@@ -169,7 +179,7 @@ class _RequestQueue:
                     taken.append(request)
                 else:
                     keep.append(request)
-            self._lanes[priority] = keep
+            lane.extend(keep)  # in place: lanes are never replaced, so a put() racing this one appends to a live lane
         return taken
 
 

@@ -165,3 +165,37 @@ def test_a_request_cancelled_by_its_caller_is_skipped_and_the_worker_survives(ti
     finally:
         engine.stop()
     assert [c[0] for c in counting.calls] == [0.5, 0.75]
+
+
+class EchoModel:
+    """A model stand-in that answers instantly, to stress the queue's locking rather than generation."""
+
+    def encode_audio(self, windows):
+        return torch.zeros(len(windows), 2, 4)
+
+    def generate_from_embeddings(self, audio_embeds, prompts, alphas, **kwargs):
+        return [f"{p}@{a}" for p, a in zip(prompts, alphas, strict=True)]
+
+
+def test_requests_submitted_while_the_worker_regroups_batches_are_all_answered():
+    """Mixed settings make the worker set aside incompatible rows while other threads keep submitting."""
+    engine = Engine(EchoModel(), max_batch_rows=8, max_wait_ms=1, interactive_capacity=10_000).start()
+    window = np.zeros(16000, dtype=np.float32)
+    settings = [GenerationSettings(num_beams=1), GenerationSettings(num_beams=2)]
+    futures: list = []
+
+    def submit_many(thread: int) -> None:
+        for i in range(300):
+            futures.append((f"t{thread}-{i}", engine.submit([window], f"t{thread}-{i}", 0.5, settings=settings[i % 2])))
+
+    try:
+        threads = [threading.Thread(target=submit_many, args=(t,)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        answers = {prompt: future.result(timeout=30) for prompt, future in futures}
+    finally:
+        engine.stop()
+    assert len(answers) == 1800
+    assert all(answer == f"{prompt}@0.5" for prompt, answer in answers.items())

@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # analytics must be off before gradio is imported
 import pandas as pd
 
+from evaluation.backend_choice import RAY_ADDRESS_HINT, RUN_ON_CHOICES, THIS_MACHINE, SweepBackends
 from evaluation.datasets import SUBSETS
 from evaluation.plots import alpha_scan_figure, spectrogram_figure
 from evaluation.presets import PRESETS
@@ -240,7 +241,10 @@ def build_app(served: ServedModel, engine: Engine, sweeps: SweepQueue | None = N
         scan.click(
             alpha_scan, [audio, prompt, alphas, num_beams, max_new_tokens], scan_table, api_name="alpha_scan"
         ).then(scan_chart, [scan_table, expected], scan_plot, api_visibility="private")
-        build_sweeps_tab(sweeps, sweeps.runs_dir)
+        backends = SweepBackends(
+            sweeps, source=served.source, dtype=served.dtype, demo=served.demo, on_progress=sweeps.on_progress
+        )
+        build_sweeps_tab(backends, sweeps.runs_dir)
     return app
 
 
@@ -254,9 +258,11 @@ FIGURE_COUNT = 5  # accuracy, F1, trade-off, error breakdown, answers table
 PAPER_FIGURE_COUNT = max(len(preset.figures) for preset in PRESETS.values())
 
 
-def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> None:
+def build_sweeps_tab(backends: SweepBackends, runs_dir: str | os.PathLike[str]) -> None:
     """The Sweeps tab, inside the caller's Blocks. Everything it shows is read back from the runs folder,
-    so a reloaded page (or a sweep run headless) shows the same table, progress and figures."""
+    so a reloaded page (or a sweep run headless) shows the same table, progress and figures. Sweeps run on
+    the app's own queue unless New sweep's Run on picks a Ray cluster (evaluation.backend_choice)."""
+    queue = backends.local
     views = SweepViews(runs_dir)
     zero_gpu = _zero_gpu() is not None
 
@@ -296,6 +302,8 @@ def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> Non
         max_new_tokens: float,
         scoring_mode: str,
         mapping_file: str | None,
+        run_on: str = THIS_MACHINE,
+        ray_address: str = "",
     ) -> tuple[str, str]:
         refuse_on_zero_gpu()
         form = SweepForm(
@@ -317,12 +325,13 @@ def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> Non
             scoring_mode=scoring_mode,
             mapping_file=mapping_file,
         )
-        return queue_spec(spec_from_form(form, runs_dir))
+        spec = spec_from_form(form, runs_dir)
+        return queue_spec(spec, target=backends.queue_for(run_on, ray_address))
 
-    def queue_spec(spec: SweepSpec, notes: Sequence[str] = ()) -> tuple[str, str]:
+    def queue_spec(spec: SweepSpec, notes: Sequence[str] = (), target: SweepQueue = queue) -> tuple[str, str]:
         """Check the data (bad data fails here, at Start), queue the sweep, and say how big it is."""
         items = check_spec_data(spec)
-        sweep_id = queue.submit(spec)
+        sweep_id = target.submit(spec)
         size = f"{items} items" if items is not None else "size known once the subsets are fetched"
         message = f"Queued **{sweep_id}** ({size}); items already in its results are skipped."
         return sweep_id, "\n".join([message, *(f"- {note}" for note in notes)])
@@ -472,7 +481,7 @@ def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> Non
     def cancel_sweep(key: str | None) -> str:
         if not key or key.startswith(IMPORT_PREFIX):
             raise ValueError("Select a sweep to cancel.")
-        if queue.cancel(key):
+        if backends.cancel(key):
             return f"Cancelling **{key}** after the batch in flight; Resume continues where it stopped."
         return f"**{key}** is not running or queued."
 
@@ -656,6 +665,13 @@ def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> Non
                     max_new_tokens = gr.Slider(
                         1, 300, value=100, step=1, label="max new tokens", elem_id="sweep-max-new-tokens"
                     )
+                    run_on = gr.Radio(list(RUN_ON_CHOICES), value=THIS_MACHINE, label="Run on", elem_id="sweep-run-on")
+                    ray_address = gr.Textbox(
+                        value="",  # a value, so that API clients may leave it out
+                        label="Ray address (for Ray cluster)",
+                        placeholder=RAY_ADDRESS_HINT,
+                        elem_id="sweep-ray-address",
+                    )
                     start = gr.Button("Start sweep", variant="primary", interactive=not zero_gpu, elem_id="sweep-start")
             message = gr.Markdown(elem_id="sweep-message")
         with gr.Accordion("Paper experiments", open=True, elem_id="sweep-paper"):
@@ -809,7 +825,7 @@ def build_sweeps_tab(queue: SweepQueue, runs_dir: str | os.PathLike[str]) -> Non
         show_source, source, [subsets, local_path, labels_csv, recordings, recordings_name], api_visibility="private"
     )
     choosers = [selected, compare_a, compare_b]
-    start.click(start_sweep, form, [selected, message], api_name="start_sweep").then(
+    start.click(start_sweep, [*form, run_on, ray_address], [selected, message], api_name="start_sweep").then(
         refresh_choices, None, choosers, api_visibility="private"
     )
     cancel.click(cancel_sweep, selected, message, api_name="cancel_sweep")

@@ -38,6 +38,16 @@ def model64(model):
 
 
 @pytest.fixture(scope="module")
+def model_unit_logits(model):
+    """The float32 model with lm_head scaled so logits are O(1): float32 rounding of the two computations
+    then stays far below 1e-5, so the identity can be checked in the production dtype at that tolerance."""
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.llm.get_output_embeddings().weight.mul_(1 / 32)
+    return scaled
+
+
+@pytest.fixture(scope="module")
 def audio():
     """Two rows of 29 audio embeddings each, at the tiny LLM's width."""
     generator = torch.Generator().manual_seed(1)
@@ -134,6 +144,15 @@ def test_each_row_of_a_mixed_batch_computes_with_its_own_interpolated_weights(mo
     batch = model64.build_inputs(rows, PROMPT)
     for row, alpha in enumerate(ALPHAS):
         torch.testing.assert_close(logits[row], last_logits(merged_llm(model64, alpha), batch)[row], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_float32_logits_equal_those_of_interpolated_weights_at_1e_5(model_unit_logits, audio, alpha):
+    model = model_unit_logits
+    logits = model.next_token_logits(audio, PROMPT, alpha)
+    want = last_logits(merged_llm(model, alpha), model.build_inputs(audio, PROMPT))
+    assert logits.dtype == torch.float32 and want.abs().max() > 0.1
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=0)
 
 
 def test_float32_logits_agree_with_interpolated_weights_to_float32_rounding(model, audio):

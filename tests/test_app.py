@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,14 +15,9 @@ from app import build_app  # noqa: E402  (after the importorskip)
 from naturelm_core.audio import load_audio  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
+from tests.app_launch import free_port  # noqa: E402
 
 PROMPT = "What is the common name for the focal species in the audio?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def served_app(tiny_model, tiny_checkpoint):
     engine = Engine(tiny_model, max_batch_rows=32, max_wait_ms=20)
     app = build_app(served, engine)
     app.queue(default_concurrency_limit=16).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
     )
     try:
         yield app, engine

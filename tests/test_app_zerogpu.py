@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import types
@@ -15,6 +14,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 import app as app_module  # noqa: E402  (after the importorskip)
 from naturelm_core.startup import ServedModel  # noqa: E402
+from tests.app_launch import free_port  # noqa: E402
 
 
 def test_zero_gpu_runs_model_work_inside_gpu_calls_and_holds_no_worker_thread(
@@ -34,10 +34,7 @@ def test_zero_gpu_runs_model_work_inside_gpu_calls_and_holds_no_worker_thread(
     assert engine.inline
     served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True)
     blocks = app_module.build_app(served, engine)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    blocks.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    blocks.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         path = tmp_path / "clip.wav"
         sf.write(path, 0.2 * np.sin(np.linspace(0, 3000, 32000)).astype(np.float32), 16000)

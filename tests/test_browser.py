@@ -7,7 +7,6 @@ button to the model. The screenshot is kept in test-artifacts/ so a person can l
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from app import build_app  # noqa: E402  (after the importorskip)
 from naturelm_core.audio import load_audio  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import DEMO_BANNER, ServedModel  # noqa: E402
+from tests.app_launch import free_port  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (CI runs as root), no GPU, and nothing that phones home: the test must work offline.
@@ -45,18 +45,12 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tiny_model, tiny_checkpoint):
     served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
     engine = Engine(tiny_model, max_batch_rows=8, max_wait_ms=5)
     app = build_app(served, engine)
-    app.queue().launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield app.local_url
     finally:

@@ -9,7 +9,6 @@ check that the tab shows what ran, not merely that a figure came back.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ from evaluation.sweep_plots import class_baselines  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
+from tests.app_launch import free_port  # noqa: E402
 
 SPECIES = ["Spotted Elachura", "Dall's Porpoise", "Rare Bird"]
 TOP_2 = SPECIES[:2]
@@ -73,12 +73,6 @@ extended:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("beans_zero")
@@ -95,7 +89,7 @@ def served(tiny_model, tiny_checkpoint, tmp_path_factory):
     model = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
     blocks = app_module.build_app(model, engine, queue)
     blocks.queue(default_concurrency_limit=16).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
     )
     try:
         client = gradio_client.Client(blocks.local_url, verbose=False)

@@ -10,7 +10,6 @@ the sweep wrote, not just that a figure came back.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 import types
@@ -35,6 +34,7 @@ from evaluation.sweep_forms import ALL  # noqa: E402
 from naturelm_core.audio import load_audio  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
+from tests.app_launch import free_port  # noqa: E402
 from tests.sweep_helpers import write_sweep_data  # noqa: E402
 
 PROMPTS = ["common", "scientific", "combined"]
@@ -89,15 +89,9 @@ class PacedModel:
         return self.model.generate_from_embeddings(*args, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(blocks) -> None:
     blocks.queue(default_concurrency_limit=16).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
     )
 
 

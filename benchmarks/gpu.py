@@ -380,6 +380,7 @@ def section_alpha_change(model: NatureLM, device: torch.device, args: argparse.N
     window = recordings(1, seed=21)[0]
     cold, _ = timed(device, lambda: interactive_ids(model, window, 0.5, 1, args.new_tokens))
     captures_before = model.static_decoding.captures
+    writes_before = _weight_versions(model)
     same = [timed(device, lambda: interactive_ids(model, window, 0.5, 1, args.new_tokens))[0] for _ in range(20)]
     distinct_alphas = [float(a) for a in np.random.default_rng(0).permutation(np.linspace(0.0, 1.0, 20))]
     distinct, answers = [], set()
@@ -394,8 +395,17 @@ def section_alpha_change(model: NatureLM, device: torch.device, args: argparse.N
         "ratio_p50_distinct_over_same": statistics.median(distinct) / statistics.median(same),
         "graph_captures_during_alpha_changes": model.static_decoding.captures - captures_before,
         "distinct_answers_among_20_alphas": len(answers),
-        "weight_writes": 0,
+        "weight_writes": _weight_versions(model) - writes_before,
     }
+
+
+def _weight_versions(model: NatureLM) -> int:
+    """In-place writes so far to the model's weights and to the static step's fused copies of them."""
+    tensors = list(model.parameters())
+    step = model.static_decoding.step
+    if step is not None:
+        tensors += [t for layer in step.layers for t in (layer.qkv, layer.lora_b_qkv)]
+    return sum(tensor._version for tensor in tensors)
 
 
 def section_latency(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
@@ -420,30 +430,36 @@ def section_latency(model: NatureLM, device: torch.device, args: argparse.Namesp
 def section_decode_step(
     model: NatureLM, device: torch.device, args: argparse.Namespace, bandwidth: float | None, matmul_tflops: float
 ):
-    """Measured ms per decode step (Python loop and argmax included) at batch 1 and at the sweep's rows."""
-    sweep_rows = args.sweep_batch * args.beams
+    """Measured ms per decode step (Python loop and argmax included) at one row and at the sweep batch
+    (`sweep_batch` items x `beams` beams, whose beams share their item's prompt in the cache)."""
     embeds = model.encode_audio(recordings(1, seed=41)[0][None])[0]
     env = section_environment(model, device, args)
     result: dict[str, Any] = {}
-    for rows in (1, sweep_rows):
-        batch = model.build_inputs([[embeds]] * rows, PROMPT)
-        alphas = torch.linspace(0.0, 1.0, rows, device=device)
-        entry: dict[str, Any] = {}
+    for items, beams in ((1, 1), (args.sweep_batch, args.beams)):
+        rows = items * beams
+        batch = model.build_inputs([[embeds]] * items, PROMPT)
+        alphas = torch.linspace(0.0, 1.0, items, device=device).repeat_interleave(beams)
+        entry: dict[str, Any] = {"items": items, "beams": beams}
         for label in ("static_graphs", "eager"):
             repeats = 1 if label == "eager" and rows > 1 and args.size == "full" else 3  # eager at 352 rows: ~1 s
-            times = [_time_steps(model, batch, alphas, label, args.new_tokens, device) for _ in range(repeats)]
+            times = [_time_steps(model, batch, alphas, beams, label, args.new_tokens, device) for _ in range(repeats)]
             entry[f"{label}_ms_per_step"] = 1000 * statistics.median(times)
         prompt_length = batch.inputs_embeds.shape[1]
-        kv_columns = prompt_length + args.new_tokens // 2  # the mean over a generation, as HF's cache reads it
         config = model.llm.config
         head_dim = config.hidden_size // config.num_attention_heads
-        kv_bytes = rows * config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * kv_columns * 2
-        entry["kv_bytes_per_step"] = kv_bytes
+        column_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 2
+        # Columns read per step, averaged over a generation: each item's prompt once, each row's own tokens.
+        entry["kv_bytes_per_step"] = column_bytes * (items * prompt_length + rows * args.new_tokens // 2)
+        entry["kv_bytes_per_step_if_each_beam_held_its_prompt"] = (
+            column_bytes * rows * (prompt_length + args.new_tokens // 2)
+        )
         if bandwidth:
             flops = 2 * env["weight_bytes_per_step"] / 2 * rows  # two flops per (bf16) weight per row
             entry["bound_compute_ms"] = 1000 * flops / (matmul_tflops * 1e12)
             entry["bound_weights_ms"] = 1000 * env["weight_bytes_per_step"] / bandwidth
-            entry["bound_weights_and_kv_ms"] = 1000 * (env["weight_bytes_per_step"] + kv_bytes) / bandwidth
+            entry["bound_weights_and_kv_ms"] = (
+                1000 * (env["weight_bytes_per_step"] + entry["kv_bytes_per_step"]) / (bandwidth)
+            )
             entry["static_over_bound_weights"] = entry["static_graphs_ms_per_step"] / entry["bound_weights_ms"]
             entry["static_over_bound_weights_and_kv"] = (
                 entry["static_graphs_ms_per_step"] / entry["bound_weights_and_kv_ms"]
@@ -455,12 +471,14 @@ def section_decode_step(
 
 
 @torch.no_grad()
-def _time_steps(model: NatureLM, batch, alphas: torch.Tensor, label: str, new_tokens: int, device) -> float:
-    with model.row_alphas.applied(alphas):
+def _time_steps(
+    model: NatureLM, batch, row_alphas: torch.Tensor, beams: int, label: str, new_tokens: int, device
+) -> float:
+    with model.row_alphas.applied(row_alphas):
         if label == "eager":
-            decoder = CachedDecoder(model.llm, batch)
+            decoder = CachedDecoder(model.llm, batch.repeat_rows(beams))
         else:
-            decoder = model.static_decoding.decoder(model.llm, batch, alphas, 1, new_tokens)
+            decoder = model.static_decoding.decoder(model.llm, batch, row_alphas, beams, new_tokens)
         tokens = decoder.prefill().argmax(dim=-1)
         sync(device)
         start = time.perf_counter()
@@ -513,24 +531,25 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     embeds = model.encode_audio(recordings(1, seed=71)[0][None])[0]
     result: dict[str, Any] = {"cudnn_attention": model.static_decoding.step.cudnn_gqa}
     tables = []
-    for rows in (1, args.sweep_batch * args.beams):
-        batch = model.build_inputs([[embeds]] * rows, PROMPT)
-        alphas = torch.linspace(0.0, 1.0, rows, device=device)
+    for items, beams in ((1, 1), (args.sweep_batch, args.beams)):
+        batch = model.build_inputs([[embeds]] * items, PROMPT)
+        alphas = torch.linspace(0.0, 1.0, items, device=device).repeat_interleave(beams)
         with model.row_alphas.applied(alphas):
-            decoder = model.static_decoding.decoder(model.llm, batch, alphas, 1, args.new_tokens)
+            decoder = model.static_decoding.decoder(model.llm, batch, alphas, beams, args.new_tokens)
             decoder.prefill()
             runner = decoder.runner
-            runner.step.decode(runner.state, runner.windows[0])
+            runner.step.decode(runner.state, runner.windows[-1])
             sync(device)
             with profile(activities=[ProfilerActivity.CUDA]) as trace:
                 for _ in range(3):
-                    runner.step.decode(runner.state, runner.windows[0])
+                    runner.step.decode(runner.state, runner.windows[-1])
                 sync(device)
         kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         gpu_us = sum(e.device_time for e in kernels) / 3
-        result[f"rows_{rows}"] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
+        label = f"rows_{items * beams}"
+        result[label] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
         table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
-        tables.append(f"decode step, rows={rows}\n{table}")
+        tables.append(f"decode step, {items} items x {beams} beams, last window\n{table}")
     items = args.sweep_batch
     batch = model.build_inputs([[embeds]] * items, PROMPT)
     alphas = torch.linspace(0.0, 1.0, items, device=device)
@@ -549,60 +568,7 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
     tables.append(f"prefill, items={items}\n{table}")
     (out / "profile.txt").write_text("\n\n".join(tables))
-    result["attention_ms"] = _attention_kernels(device, args)
     return result
-
-
-def _attention_kernels(device: torch.device, args: argparse.Namespace) -> dict[str, float]:
-    """Each attention kernel on the sweep's decode shape and prefill shape (q: kv heads x groups)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    heads, kv, dim = 32, 8, 128  # Llama-3.1-8B's attention
-    groups = heads // kv
-    shapes = {
-        "decode": (args.sweep_batch * args.beams, groups, 96),
-        "prefill": (args.sweep_batch, groups * 64, 64),
-    }
-    result = {}
-    for label, (rows, queries, keys) in shapes.items():
-        query = torch.randn(rows, kv, queries, dim, device=device, dtype=torch.bfloat16)
-        key = torch.randn(rows, kv, keys, dim, device=device, dtype=torch.bfloat16)
-        value = torch.randn(rows, kv, keys, dim, device=device, dtype=torch.bfloat16)
-        bias = torch.zeros(rows, 1, queries, keys, device=device, dtype=torch.bfloat16)
-        bias[..., keys // 2 :] = torch.finfo(torch.bfloat16).min
-        # The same attention with the query heads as heads (enable_gqa) rather than as query rows.
-        length = queries // groups
-        query_gqa = torch.randn(rows, heads, length, dim, device=device, dtype=torch.bfloat16)
-        bias_gqa = bias[:, :, :length]
-        for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
-            for gqa in (False, True):
-                name = f"{label}_{backend.name.lower()}{'_gqa' if gqa else ''}"
-                try:
-                    with sdpa_kernel([backend]):
-                        result[name] = _event_ms(
-                            lambda q=query_gqa if gqa else query, k=key, v=value, b=bias_gqa if gqa else bias, g=gqa: (
-                                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=b, enable_gqa=g)
-                            )
-                        )
-                except RuntimeError as error:
-                    result[name] = f"unavailable: {str(error)[:80]}"
-        result[f"{label}_matmul_softmax"] = _event_ms(
-            lambda q=query, k=key, v=value, b=bias: torch.matmul(
-                torch.softmax((torch.matmul(q, k.transpose(-1, -2)) * dim**-0.5 + b).float(), dim=-1).to(q.dtype), v
-            )
-        )
-    return result
-
-
-def _event_ms(function: Callable[[], Any], repeats: int = 20) -> float:
-    function()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        function()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def reference_loop(

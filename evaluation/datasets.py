@@ -146,6 +146,25 @@ class SkippedRow:
     reason: str
 
 
+@dataclass(frozen=True, eq=False)  # arrow columns have no single truth value to compare by
+class SampleRow:
+    """A row read but not decoded: everything a Sample holds except its audio, which `Subset.decode` reads.
+
+    For parquet sources the audio stays in its arrow batch (`audio_column` at `position`); for a
+    folder of recordings `audio_column` is None and `file_name` names the file.
+    """
+
+    id: str
+    label: str
+    task: str
+    instruction: str
+    scientific_label: str | None
+    file_name: str
+    metadata: Any
+    audio_column: pa.Array | None
+    position: int
+
+
 class UnreadableRowError(DatasetError):
     """One row's audio or metadata cannot be used; caught per row and turned into a SkippedRow."""
 
@@ -236,44 +255,68 @@ class Subset:
     def __iter__(self) -> Iterator[Sample]:
         """Samples in source order; `skipped` is refilled on every pass."""
         self.skipped = []
+        for row in self.rows():
+            try:
+                sample = self.decode(row)
+            except UnreadableRowError as error:
+                self._skip(row.id, str(error))
+                continue
+            yield sample
+
+    def rows(self) -> Iterator[SampleRow]:
+        """The rows in source order with their audio still encoded, for callers that decode them elsewhere.
+
+        Reading rows is cheap and stays on the caller's thread; `decode` is the costly part and may run on
+        any thread. Nothing is recorded in `skipped` here: the caller handles each row's decode error.
+        """
         columns = [name for name in (*SAMPLE_COLUMNS, "scientific_label") if name in self._source.schema.names]
         if self._audio_root is not None:
             columns = [name for name in columns if name not in ("audio", "metadata")]
         for batch in self._source.to_batches(columns=columns, filter=self._filter, batch_size=READ_BATCH_ROWS):
             audio_column = batch.column("audio") if "audio" in batch.schema.names else None
-            # The audio is sliced as numpy below rather than boxed into Python floats with the other fields.
+            # The audio is sliced as numpy by `decode` rather than boxed into Python floats with the other fields.
             fields = batch if audio_column is None else batch.drop_columns(["audio"])
             for position, row in enumerate(fields.to_pylist()):
-                try:
-                    if audio_column is None:
-                        audio, rate = self._decode_file(row)
-                    else:
-                        audio, rate = _row_audio(audio_column, position, row.get("metadata"))
-                except UnreadableRowError as error:
-                    self._skip(str(row.get("id")), str(error))
-                    continue
-                yield Sample(
+                yield SampleRow(
                     id=str(row["id"]),
-                    dataset=self.name,
-                    audio=audio,
-                    sample_rate=rate,
                     label=str(row["output"]),
-                    window_s=self.window_s,
                     task=str(row.get("task") or task_of(self.name)),
                     instruction=str(row.get("instruction_text") or ""),
                     scientific_label=row.get("scientific_label") or None,
                     file_name=str(row.get("file_name") or ""),
+                    metadata=row.get("metadata"),
+                    audio_column=audio_column,
+                    position=position,
                 )
+
+    def decode(self, row: SampleRow) -> Sample:
+        """The row's Sample with its audio decoded; raises UnreadableRowError. Safe to call from any thread."""
+        if row.audio_column is None:
+            audio, rate = self._decode_file(row.file_name)
+        else:
+            audio, rate = _row_audio(row.audio_column, row.position, row.metadata)
+        return Sample(
+            id=row.id,
+            dataset=self.name,
+            audio=audio,
+            sample_rate=rate,
+            label=row.label,
+            window_s=self.window_s,
+            task=row.task,
+            instruction=row.instruction,
+            scientific_label=row.scientific_label,
+            file_name=row.file_name,
+        )
 
     def _skip(self, row_id: str, reason: str) -> None:
         self.skipped.append(SkippedRow(row_id, reason))
         logger.warning("%s: skipping row %s: %s", self.name, row_id, reason)
 
-    def _decode_file(self, row: dict[str, Any]) -> tuple[np.ndarray, int]:
+    def _decode_file(self, file_name: str) -> tuple[np.ndarray, int]:
         from naturelm_core.audio import AudioError, load_audio
         from naturelm_core.config import SAMPLE_RATE
 
-        path = self._audio_root / str(row["file_name"])
+        path = self._audio_root / file_name
         try:
             audio, _ = load_audio(path, max_duration_s=self._max_duration_s)
         except AudioError as error:

@@ -31,8 +31,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -40,7 +41,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, Sample, Subset, load_recordings, load_subset
+from evaluation.datasets import (
+    DatasetError,
+    Sample,
+    SampleRow,
+    Subset,
+    UnreadableRowError,
+    load_recordings,
+    load_subset,
+)
 from evaluation.icl import (
     ContextBudget,
     ExampleBank,
@@ -51,6 +60,7 @@ from evaluation.icl import (
     parse_species,
     uses_extended_language,
 )
+from evaluation.prefetch import default_workers, prefetch_map
 from evaluation.prompts import PAPER_PROMPTS, Prompt, PromptTemplateError
 from evaluation.reference import LabelMapping, load_label_mapping
 from evaluation.results import ResultRow
@@ -78,6 +88,9 @@ MAX_FAILED_GROUPS_IN_A_ROW = 3
 # Extra source samples kept past the model window, so resampling the cut clip matches resampling the whole.
 RESAMPLE_MARGIN_S = 0.1
 MAX_WINDOW_S = 10.0
+# Recordings decoded ahead of the one being submitted, per decode thread: slack for a slow file at the head
+# while the other threads go on. Only model windows wait (the full audio is dropped on the decode thread).
+DECODE_AHEAD_PER_WORKER = 4
 
 EXIT_COMPLETE = 0
 EXIT_INCOMPLETE = 1
@@ -509,7 +522,7 @@ def rows_from_records(records: Iterable[dict[str, Any]]) -> list[ResultRow]:
 class _InFlight:
     """One sample's rows submitted to the engine, with when each finished."""
 
-    sample: Sample
+    label: str
     items: list[WorkItem]
     futures: list[Future]
     submitted: float
@@ -582,7 +595,9 @@ class SweepRunner:
 
     At most `max_inflight_rows` rows (default: the backend's `inflight_rows`, at least two samples'
     worth) are queued at once, so every worker always has its next batch ready while a cancel or a
-    crash loses at most what is in flight.
+    crash loses at most what is in flight. Recordings are decoded and resampled on `decode_workers`
+    threads (default: evaluation.prefetch.default_workers()) a few ahead of submission, so one
+    thread's decoding does not starve a fast accelerator when a recording has few rows.
     """
 
     def __init__(
@@ -594,13 +609,17 @@ class SweepRunner:
         cancel: threading.Event | None = None,
         on_progress: ProgressCallback | None = None,
         max_inflight_rows: int | None = None,
+        decode_workers: int | None = None,
     ) -> None:
+        if decode_workers is not None and decode_workers < 1:
+            raise ValueError(f"decode_workers must be at least 1, got {decode_workers}")
         self.backend = as_backend(engine)
         self.spec = spec
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
         self.cancel_event = cancel or threading.Event()
         self.on_progress = on_progress
         self.max_inflight_rows = max_inflight_rows or max(self.backend.inflight_rows, 2 * spec.items_per_sample)
+        self.decode_workers = decode_workers or default_workers()
         self.folder = SweepFolder(self.runs_dir, spec.sweep_id)
         self.status = SweepStatus(spec.sweep_id, spec.name, SweepState.RUNNING, created_at=time.time())
         self._inflight: deque[_InFlight] = deque()
@@ -677,36 +696,67 @@ class SweepRunner:
             self._finish(SweepState.FAILED, message=f"{self.status.total - self.status.done} item(s) were not answered")
 
     def _submit_subset(self, plan: SubsetPlan, settings: GenerationSettings) -> None:
+        """Submit the subset's unanswered samples in source order, decoding them on the prefetch threads.
+
+        An id is answered from its first readable row, so an id none of whose rows can be decoded is skipped
+        only at the end of the subset; a recording whose model window cannot be made is skipped at once.
+        """
         from naturelm_core.audio import AudioError
 
         load_examples(self.spec, plan)
-        wanted = set(plan.sample_ids)
         seen: set[str] = set()
-        for sample in plan.subset:
-            if sample.id not in wanted or sample.id in seen:
-                continue
-            seen.add(sample.id)
-            items = [item for item in sample_items(self.spec, plan, sample.id) if item.key not in self._done]
-            if not items:
-                continue
-            if self.cancelled() or self._failing():
-                return
-            try:
-                window = model_window(sample)
-            except AudioError as error:
-                self._skip_sample(plan.name, sample.id, str(error))
-                continue
-            futures = self.backend.submit_group(self._rows(plan, items, window), settings)
-            flight = _InFlight(sample, items, futures, time.monotonic())
-            for index, future in enumerate(futures):
-                future.add_done_callback(lambda _, i=index, f=flight: f.finished.setdefault(i, time.monotonic()))
-            self._inflight.append(flight)
-            while sum(len(f.items) for f in self._inflight) > self.max_inflight_rows:
-                self._write_finished()
-        for row in plan.subset.skipped:
-            if row.id in wanted and row.id not in seen:
-                self._skip_sample(plan.name, row.id, row.reason)
+        unreadable: dict[str, str] = {}
+
+        def decode_window(row: SampleRow) -> np.ndarray:  # on a prefetch thread, which also drops the full audio
+            return model_window(plan.subset.decode(row))
+
+        decoded = prefetch_map(
+            decode_window,
+            self._rows_to_decode(plan, seen),
+            workers=self.decode_workers,
+            ahead=DECODE_AHEAD_PER_WORKER * self.decode_workers,
+        )
+        with closing(decoded):
+            for fetched in decoded:
+                row = fetched.item
+                if row.id in seen:
+                    continue
+                if isinstance(fetched.error, UnreadableRowError):
+                    unreadable.setdefault(row.id, str(fetched.error))
+                    continue
                 seen.add(row.id)
+                items = [item for item in sample_items(self.spec, plan, row.id) if item.key not in self._done]
+                if not items:
+                    continue
+                if self.cancelled() or self._failing():
+                    return
+                if isinstance(fetched.error, AudioError):
+                    self._skip_sample(plan.name, row.id, str(fetched.error))
+                    continue
+                # Any other decoding error is a bug, not a bad recording: result() raises it and the sweep fails.
+                self._submit_sample(plan, row.label, items, fetched.result(), settings)
+        for sample_id, reason in unreadable.items():
+            if sample_id not in seen:
+                self._skip_sample(plan.name, sample_id, reason)
+
+    def _rows_to_decode(self, plan: SubsetPlan, seen: set[str]) -> Iterator[SampleRow]:
+        """The rows worth decoding: wanted, not yet answered in this sweep (a resume decodes no finished sample)."""
+        wanted = set(plan.sample_ids)
+        for row in plan.subset.rows():
+            if row.id in wanted and row.id not in seen and self._unanswered(plan.name, row.id):
+                yield row
+
+    def _submit_sample(
+        self, plan: SubsetPlan, label: str, items: list[WorkItem], window: np.ndarray, settings: GenerationSettings
+    ) -> None:
+        """Queue one recording's rows together, then wait while more than `max_inflight_rows` are queued."""
+        futures = self.backend.submit_group(self._rows(plan, items, window), settings)
+        flight = _InFlight(label, items, futures, time.monotonic())
+        for index, future in enumerate(futures):
+            future.add_done_callback(lambda _, i=index, f=flight: f.finished.setdefault(i, time.monotonic()))
+        self._inflight.append(flight)
+        while sum(len(f.items) for f in self._inflight) > self.max_inflight_rows:
+            self._write_finished()
 
     def _rows(self, plan: SubsetPlan, items: list[WorkItem], window: np.ndarray) -> list[Row]:
         """Each item's windows (its examples', then the sample's) and prompt; a prompt too long fails here."""
@@ -724,13 +774,16 @@ class SweepRunner:
     def _skip_sample(self, dataset: str, sample_id: str, reason: str) -> None:
         """An unusable recording leaves the plan (it could never be answered) instead of failing the sweep."""
         logger.warning("sweep %s: skipping %s/%s: %s", self.spec.sweep_id, dataset, sample_id, reason)
-        unanswered = sum(
+        self.status.total -= self._unanswered(dataset, sample_id)
+        self.status.skipped_samples += 1
+
+    def _unanswered(self, dataset: str, sample_id: str) -> int:
+        """The sample's items not yet in results.jsonl (by key alone: no prompt is rendered)."""
+        return sum(
             item_key(dataset, sample_id, p.name, a) not in self._done
             for p in self.spec.prompts
             for a in self.spec.alphas
         )
-        self.status.total -= unanswered
-        self.status.skipped_samples += 1
 
     def _write_finished(self) -> None:
         """Wait for the oldest sample in flight, then write it and every finished one after it, in one fsync."""
@@ -799,7 +852,7 @@ def _record(flight: _InFlight, index: int, item: WorkItem, prediction: str) -> d
         prompt=item.prompt_text,
         alpha=item.alpha,
         prediction=prediction,
-        label=flight.sample.label,
+        label=flight.label,
     )
     finished = flight.finished.get(index, time.monotonic())
     examples = {"examples": list(item.example_ids)} if item.example_ids else {}

@@ -4,21 +4,25 @@ Why: one decode step of Llama-3.1-8B reads 15 GB of weights, about 5 ms on an H1
 PyTorch spends 35-50 ms launching its ~2,000 small kernels from Python. A CUDA graph replays all of
 them with one launch. A graph freezes shapes and memory addresses, so everything a step reads lives
 in buffers allocated once per batch shape (`DecodeState`): the KV cache, the attention mask, each
-row's position, the input tokens and, crucially, each row's alpha. Changing alpha is a copy into
+item's position, the input tokens and, crucially, each item's alpha. Changing alpha is a copy into
 that buffer: the same graph serves every alpha and every mix of alphas, with no weight writes and
 no recompilation.
 
 The forward pass is Llama's decoder written out (as in transformers' modeling_llama.py) over the
 model's own weights, with the LoRA term computed as NatureLM's per-row alpha path computes it
 (`RowScaledDropout`): B(A(x * alpha)) * s. One function serves the prompt (all positions, causal)
-and the decode steps (one token per row). On the CPU it runs eagerly, which is how the tests prove
-it computes what transformers computes.
+and the decode steps. On the CPU it runs eagerly, which is how the tests prove it computes what
+transformers computes.
 
-The cache holds the prompt left-padded to `prompt_capacity` columns, then the generated tokens.
-A decode step attends over a window of columns that grows in blocks of `window_block` (one graph
-per window), so early steps of a long generation do not read columns that are still empty. Small
-prompt batches (interactive requests) are prefilled by a graph too, once per beam; large ones
-(sweeps, compute-bound) eagerly, once per item, and the cache is then repeated per beam.
+The beams of one item share its prompt, so the cache holds each item's prompt once (left-padded to
+`prompt_capacity` columns), then its beams' generated tokens interleaved: column
+`prompt_capacity + t * beams + b` holds beam b's token t. A decode step is then a pass over `beams`
+tokens per item, each seeing the prompt and its own beam's columns: at the sweep batch (176 items x
+2 beams) attention reads each prompt once instead of once per beam (74 -> 53 µs per layer,
+benchmarks/decode_parts.py), and a prompt is prefilled once per item. The attention window grows in
+blocks of `window_block` generated tokens (one graph per window), so early steps of a long
+generation do not read columns that are still empty. Small prompt batches (interactive requests) are
+prefilled by a graph too; large ones (sweeps, compute-bound) eagerly, over the batch's own length.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from naturelm_core.alpha import ADAPTER_NAME
 from naturelm_core.prompting import PaddedBatch
 
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
-WINDOW_BLOCK = 16  # attention window granularity over generated columns (one graph per window)
+WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
-SMALL_PREFILL_TOKENS = 1024  # prompt batches up to rows x capacity tokens: prefilled per beam, by a graph
+SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
 
 
 class StaticDecodingUnsupported(RuntimeError):
@@ -50,6 +54,11 @@ def row_capacity(rows: int) -> int:
     if rows <= 32:
         return 1 << (rows - 1).bit_length()
     return 32 * math.ceil(rows / 32)
+
+
+def item_capacity(items: int, beams: int) -> int:
+    """Items a state is built for: enough for `row_capacity` of the decoded rows, and no more."""
+    return math.ceil(row_capacity(items * beams) / beams)
 
 
 def _lora_parts(module: nn.Module) -> tuple[nn.Linear, Tensor, Tensor, float]:
@@ -68,10 +77,14 @@ def _lora_parts(module: nn.Module) -> tuple[nn.Linear, Tensor, Tensor, float]:
 
 
 class _Layer:
-    """One decoder layer's weights (references) plus a fused copy of its q, k and v LoRA A matrices.
+    """One decoder layer's weights (references), plus one fused copy of q, k, v and their LoRA matrices.
 
-    The three A matrices read the same input, so one [3r, H] product replaces three; the copy is
-    refreshed before every generation (`refresh`), so weights loaded in place are always seen.
+    q, k, v and their three LoRA A matrices all read the same input: one [q + k + v + 3r, H] product
+    replaces six, and the three B matrices sit block-diagonally in one [q + k + v, 3r] matrix, one
+    product instead of three. On Llama-3.1-8B the copy costs 1.6 GB and saves 27 µs per layer and
+    decode step at the sweep batch, 18 µs at one row (benchmarks/decode_parts.py). It is re-copied
+    whenever a source weight changed in place (its version counter moved), so weights loaded in place
+    are always seen, and never otherwise: a generation at a new alpha writes no weight.
     """
 
     def __init__(self, layer: nn.Module) -> None:
@@ -84,33 +97,45 @@ class _Layer:
             _lora_parts(attention.v_proj),
             _lora_parts(attention.o_proj),
         )
-        self.q, self.k, self.v, self.o = q[0].weight, k[0].weight, v[0].weight, o[0].weight
-        self.lora_a_qkv = (q[1], k[1], v[1])
-        self.fused_a = torch.cat(self.lora_a_qkv)
-        self.rank = q[1].shape[0]
-        self.lora_b_qkv = (q[2], k[2], v[2])
-        self.lora_a_o, self.lora_b_o = o[1], o[2]
-        scales = [torch.full((part[1].shape[0],), part[3], device=self.fused_a.device) for part in (q, k, v)]
+        self._weights = tuple(part[0].weight for part in (q, k, v))
+        self._lora_a = tuple(part[1] for part in (q, k, v))
+        self._lora_b = tuple(part[2] for part in (q, k, v))
+        self.widths = tuple(weight.shape[0] for weight in self._weights)
+        weight = self._weights[0]
+        ranks = [a.shape[0] for a in self._lora_a]
+        self.qkv = torch.empty(sum(self.widths) + sum(ranks), weight.shape[1], dtype=weight.dtype, device=weight.device)
+        self.lora_b_qkv = torch.zeros(sum(self.widths), sum(ranks), dtype=weight.dtype, device=weight.device)
+        scales = [torch.full((r,), part[3], device=weight.device) for r, part in zip(ranks, (q, k, v), strict=True)]
         self.scaling_qkv = None if {q[3], k[3], v[3]} == {1.0} else torch.cat(scales)  # NatureLM's are all 1
-        self.scaling_o = o[3]
+        self._versions: tuple[int, ...] = ()
+        self.refresh()
+        self.o, self.lora_a_o, self.lora_b_o, self.scaling_o = o[0].weight, o[1], o[2], o[3]
         self.gate, self.up, self.down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
         self.act = layer.mlp.act_fn
 
     def refresh(self) -> None:
-        torch.cat(self.lora_a_qkv, out=self.fused_a)
+        """Re-copy the fused matrices if a source weight was written since the last copy."""
+        sources = (*self._weights, *self._lora_a, *self._lora_b)
+        versions = tuple(tensor._version for tensor in sources)
+        if versions == self._versions:
+            return
+        torch.cat((*self._weights, *self._lora_a), out=self.qkv)
+        row = column = 0
+        for lora_b in self._lora_b:
+            self.lora_b_qkv[row : row + lora_b.shape[0], column : column + lora_b.shape[1]] = lora_b
+            row, column = row + lora_b.shape[0], column + lora_b.shape[1]
+        self._versions = versions
 
-    def attention_inputs(self, x: Tensor, alphas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v with their LoRA terms: base(x) + B((A x) * alpha) * s, additions inside the products.
+    def attention_inputs(self, x: Tensor, alphas: Tensor) -> Tensor:
+        """[q | k | v] with their LoRA terms: base(x) + B((A x) * alpha) * s, LoRA B added inside the product.
 
         NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; alpha is applied
-        here to the rank-r product instead, which costs two tiny kernels instead of two full-width ones.
+        here to the rank-r product instead, a tiny kernel instead of a full-width one.
         """
-        down = _scaled(nn.functional.linear(x, self.fused_a), alphas, self.scaling_qkv)
-        outputs = []
-        for index, (weight, lora_b) in enumerate(zip((self.q, self.k, self.v), self.lora_b_qkv, strict=True)):
-            part = down[:, index * self.rank : (index + 1) * self.rank]
-            outputs.append(nn.functional.linear(x, weight).addmm_(part, lora_b.t()))
-        return outputs[0], outputs[1], outputs[2]
+        projected = nn.functional.linear(x, self.qkv)
+        width = self.lora_b_qkv.shape[0]
+        low_rank = _scaled(projected[:, width:], alphas, self.scaling_qkv)
+        return projected[:, :width].addmm_(low_rank, self.lora_b_qkv.t())
 
     def attention_output(self, attended: Tensor, alphas: Tensor, residual: Tensor) -> Tensor:
         """residual + o(attended) + its LoRA term."""
@@ -118,17 +143,20 @@ class _Layer:
         return torch.addmm(residual, attended, self.o.t()).addmm_(down, self.lora_b_o.t())
 
     def mlp(self, x: Tensor, residual: Tensor) -> Tensor:
-        """residual + down(act(gate(x)) * up(x)), Llama's SwiGLU."""
+        """residual + down(act(gate(x)) * up(x)), Llama's SwiGLU. (One fused gate/up product measured
+        slower at the sweep batch, 172 vs 149 µs per layer, and equal at one row.)"""
         hidden = self.act(nn.functional.linear(x, self.gate)) * nn.functional.linear(x, self.up)
         return torch.addmm(residual, hidden, self.down.t())
 
 
 def _scaled(down: Tensor, alphas: Tensor, scaling: Tensor | float | None) -> Tensor:
-    """Each row's rank-r LoRA product times its alpha (in float32, as alphas are) and the LoRA scale."""
-    scaled = down * alphas
+    """Each row's rank-r LoRA product times its alpha (in float32, as alphas are) and the LoRA scale.
+
+    Without a scale it is one kernel: the float32 product is rounded once into the output's dtype.
+    """
     if isinstance(scaling, Tensor) or (scaling is not None and scaling != 1.0):
-        scaled = scaled * scaling
-    return scaled.to(down.dtype)
+        return (down * alphas * scaling).to(down.dtype)
+    return torch.mul(down, alphas, out=torch.empty(down.shape, dtype=down.dtype, device=down.device))
 
 
 def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
@@ -137,13 +165,13 @@ def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 
 
 class LlamaStep:
-    """Llama's weights arranged for prefill and decode steps (references, not copies, but for fused LoRA A).
+    """Llama's weights arranged for prefill and decode steps (references, not copies, but for fused q/k/v).
 
-    Each layer launches about 40 kernels (cuBLAS's split-K reductions included) instead of eager
-    transformers' ~70: fused RMSNorm, one LoRA A
-    product for q, k and v, alpha applied to the rank-r products, LoRA B and the residuals added inside
-    the matrix products, and one attention mask and one rotary table per pass instead of per layer.
-    On a GPU a decode step is a chain of small kernels, and each costs microseconds whatever its size.
+    Each layer launches about 30 kernels instead of eager transformers' ~70: fused RMSNorm, one
+    product for q, k, v and their LoRA A, one for their LoRA B, alpha applied to the rank-r products,
+    the residuals added inside the matrix products, rotary embedding of q and k in one pass, and one
+    attention mask and one rotary table per pass instead of per layer. On a GPU a decode step is a
+    chain of small kernels, and each costs microseconds whatever its size.
     """
 
     def __init__(self, llm: PreTrainedModel) -> None:
@@ -164,7 +192,7 @@ class LlamaStep:
         self.cudnn_gqa = _cudnn_gqa_works(self.weight, self.num_heads, self.num_kv_heads, self.head_dim)
 
     def refresh(self) -> None:
-        """Re-copy what is held as copies (the fused LoRA A), so in-place weight loads are always seen."""
+        """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
         for layer in self.layers:
             layer.refresh()
 
@@ -174,91 +202,105 @@ class LlamaStep:
 
     @torch.no_grad()
     def decode(self, state: DecodeState, window: int) -> Tensor:
-        """One token per row from `state.tokens`: keys and values written at `state.column`, attention
-        over columns [0, window), then column and positions advance. Logits [rows, V]."""
-        state.mask.index_fill_(1, state.column, True)
+        """One token per beam from `state.tokens`: keys and values written at `state.columns`, each beam
+        attending to the prompt and its own beam's columns below `window`; then columns and positions
+        advance. Logits [items x beams, V]."""
+        state.mask.index_fill_(1, state.columns, True)
         logits = self._forward(
             state,
             hidden=self.embed_tokens(state.tokens),
-            positions=state.positions[:, None],
-            columns=state.column,
-            visible=state.mask[:, None, :window],
+            positions=state.positions[:, None].expand(-1, state.beams),
+            columns=state.columns,
+            visible=state.mask[:, None, :window] & state.own_beam[None, :, :window],
             keys_from=0,
+            every_token=True,
         )
-        state.column += 1
+        state.columns += state.beams
         state.positions += 1
         return logits
 
     @torch.no_grad()
-    def prefill(self, state: DecodeState, rows: int | None = None, length: int | None = None) -> Tensor:
-        """The prompts of the first `rows` rows, causal over their last `length` prompt columns (default:
-        all), keys and values written there. Logits [rows, V] of each row's first new token."""
-        rows = state.rows if rows is None else rows
+    def prefill(self, state: DecodeState, items: int | None = None, length: int | None = None) -> Tensor:
+        """The prompts of the first `items` items, causal over their last `length` prompt columns (default:
+        all), keys and values written there. Logits [items, V] of each item's first new token."""
+        items = state.items if items is None else items
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
         return self._forward(
             state,
-            hidden=state.prompt_embeds[:rows, start:].flatten(0, 1),
-            positions=state.prompt_positions[:rows, start:],
+            hidden=state.prompt_embeds[:items, start:].flatten(0, 1),
+            positions=state.prompt_positions[:items, start:],
             columns=state.prompt_columns[start:],
-            visible=state.mask[:rows, None, start : state.prompt_capacity] & state.causal[start:, start:],
+            visible=state.mask[:items, None, start : state.prompt_capacity] & state.causal[start:, start:],
             keys_from=start,
+            every_token=False,
         )
 
     def _forward(
-        self, state: DecodeState, hidden: Tensor, positions: Tensor, columns: Tensor, visible: Tensor, keys_from: int
+        self,
+        state: DecodeState,
+        hidden: Tensor,
+        positions: Tensor,
+        columns: Tensor,
+        visible: Tensor,
+        keys_from: int,
+        every_token: bool,
     ) -> Tensor:
-        """The decoder layers over `hidden` [rows x length, H] at `positions` [rows, length], writing keys
+        """The decoder layers over `hidden` [items x length, H] at `positions` [items, length], writing keys
         and values to `columns`, attending to columns [keys_from, keys_from + visible's last dimension)
-        where `visible` [rows, length, columns] allows it. No host synchronisation: it can be captured."""
-        rows, length = positions.shape
+        where `visible` [items, length, columns] allows it. Logits of every token, or of each item's
+        last. No host synchronisation: it can be captured."""
+        items, length = positions.shape
         keys_to = keys_from + visible.shape[-1]
         bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
             ~visible[:, None], torch.finfo(hidden.dtype).min
-        )  # [rows, 1, length, keys]
+        )  # [items, 1, length, keys]
         if not self.cudnn_gqa:
             groups = self.num_heads // self.num_kv_heads
             bias = bias[:, :, None].expand(-1, -1, groups, -1, -1).flatten(2, 3)
-        # Rotary tables tiled over the heads: same-shape products run vectorised, broadcast ones do not.
-        cos = state.cos[positions].reshape(rows * length, 1, -1)
-        sin = state.signed_sin[positions].reshape(rows * length, 1, -1)
-        rotary_q = (cos.expand(-1, self.num_heads, -1).flatten(1), sin.expand(-1, self.num_heads, -1).flatten(1))
-        rotary_k = (cos.expand(-1, self.num_kv_heads, -1).flatten(1), sin.expand(-1, self.num_kv_heads, -1).flatten(1))
-        alphas = state.alphas[:rows, None].expand(rows, length).reshape(-1, 1)
+        # Rotary tables tiled over q's and k's heads: same-shape products run vectorised, broadcast ones do not.
+        rotated_heads = self.num_heads + self.num_kv_heads
+        cos = state.cos[positions].reshape(items * length, 1, -1).expand(-1, rotated_heads, -1).flatten(1)
+        sin = state.signed_sin[positions].reshape(items * length, 1, -1).expand(-1, rotated_heads, -1).flatten(1)
+        query_width, rotated_width = self.num_heads * self.head_dim, rotated_heads * self.head_dim
+        alphas = state.alphas[:items, None].expand(items, length).reshape(-1, 1)
         for index, layer in enumerate(self.layers):
-            query, key, value = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), alphas)
-            query = _rotate(query, *rotary_q, self.head_dim).view(rows, length, self.num_heads, self.head_dim)
-            key = _rotate(key, *rotary_k, self.head_dim).view(rows, length, self.num_kv_heads, self.head_dim)
-            value = value.view(rows, length, self.num_kv_heads, self.head_dim)
-            keys, values = state.keys[index, :rows], state.values[index, :rows]
+            qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), alphas)
+            rotated = _rotate(qkv[:, :rotated_width], cos, sin, self.head_dim)
+            query = rotated[:, :query_width].view(items, length, self.num_heads, self.head_dim)
+            key = rotated[:, query_width:].view(items, length, self.num_kv_heads, self.head_dim)
+            value = qkv[:, rotated_width:].view(items, length, self.num_kv_heads, self.head_dim)
+            keys, values = state.keys[index, :items], state.values[index, :items]
             keys.index_copy_(2, columns, key.transpose(1, 2))
             values.index_copy_(2, columns, value.transpose(1, 2))
             attended = self._attention(query, keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to], bias)
             hidden = layer.attention_output(attended, alphas, hidden)
             hidden = layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden), hidden)
-        logits = self._lm_head(_rms_norm(self.norm, hidden.view(rows, length, -1)[:, -1]))
+        if not every_token:
+            hidden = hidden.view(items, length, -1)[:, -1]
+        logits = self._lm_head(_rms_norm(self.norm, hidden))
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
-        """Grouped-query attention of query [rows, length, heads, d]; output [rows x length, heads x d].
+        """Grouped-query attention of query [items, length, heads, d]; output [items x length, heads x d].
 
         With cuDNN (Hopper), the kernel takes the query heads as they are. Otherwise the query heads
-        are laid out kv-head-major, so the same attention is ordinary attention over [rows, kv,
+        are laid out kv-head-major, so the same attention is ordinary attention over [items, kv,
         groups x length, d]: no key is copied per query head, and memory-efficient attention runs it.
         """
-        rows, length = query.shape[:2]
+        items, length = query.shape[:2]
         if self.cudnn_gqa:
             with _cudnn_attention():
                 attended = nn.functional.scaled_dot_product_attention(
                     query.transpose(1, 2), keys, values, attn_mask=bias, enable_gqa=True
                 )
-            return attended.transpose(1, 2).reshape(rows * length, -1)
+            return attended.transpose(1, 2).reshape(items * length, -1)
         groups = self.num_heads // self.num_kv_heads
-        query = query.view(rows, length, self.num_kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)
+        query = query.view(items, length, self.num_kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)
         attended = nn.functional.scaled_dot_product_attention(
-            query.reshape(rows, self.num_kv_heads, groups * length, self.head_dim), keys, values, attn_mask=bias
+            query.reshape(items, self.num_kv_heads, groups * length, self.head_dim), keys, values, attn_mask=bias
         )
-        attended = attended.view(rows, self.num_kv_heads, groups, length, self.head_dim).permute(0, 3, 1, 2, 4)
-        return attended.reshape(rows * length, -1)
+        attended = attended.view(items, self.num_kv_heads, groups, length, self.head_dim).permute(0, 3, 1, 2, 4)
+        return attended.reshape(items * length, -1)
 
     def _lm_head(self, hidden: Tensor) -> Tensor:
         """The output projection into a buffer whose rows are 8-aligned: with 128257 columns (Llama's
@@ -318,77 +360,77 @@ def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor, head_dim: int) -> Tensor
 
 
 class DecodeState:
-    """Every buffer a forward pass reads or writes, for one shape: (row capacity, prompt capacity, new tokens)."""
+    """Every buffer a forward pass reads or writes, for one shape: (items, beams, prompt capacity, new tokens).
 
-    def __init__(self, step: LlamaStep, rows: int, prompt_capacity: int, max_new_tokens: int) -> None:
+    Column `prompt_capacity + t * beams + b` of an item's cache holds beam b's generated token t.
+    """
+
+    def __init__(self, step: LlamaStep, items: int, beams: int, prompt_capacity: int, max_new_tokens: int) -> None:
         weight = step.weight
         device, dtype = weight.device, weight.dtype
-        layers = len(step.layers)
-        self.rows = rows
+        self.items = items
+        self.beams = beams
+        self.rows = items * beams
         self.prompt_capacity = prompt_capacity
         self.max_new_tokens = max_new_tokens
-        self.length = prompt_capacity + max_new_tokens
-        shape = (layers, rows, step.num_kv_heads, self.length, step.head_dim)
+        self.length = prompt_capacity + max_new_tokens * beams
+        shape = (len(step.layers), items, step.num_kv_heads, self.length, step.head_dim)
         # Zeros, not empty: masked columns still meet the values in softmax(.) @ V, and 0 * NaN is NaN.
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.mask = torch.zeros(rows, self.length, device=device, dtype=torch.bool)
-        self.positions = torch.zeros(rows, device=device, dtype=torch.long)
-        self.column = torch.full((1,), prompt_capacity, device=device, dtype=torch.long)
-        self.tokens = torch.zeros(rows, device=device, dtype=torch.long)
-        self.alphas = torch.zeros(rows, device=device, dtype=torch.float32)
-        self.prompt_embeds = torch.zeros(rows, prompt_capacity, weight.shape[1], device=device, dtype=dtype)
-        self.prompt_positions = torch.zeros(rows, prompt_capacity, device=device, dtype=torch.long)
+        # Prompt columns holding real tokens, and generated columns written so far.
+        self.mask = torch.zeros(items, self.length, device=device, dtype=torch.bool)
+        column_beam = (torch.arange(self.length, device=device) - prompt_capacity) % beams
+        is_prompt = torch.arange(self.length, device=device) < prompt_capacity
+        # Which columns beam b's token may see: the whole prompt, and the columns of beam b.
+        self.own_beam = is_prompt[None] | (column_beam[None] == torch.arange(beams, device=device)[:, None])
+        self.positions = torch.zeros(items, device=device, dtype=torch.long)
+        self.columns = prompt_capacity + torch.arange(beams, device=device)
+        self.tokens = torch.zeros(self.rows, device=device, dtype=torch.long)
+        self.alphas = torch.zeros(items, device=device, dtype=torch.float32)
+        self.prompt_embeds = torch.zeros(items, prompt_capacity, weight.shape[1], device=device, dtype=dtype)
+        self.prompt_positions = torch.zeros(items, prompt_capacity, device=device, dtype=torch.long)
         self.prompt_columns = torch.arange(prompt_capacity, device=device)
         self.causal = torch.ones(prompt_capacity, prompt_capacity, device=device, dtype=torch.bool).tril()
-        positions = torch.arange(self.length, device=device)[None]
+        positions = torch.arange(prompt_capacity + max_new_tokens, device=device)[None]
         cos, sin = step.rotary_emb(weight[:1], positions)
         half = step.head_dim // 2
         self.cos = cos[0]
         self.signed_sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
     def windows(self, window_block: int) -> list[int]:
-        """The attention windows decode steps use: prompt capacity plus whole blocks of generated columns."""
+        """The attention windows decode steps use: prompt capacity plus whole blocks of generated tokens."""
         blocks = math.ceil(self.max_new_tokens / window_block)
-        return [min(self.length, self.prompt_capacity + (b + 1) * window_block) for b in range(blocks)]
+        return [
+            self.prompt_capacity + min(self.max_new_tokens, (b + 1) * window_block) * self.beams for b in range(blocks)
+        ]
 
-    def load(self, batch: PaddedBatch, alphas: Tensor, repeats: int) -> None:
-        """Start a generation: each item's prompt, right-aligned in the prompt columns, `repeats` times.
-
-        With `repeats=1` and item alphas, the state holds one row per item (for an eager prefill that
-        `expand` then repeats per beam); otherwise one row per beam, ready for every step.
-        """
+    def load(self, batch: PaddedBatch, item_alphas: Tensor) -> None:
+        """Start a generation: each item's prompt right-aligned in the prompt columns, nothing generated."""
         items, prompt_length = batch.attention_mask.shape
-        rows = items * repeats
         start = self.prompt_capacity - prompt_length
-        self.prompt_embeds[:rows, :start] = 0.0
-        self.prompt_embeds[:rows, start:] = batch.inputs_embeds.repeat_interleave(repeats, dim=0)
+        self.prompt_embeds[:items, :start] = 0.0
+        self.prompt_embeds[:items, start:] = batch.inputs_embeds
         self.mask.zero_()
-        self.mask[:rows, start : self.prompt_capacity] = batch.attention_mask.repeat_interleave(repeats, dim=0).bool()
-        self.prompt_positions[:rows] = 0
-        self.prompt_positions[:rows, start:] = batch.position_ids.repeat_interleave(repeats, dim=0)
+        self.mask[:items, start : self.prompt_capacity] = batch.attention_mask.bool()
+        self.prompt_positions[:items] = 0
+        self.prompt_positions[:items, start:] = batch.position_ids
         self.positions.zero_()
-        self.positions[:rows] = (batch.position_ids[:, -1] + 1).repeat_interleave(repeats)
-        self.column.fill_(self.prompt_capacity)
+        self.positions[:items] = batch.position_ids[:, -1] + 1
+        self.columns.copy_(self.prompt_capacity + torch.arange(self.beams, device=self.columns.device))
         self.tokens.zero_()
         self.alphas.zero_()
-        self.alphas[:rows] = alphas
-
-    def expand(self, items: int, repeats: int, row_alphas: Tensor) -> None:
-        """After a prefill of one row per item: every item's prompt cache, mask and position copied to its beams."""
-        rows, prompt = items * repeats, self.prompt_capacity
-        for cache in (self.keys, self.values):
-            cache[:, :rows, :, :prompt] = cache[:, :items, :, :prompt].repeat_interleave(repeats, dim=1)
-        self.mask[:rows, :prompt] = self.mask[:items, :prompt].repeat_interleave(repeats, dim=0)
-        self.positions[:rows] = self.positions[:items].repeat_interleave(repeats)
-        self.alphas[:rows] = row_alphas
+        self.alphas[:items] = item_alphas
 
     def reorder(self, rows: Tensor, generated: int) -> None:
-        """Row i continues beam rows[i]; only generated columns differ between beams of one item."""
-        start, stop = self.prompt_capacity, self.prompt_capacity + generated
-        count = rows.shape[0]
+        """Row i continues beam rows[i], a beam of its own item: only that item's generated columns move."""
+        items = rows.shape[0] // self.beams
+        first_row = torch.arange(items, device=rows.device)[:, None] * self.beams
+        source_beam = (rows.view(items, self.beams) - first_row)[None, :, None, None, :, None]
+        stop = self.prompt_capacity + generated * self.beams
         for cache in (self.keys, self.values):
-            cache[:, :count, :, start:stop] = cache[:, :count, :, start:stop].index_select(1, rows)
+            tokens = cache[:, :items, :, self.prompt_capacity : stop].unflatten(3, (generated, self.beams))
+            tokens.copy_(torch.gather(tokens, 4, source_beam.expand_as(tokens)))
 
 
 class _Runner:
@@ -401,12 +443,12 @@ class _Runner:
         self.state = state
         self.windows = state.windows(window_block)
         self.window_block = window_block
-        # A small prompt batch is prefilled for every beam at once (one graph); a large one once per item.
-        self.prefill_every_row = state.rows * state.prompt_capacity <= small_prefill_tokens
+        # A small prompt batch is prefilled over the whole capacity by a graph; a large one eagerly.
+        self.prefill_by_graph = state.items * state.prompt_capacity <= small_prefill_tokens
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.prefill_graph: tuple[torch.cuda.CUDAGraph, Tensor] | None = None
         if use_graphs:
-            self._capture(prefill=self.prefill_every_row)
+            self._capture(prefill=self.prefill_by_graph)
 
     def _capture(self, prefill: bool) -> None:
         """Capture the graphs; should cuDNN attention refuse to be captured, capture without it."""
@@ -443,25 +485,23 @@ class _Runner:
             logits = run()
         return graph, logits
 
-    def prefill(self, batch: PaddedBatch, row_alphas: Tensor, repeats: int) -> Tensor:
-        """Load the prompts and run them; logits [items x repeats, V] of each row's first new token."""
-        items = batch.attention_mask.shape[0]
-        if self.prefill_every_row:
-            self.state.load(batch, row_alphas, repeats)
-            if self.prefill_graph is None:
-                return self.step.prefill(self.state)[: items * repeats]
+    def prefill(self, batch: PaddedBatch, item_alphas: Tensor) -> Tensor:
+        """Load the prompts and run them, once per item; logits [items x beams, V] of each row's first new token."""
+        items, prompt_length = batch.attention_mask.shape
+        self.state.load(batch, item_alphas)
+        if not self.prefill_by_graph:
+            with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
+                logits = self.step.prefill(self.state, items=items, length=prompt_length)
+        elif self.prefill_graph is None:
+            logits = self.step.prefill(self.state)[:items]
+        else:
             graph, logits = self.prefill_graph
             graph.replay()
-            return logits[: items * repeats]
-        self.state.load(batch, row_alphas[::repeats], 1)  # large batch: once per item, then copied per beam
-        with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
-            logits = self.step.prefill(self.state, rows=items, length=batch.attention_mask.shape[1])
-        if repeats > 1:
-            self.state.expand(items, repeats, row_alphas)
-        return logits.repeat_interleave(repeats, dim=0)
+            logits = logits[:items]
+        return logits.repeat_interleave(self.state.beams, dim=0)
 
     def run(self, generated: int) -> Tensor:
-        """The decode step that writes generated token number `generated` (0-based)."""
+        """The decode step that writes generated token number `generated` (0-based) of every beam."""
         window = self.windows[generated // self.window_block]
         if not self.graphs:
             return self.step.decode(self.state, window)
@@ -495,7 +535,7 @@ class StaticDecoding:
         self.prompt_block = prompt_block
         self.window_block = window_block
         self.small_prefill_tokens = small_prefill_tokens
-        self._runners: OrderedDict[tuple[int, int, int], _Runner] = OrderedDict()
+        self._runners: OrderedDict[tuple[int, int, int, int], _Runner] = OrderedDict()
         self._step: LlamaStep | None = None
         self._fingerprint: tuple[int, ...] = ()
         self.captures = 0  # states whose graphs were captured: a benchmark proves alphas cause none
@@ -512,8 +552,8 @@ class StaticDecoding:
         return self._step
 
     @property
-    def shapes(self) -> list[tuple[int, int, int]]:
-        """(row capacity, prompt capacity, new tokens) of the states held, least recently used first."""
+    def shapes(self) -> list[tuple[int, int, int, int]]:
+        """(item capacity, beams, prompt capacity, new tokens) of the states held, least recently used first."""
         return list(self._runners)
 
     def clear(self) -> None:
@@ -526,7 +566,8 @@ class StaticDecoding:
     ) -> StaticCacheDecoder:
         """A decoder for one generation over `batch` (one row per item), each item repeated `repeats` times.
 
-        `row_alphas` holds one alpha per decoded row (item-major, repeated per beam).
+        `row_alphas` holds one alpha per decoded row (item-major, repeated per beam); the beams of an
+        item share its prompt, hence its alpha.
         """
         step = self._llama_step(llm)
         step.refresh()
@@ -535,7 +576,7 @@ class StaticDecoding:
         if row_alphas.shape != (rows,):
             raise ValueError(f"expected {rows} row alphas (items x repeats), got shape {tuple(row_alphas.shape)}")
         prompt_capacity = self.prompt_block * math.ceil(prompt_length / self.prompt_block)
-        key = (row_capacity(rows), prompt_capacity, max_new_tokens)
+        key = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
         runner = self._runners.get(key)
         if runner is None:
             while len(self._runners) >= self.max_states:
@@ -546,7 +587,7 @@ class StaticDecoding:
             self.captures += bool(runner.graphs)
             self._runners[key] = runner
         self._runners.move_to_end(key)
-        return StaticCacheDecoder(runner, batch, row_alphas, repeats)
+        return StaticCacheDecoder(runner, batch, row_alphas[::repeats], rows)
 
     def _llama_step(self, llm: PreTrainedModel) -> LlamaStep:
         """The step for `llm`, rebuilt (and every graph dropped) when the model or a weight's address changed."""
@@ -564,17 +605,16 @@ class StaticCacheDecoder:
     (the search loops do). `reorder` expects beam search's rows: each row continues a beam of its own item.
     """
 
-    def __init__(self, runner: _Runner, batch: PaddedBatch, row_alphas: Tensor, repeats: int) -> None:
+    def __init__(self, runner: _Runner, batch: PaddedBatch, item_alphas: Tensor, rows: int) -> None:
         self.runner = runner
         self.batch = batch
-        self.row_alphas = row_alphas
-        self.repeats = repeats
-        self.rows = row_alphas.shape[0]
+        self.item_alphas = item_alphas
+        self.rows = rows
         self.generated = 0
 
     @torch.no_grad()
     def prefill(self) -> Tensor:
-        return self.runner.prefill(self.batch, self.row_alphas, self.repeats)
+        return self.runner.prefill(self.batch, self.item_alphas)
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:

@@ -7,12 +7,15 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
+import soundfile as sf
 from rapidfuzz.distance import Levenshtein
 
 from evaluation import runs
+from evaluation import sweep as sweep_module
 from evaluation.runs import RunsStorageError, SweepFolder, SweepLockedError, SweepState
 from evaluation.scoring import Outcome
 from evaluation.sweep import (
@@ -20,6 +23,7 @@ from evaluation.sweep import (
     SweepSpec,
     SweepSpecError,
     load_results,
+    model_window,
     plan_sweep,
     prepare_folder,
     run_sweep,
@@ -28,6 +32,7 @@ from evaluation.sweep import (
     select_sample_ids,
 )
 from evaluation.sweep_plots import error_breakdown_figure, metric_vs_alpha_figure, metrics_frame
+from naturelm_core.audio import AudioTooShortError
 from naturelm_core.engine import Engine, Priority
 from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data
 
@@ -394,3 +399,123 @@ def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_serv
     assert statuses[second.sweep_id].state is SweepState.COMPLETE and statuses[second.sweep_id].done == 8
     assert statuses[third.sweep_id].state is SweepState.CANCELLED
     assert not SweepFolder(tmp_path, third.sweep_id).results_path.exists()
+
+
+# -- decoding on the prefetch threads -----------------------------------------------------------
+
+
+class ToneBackend:
+    """Answers at once with the dominant frequency of the window: fast, yet each answer depends on the audio."""
+
+    inflight_rows = 2
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def submit_group(self, rows, settings):
+        futures = []
+        for windows, _prompt, _alpha in rows:
+            spectrum = np.abs(np.fft.rfft(windows[-1]))
+            future: Future = Future()
+            future.set_result(f"{np.argmax(spectrum) * 16_000 / len(windows[-1]):.0f}")
+            futures.append(future)
+        self.rows += len(rows)
+        return futures
+
+
+class SlowDecode:
+    """sweep.model_window made slow (as a long file would be), counting calls and how many run at once."""
+
+    def __init__(self, seconds: float, unusable: frozenset[str] = frozenset()) -> None:
+        self.seconds = seconds
+        self.unusable = unusable
+        self.lock = threading.Lock()
+        self.calls = self.running = self.most_running = 0
+
+    def __call__(self, sample):
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            time.sleep(self.seconds)
+            if sample.id in self.unusable:
+                raise AudioTooShortError(f"{sample.id} is too short")
+            return model_window(sample)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("prefetch")]
+
+
+def test_recordings_are_decoded_in_parallel_so_a_fast_backend_is_not_kept_waiting(data_dir, tmp_path, monkeypatch):
+    """12 recordings with 1 row each and 0.15 s of decoding apiece: one thread needs 1.8 s, four about a quarter."""
+    decode = SlowDecode(0.15)
+    monkeypatch.setattr(sweep_module, "model_window", decode)
+    spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common"], alphas=[1.0]))
+    backend = ToneBackend()
+    started = time.perf_counter()
+    status = run_sweep(backend, spec, tmp_path, decode_workers=4)
+    elapsed = time.perf_counter() - started
+    assert status.state is SweepState.COMPLETE and status.done == backend.rows == 12
+    assert decode.calls == 12 and decode.most_running >= 3
+    assert elapsed < 0.6 * 12 * 0.15
+    assert prefetch_threads() == []
+
+
+def test_any_number_of_decode_workers_writes_the_same_rows_and_skips_the_same_recordings(tmp_path, monkeypatch):
+    """Files of different tones, a broken and a missing one: each id's answer is its own tone, whatever the threads."""
+    rate = 44_100
+    t = np.arange(int(0.8 * rate)) / rate
+    tones = {f"bird{i:02d}.{'flac' if i % 2 else 'wav'}": 300.0 + 150 * i for i in range(9)}
+    for name, frequency in tones.items():
+        sf.write(tmp_path / name, 0.4 * np.sin(2 * np.pi * frequency * t), rate)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    lines = [f"{name},tone {frequency:.0f}" for name, frequency in tones.items()]
+    lines[4:4] = ["broken.wav,tone 0", "missing.wav,tone 0"]
+    (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(lines) + "\n")
+    # bird03 decodes but its window cannot be made: skipped at once rather than at the end of the data set.
+    monkeypatch.setattr(sweep_module, "model_window", SlowDecode(0.01, unusable=frozenset({"bird03.flac"})))
+    spec = SweepSpec.from_dict(
+        {"name": "garden", "source": "recordings", "path": str(tmp_path), "subsets": ["garden"]}
+        | {"prompts": ["common"], "alphas": [0.0, 1.0], "num_beams": 1, "max_new_tokens": 4}
+    )
+    answers = {}
+    for workers in (1, 3):
+        runs_dir = tmp_path / f"runs-{workers}"
+        status = run_sweep(ToneBackend(), spec, runs_dir, decode_workers=workers)
+        assert status.state is SweepState.COMPLETE
+        assert (status.skipped_samples, status.total, status.done) == (3, 16, 16)
+        records = SweepFolder(runs_dir, spec.sweep_id).results.read()
+        answers[workers] = item_predictions(records)
+        assert [record["id"] for record in records][::2] == [n for n in tones if n != "bird03.flac"]  # source order
+    assert answers[1] == answers[3]
+    assert {key[1]: float(answer) for key, answer in answers[3].items()} == pytest.approx(
+        {name: frequency for name, frequency in tones.items() if name != "bird03.flac"}, abs=2
+    )
+    with pytest.raises(ValueError, match="decode_workers must be at least 1"):
+        run_sweep(ToneBackend(), spec, tmp_path / "runs-0", decode_workers=0)
+
+
+def test_a_cancel_stops_decoding_and_a_resume_decodes_only_unanswered_recordings(data_dir, tmp_path, monkeypatch):
+    decode = SlowDecode(0.02)
+    monkeypatch.setattr(sweep_module, "model_window", decode)
+    spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common"], alphas=[1.0]))
+    cancel = threading.Event()
+
+    def on_progress(status):
+        if status.done >= 3:
+            cancel.set()
+
+    status = run_sweep(ToneBackend(), spec, tmp_path, cancel=cancel, on_progress=on_progress, decode_workers=1)
+    assert status.state is SweepState.CANCELLED and 3 <= status.done < 12
+    assert decode.calls <= status.done + 3 + 4  # in flight, then at most `ahead` (4 per worker) decoded past it
+    assert prefetch_threads() == []
+    before_resume = decode.calls
+    assert run_sweep(ToneBackend(), spec, tmp_path, decode_workers=2).state is SweepState.COMPLETE
+    assert decode.calls - before_resume == 12 - status.done  # answered recordings are not decoded again
+    assert run_sweep(ToneBackend(), spec, tmp_path).done == 12
+    assert decode.calls - before_resume == 12 - status.done  # nor is anything, once the sweep is complete

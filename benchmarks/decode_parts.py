@@ -1,0 +1,200 @@
+"""The decode step's parts, timed alone on the GPU: the measurements behind its attention layout and fusions.
+
+    python benchmarks/decode_parts.py --out DIR
+
+Each candidate runs `--layers` times (distinct weights per layer, so nothing is served from L2) inside
+one CUDA graph, replayed and timed with events: kernel time without Python's launch cost, as the
+decode graphs run. Shapes are Llama-3.1-8B's (hidden 4096, 32 query / 8 key-value heads of 128,
+MLP 14336, LoRA r=32 on q/k/v/o) at one interactive row and at a sweep batch of 176 items x 2 beams,
+with a 58-token prompt (capacity 64) and 20 new tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP, RANK = 4096, 32, 8, 128, 14336, 32
+PROMPT, PROMPT_CAPACITY, NEW_TOKENS = 58, 64, 20
+
+
+def graph_ms(run: Callable[[], Any], repeats: int = 20) -> float:
+    """Milliseconds per call of `run`, captured once in a CUDA graph and replayed `repeats` times."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def attention_candidates(items: int, beams: int, layers: int) -> dict[str, float]:
+    """Decode attention per layer at the last window: per-row caches (today) vs the prompt shared by beams."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    rows, groups = items * beams, HEADS // KV_HEADS
+    per_row_columns = PROMPT_CAPACITY + NEW_TOKENS
+    shared_columns = PROMPT_CAPACITY + beams * NEW_TOKENS
+    neg = torch.finfo(dtype).min
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    # Today: [layers, rows, kv, columns, d], every beam holding its item's prompt.
+    keys, values = (
+        randn(layers, rows, KV_HEADS, per_row_columns, HEAD_DIM),
+        randn(layers, rows, KV_HEADS, per_row_columns, HEAD_DIM),
+    )
+    query = randn(rows, HEADS, 1, HEAD_DIM)
+    bias = torch.zeros(rows, 1, 1, per_row_columns, device=device, dtype=dtype)
+    bias[..., : PROMPT_CAPACITY - PROMPT] = neg
+    query_rows = randn(rows, KV_HEADS, groups, HEAD_DIM)
+    bias_rows = bias.expand(-1, -1, groups, -1)
+
+    # Shared: [layers, items, kv, prompt + beams x new, d]; generated columns time-major, beam-minor.
+    shared_keys = randn(layers, items, KV_HEADS, shared_columns, HEAD_DIM)
+    shared_values = randn(layers, items, KV_HEADS, shared_columns, HEAD_DIM)
+    shared_query = randn(items, KV_HEADS, beams * groups, HEAD_DIM)
+    column_beam = torch.arange(NEW_TOKENS * beams, device=device) % beams
+    query_beam = torch.arange(beams * groups, device=device) // groups
+    visible = torch.ones(items, 1, beams * groups, shared_columns, device=device, dtype=torch.bool)
+    visible[..., : PROMPT_CAPACITY - PROMPT] = False
+    visible[..., PROMPT_CAPACITY:] = column_beam[None, :] == query_beam[:, None]
+    shared_bias = torch.zeros((), device=device, dtype=dtype).masked_fill(~visible, neg)
+
+    def per_layer(function: Callable[[int], Any]) -> Callable[[], None]:
+        def run() -> None:
+            for layer in range(layers):
+                function(layer)
+
+        return run
+
+    def shared(i: int) -> torch.Tensor:
+        return F.scaled_dot_product_attention(shared_query, shared_keys[i], shared_values[i], attn_mask=shared_bias)
+
+    candidates: dict[str, tuple[list[SDPBackend], Callable[[int], Any]]] = {
+        "per_row_cudnn_gqa": (
+            [SDPBackend.CUDNN_ATTENTION],
+            lambda i: F.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=bias, enable_gqa=True),
+        ),
+        "per_row_efficient_groups_as_rows": (
+            [SDPBackend.EFFICIENT_ATTENTION],
+            lambda i: F.scaled_dot_product_attention(query_rows, keys[i], values[i], attn_mask=bias_rows),
+        ),
+        "shared_prompt_efficient": ([SDPBackend.EFFICIENT_ATTENTION], shared),
+        "shared_prompt_cudnn": ([SDPBackend.CUDNN_ATTENTION], shared),
+    }
+    result: dict[str, Any] = {}
+    for name, (backends, function) in candidates.items():
+        try:
+            with sdpa_kernel(backends):
+                result[name] = graph_ms(per_layer(function)) / layers
+        except RuntimeError as error:
+            result[name] = f"unavailable: {str(error)[:100]}"
+    return result
+
+
+def projection_candidates(rows: int, layers: int) -> dict[str, float]:
+    """q/k/v with LoRA, and the MLP's gate/up, as separate products or one fused product per layer."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    kv_width = KV_HEADS * HEAD_DIM
+    widths = (HIDDEN, kv_width, kv_width)
+    x = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
+    alphas = torch.rand(rows, 1, device=device)
+
+    def weights(*shape: int) -> list[torch.Tensor]:
+        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
+
+    fused_qkv = weights(sum(widths) + 3 * RANK, HIDDEN)  # [Wq; Wk; Wv; Aq; Ak; Av], as static_decoding holds it
+    lora_a = [weight[sum(widths) :] for weight in fused_qkv]
+    lora_b = [[torch.randn(w, RANK, device=device, dtype=dtype) * 0.02 for w in widths] for _ in range(layers)]
+    block_b = []
+    for parts in lora_b:
+        block = torch.zeros(sum(widths), 3 * RANK, device=device, dtype=dtype)
+        row = 0
+        for index, part in enumerate(parts):
+            block[row : row + part.shape[0], index * RANK : (index + 1) * RANK] = part
+            row += part.shape[0]
+        block_b.append(block)
+    gate_up = weights(2 * MLP, HIDDEN)
+    down_proj = weights(HIDDEN, MLP)
+    hidden = torch.randn(rows, MLP, device=device, dtype=dtype)
+
+    def down(i: int) -> torch.Tensor:
+        return (F.linear(x, lora_a[i]) * alphas).to(dtype)
+
+    def qkv_separate(i: int) -> None:
+        low = down(i)
+        q, k, v = fused_qkv[i][: sum(widths)].split(widths)
+        for index, weight in enumerate((q, k, v)):
+            F.linear(x, weight).addmm_(low[:, index * RANK : (index + 1) * RANK], lora_b[i][index].t())
+
+    def qkv_fused(i: int) -> None:
+        projected = F.linear(x, fused_qkv[i])
+        low = torch.empty(rows, 3 * RANK, device=device, dtype=dtype)
+        torch.mul(projected[:, sum(widths) :], alphas, out=low)
+        projected[:, : sum(widths)].addmm_(low, block_b[i].t())
+
+    def mlp_separate(i: int) -> None:
+        gate, up = gate_up[i].split(MLP)
+        F.silu(F.linear(x, gate)) * F.linear(x, up)
+
+    def mlp_fused(i: int) -> None:
+        both = F.linear(x, gate_up[i])
+        F.silu(both[:, :MLP]) * both[:, MLP:]
+
+    def down_addmm(i: int) -> None:
+        torch.addmm(x, hidden, down_proj[i].t())
+
+    def down_then_add(i: int) -> None:
+        F.linear(hidden, down_proj[i]).add_(x)
+
+    result = {}
+    for name, function in {
+        "down_residual_in_product": down_addmm,
+        "down_then_residual_add": down_then_add,
+        "qkv_lora_separate": qkv_separate,
+        "qkv_lora_fused": qkv_fused,
+        "gate_up_separate": mlp_separate,
+        "gate_up_fused": mlp_fused,
+    }.items():
+        result[name] = graph_ms(lambda f=function: [f(i) for i in range(layers)]) / layers
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--items", type=int, default=176)
+    parser.add_argument("--beams", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results["attention_ms_per_layer"] = attention_candidates(args.items, args.beams, args.layers)
+    for rows in (1, args.items * args.beams):
+        results[f"projections_ms_per_layer_rows_{rows}"] = projection_candidates(rows, args.layers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode_parts.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""How fast a sweep can read recordings: files decoded and cut to their model window per second, on the CPU.
+
+    python benchmarks/sweep_decoding.py                      # 48 recordings of 30 s, FLAC and MP3, 1 vs default
+    python benchmarks/sweep_decoding.py --workers 1,2,4 --recordings 24 --seconds 60 --formats flac
+
+A GPU answers a few hundred rows a second; a sweep with one row per recording needs as many
+recordings decoded a second, or the GPU waits. This writes synthetic 44.1 kHz recordings (noise
+under a tone, so FLAC cannot compress them away) and a labels CSV to a temporary folder, then reads
+them exactly as the sweep does: Subset.rows on this thread, Subset.decode + model_window on
+evaluation.prefetch threads, as far ahead as SweepRunner lets them run. Each setting is timed after
+one warm-up pass (page cache, torch kernels), best of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.datasets import SampleRow, Subset, load_recordings
+from evaluation.prefetch import default_workers, prefetch_map
+from evaluation.sweep import DECODE_AHEAD_PER_WORKER, model_window
+
+SOURCE_RATE = 44_100
+FORMATS = {"flac": "FLAC", "mp3": "MP3", "wav": "WAV", "ogg": "OGG"}
+
+
+def write_recordings(folder: Path, count: int, seconds: float, extension: str, seed: int = 0) -> Path:
+    """`count` mono recordings of `seconds` at 44.1 kHz in `folder`, with the labels.csv load_recordings reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SOURCE_RATE)) / SOURCE_RATE
+    lines = ["file,label"]
+    for index in range(count):
+        frequency = 400.0 + 50.0 * (index % 40)
+        audio = 0.3 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(len(t))
+        name = f"recording-{index:04d}.{extension}"
+        sf.write(folder / name, audio.astype(np.float32), SOURCE_RATE, format=FORMATS[extension])
+        lines.append(f"{name},tone {frequency:.0f} Hz")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def decode_all(subset: Subset, workers: int) -> int:
+    """Read every recording as a sweep does; returns how many gave a model window."""
+
+    def decode_window(row: SampleRow) -> np.ndarray:
+        return model_window(subset.decode(row))
+
+    ahead = DECODE_AHEAD_PER_WORKER * workers
+    decoded = 0
+    for outcome in prefetch_map(decode_window, subset.rows(), workers=workers, ahead=ahead):
+        outcome.result()  # a recording this benchmark wrote must decode
+        decoded += 1
+    return decoded
+
+
+def samples_per_second(subset: Subset, workers: int, repeats: int) -> float:
+    decode_all(subset, workers)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        count = decode_all(subset, workers)
+        best = min(best, time.perf_counter() - started)
+    return count / best
+
+
+def parse_workers(text: str) -> list[int]:
+    """'1,default,4' -> [1, <default>, 4], in order and without repeats."""
+    counts: list[int] = []
+    for part in text.split(","):
+        count = default_workers() if part.strip() == "default" else int(part)
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"worker counts must be at least 1, got {count}")
+        if count not in counts:
+            counts.append(count)
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/sweep_decoding.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--recordings", type=int, default=48, help="recordings per format (default 48)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each recording (default 30)")
+    parser.add_argument("--formats", default="flac,mp3", help=f"comma-separated, of {sorted(FORMATS)}")
+    parser.add_argument("--workers", type=parse_workers, default="1,default", help="e.g. 1,2,4 ('default' allowed)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best is kept")
+    parser.add_argument("--window-s", type=float, default=10.0, help="model window cut from each recording")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    formats = [name.strip() for name in args.formats.split(",")]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        print(f"error: unknown format(s) {unknown}; choose from {sorted(FORMATS)}", file=sys.stderr)
+        return 2
+    print(
+        f"# {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
+        f"default decode workers {default_workers()}; {args.recordings} x {args.seconds:g} s at {SOURCE_RATE} Hz, "
+        f"{args.window_s:g} s windows"
+    )
+    print("| format | workers | recordings/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="sweep-decoding-") as scratch:
+        for extension in formats:
+            folder = write_recordings(Path(scratch) / extension, args.recordings, args.seconds, extension)
+            subset = load_recordings(folder, window_s=args.window_s)
+            baseline = None
+            for workers in args.workers:
+                rate = samples_per_second(subset, workers, args.repeats)
+                baseline = baseline or rate
+                print(f"| {extension} | {workers} | {rate:.1f} | {rate / baseline:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

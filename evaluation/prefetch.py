@@ -1,0 +1,101 @@
+"""An ordered, bounded, parallel map: decode recordings on a few threads while the caller feeds the accelerator.
+
+A sweep with few rows per recording is limited by how fast one thread can decode and resample
+audio, not by the model. The expensive parts (libsndfile, numpy, torch resampling) release the
+GIL, so a small thread pool runs them side by side. The input iterator is advanced only on the
+consumer's thread (a dataset's row reader need not be thread-safe), results come back in input
+order (results files and progress stay reproducible), and at most `ahead` results wait at once
+(one recording's audio can be hundreds of megabytes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """Enough threads to keep one accelerator fed, without taking every core from the process serving it."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Prefetched(Generic[Item, Result]):
+    """One item and what `function` made of it: a value, or the exception it raised for this item alone.
+
+    The error is handed over rather than raised so that one unreadable recording is skipped by the
+    caller while the items after it keep coming.
+    """
+
+    item: Item
+    value: Result | None
+    error: BaseException | None
+
+    def result(self) -> Result:
+        """The value, or the item's exception raised here (its traceback still points into `function`)."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def prefetch_map(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    *,
+    workers: int,
+    ahead: int,
+) -> Iterator[Prefetched[Item, Result]]:
+    """`function(item)` for every item, run on `workers` threads, yielded in input order.
+
+    At most `ahead` items are submitted and not yet yielded, so memory stays bounded however slow the
+    consumer is. An exception raised by the input iterator itself is raised after the items before it
+    have been yielded. Closing the generator (or leaving the loop and dropping it) cancels the items
+    not started and joins the threads; use `contextlib.closing` to make that deterministic.
+    Bad sizes raise ValueError here, at the call, not at the first item.
+    """
+    if workers < 1:
+        raise ValueError(f"prefetch_map needs workers >= 1, got {workers}")
+    if ahead < 1:
+        raise ValueError(f"prefetch_map needs ahead >= 1, got {ahead}")
+    return _prefetch(function, iter(items), workers, ahead)
+
+
+def _prefetch(
+    function: Callable[[Item], Result], source: Iterator[Item], workers: int, ahead: int
+) -> Iterator[Prefetched[Item, Result]]:
+    pending: deque[tuple[Item, Future[Result]]] = deque()
+    exhausted = False
+    source_error: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
+    try:
+        while True:
+            while not exhausted and len(pending) < ahead:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                except Exception as error:  # raised in order, once the items read before it are out
+                    exhausted, source_error = True, error
+                    break
+                pending.append((item, pool.submit(function, item)))
+            if not pending:
+                if source_error is not None:
+                    raise source_error
+                return
+            item, future = pending.popleft()
+            error = future.exception()
+            yield Prefetched(item, None if error is not None else future.result(), error)
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -65,14 +65,17 @@ def decode_all(subset: Subset, workers: int) -> int:
     return decoded
 
 
-def samples_per_second(subset: Subset, workers: int, repeats: int) -> float:
-    decode_all(subset, workers)  # warm-up
-    best = float("inf")
+def recordings_per_second(subset: Subset, worker_counts: Sequence[int], repeats: int) -> dict[int, float]:
+    """Best of `repeats` passes per worker count; the counts take turns, so a burst of load hits them alike."""
+    decode_all(subset, worker_counts[0])  # warm-up
+    best = dict.fromkeys(worker_counts, float("inf"))
+    count = 0
     for _ in range(repeats):
-        started = time.perf_counter()
-        count = decode_all(subset, workers)
-        best = min(best, time.perf_counter() - started)
-    return count / best
+        for workers in worker_counts:
+            started = time.perf_counter()
+            count = decode_all(subset, workers)
+            best[workers] = min(best[workers], time.perf_counter() - started)
+    return {workers: count / seconds for workers, seconds in best.items()}
 
 
 def parse_workers(text: str) -> list[int]:
@@ -93,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each recording (default 30)")
     parser.add_argument("--formats", default="flac,mp3", help=f"comma-separated, of {sorted(FORMATS)}")
     parser.add_argument("--workers", type=parse_workers, default="1,default", help="e.g. 1,2,4 ('default' allowed)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the best is kept")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
+    )
     parser.add_argument("--window-s", type=float, default=10.0, help="model window cut from each recording")
     return parser
 
@@ -105,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown format(s) {unknown}; choose from {sorted(FORMATS)}", file=sys.stderr)
         return 2
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     print(
         f"# {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
         f"default decode workers {default_workers()}; {args.recordings} x {args.seconds:g} s at {SOURCE_RATE} Hz, "
@@ -116,10 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for extension in formats:
             folder = write_recordings(Path(scratch) / extension, args.recordings, args.seconds, extension)
             subset = load_recordings(folder, window_s=args.window_s)
-            baseline = None
-            for workers in args.workers:
-                rate = samples_per_second(subset, workers, args.repeats)
-                baseline = baseline or rate
+            rates = recordings_per_second(subset, args.workers, args.repeats)
+            baseline = rates[args.workers[0]]
+            for workers, rate in rates.items():
                 print(f"| {extension} | {workers} | {rate:.1f} | {rate / baseline:.2f} |", flush=True)
     return 0
 

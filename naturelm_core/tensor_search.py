@@ -182,7 +182,7 @@ class BeamSearchState:
         tokens = top_indices % vocab
         is_stop = _is_stop(tokens, self.stops)
         was_done = self.done.clone()
-        denominator = self.denominators.index_select(0, self.step.view(1))  # the current length's
+        denominator = self.denominators.float().double().index_select(0, self.step.view(1))  # the current length's
 
         # Candidates in rank order: a stop id among the first num_beams ranks ends its beam's hypothesis.
         for rank in range(self.num_beams):

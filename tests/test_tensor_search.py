@@ -30,6 +30,16 @@ STOPS = [13, 4, 17]  # 13, what a finished beam is returned with, is neither the
 CASES = 25
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread() -> Iterator[None]:
+    """Every step here is a few tiny tensors; on a busy machine, waking a second OpenMP thread for each
+    (log_softmax parallelises even 8 x 20) costs milliseconds, a hundred times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScriptedDecoder:
     """A causal LM in miniature: each row's logits are a function of its token history (prompt included).
 

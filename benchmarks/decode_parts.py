@@ -179,6 +179,56 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
     return result
 
 
+def products_by_rows(row_counts: list[int], layers: int) -> dict[str, dict[str, float]]:
+    """One layer's matrix products as the decode step runs them, at several row counts: cuBLAS's tile
+    shapes make the cost per row depend on how the rows fill the tiles."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    qkv_width = HIDDEN + 2 * KV_HEADS * HEAD_DIM
+
+    def weights(*shape: int) -> list[torch.Tensor]:
+        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
+
+    qkv, o, gate, up, down = (
+        weights(qkv_width + 3 * RANK, HIDDEN),
+        weights(HIDDEN, HIDDEN),
+        weights(MLP, HIDDEN),
+        weights(MLP, HIDDEN),
+        weights(HIDDEN, MLP),
+    )
+    result = {}
+    for rows in row_counts:
+        x = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
+        hidden = torch.randn(rows, MLP, device=device, dtype=dtype)
+
+        def layer(i: int, x: torch.Tensor = x, hidden: torch.Tensor = hidden) -> None:
+            F.linear(x, qkv[i])
+            torch.addmm(x, x, o[i].t())
+            F.linear(x, gate[i])
+            F.linear(x, up[i])
+            torch.addmm(x, hidden, down[i].t())
+
+        ms = graph_ms(lambda layer=layer: [layer(i) for i in range(layers)]) / layers
+        result[str(rows)] = {"ms_per_layer": ms, "us_per_row": 1000 * ms / rows}
+    return result
+
+
+def product_orientations(rows: int, layers: int) -> dict[str, float]:
+    """x @ W^T as cuBLAS is asked today, or as (W @ x^T)^T: the same product, another kernel choice."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    result = {}
+    shapes = {"o": (HIDDEN, HIDDEN), "gate": (MLP, HIDDEN), "down": (HIDDEN, MLP)}
+    for name, (out_features, in_features) in shapes.items():
+        weight = [torch.randn(out_features, in_features, device=device, dtype=dtype) for _ in range(layers)]
+        x = torch.randn(rows, in_features, device=device, dtype=dtype)
+        x_t = x.t().contiguous()
+        result[f"{name}_x_wt"] = graph_ms(lambda w=weight, x=x: [F.linear(x, w[i]) for i in range(layers)]) / layers
+        result[f"{name}_w_xt"] = graph_ms(lambda w=weight, x=x: [torch.mm(w[i], x.t()) for i in range(layers)]) / layers
+        result[f"{name}_w_xt_contiguous"] = (
+            graph_ms(lambda w=weight, x=x_t: [torch.mm(w[i], x) for i in range(layers)]) / layers
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -191,6 +241,8 @@ def main() -> None:
     results["attention_ms_per_layer"] = attention_candidates(args.items, args.beams, args.layers)
     for rows in (1, args.items * args.beams):
         results[f"projections_ms_per_layer_rows_{rows}"] = projection_candidates(rows, args.layers)
+    results["product_orientations"] = product_orientations(args.items * args.beams, args.layers)
+    results["products_by_rows"] = products_by_rows([256, 288, 320, 336, 352, 384, 416, 448, 512], args.layers)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_parts.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

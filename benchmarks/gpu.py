@@ -529,7 +529,7 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     if device.type != "cuda":
         return {"skipped": "no GPU"}
     embeds = model.encode_audio(recordings(1, seed=71)[0][None])[0]
-    result: dict[str, Any] = {"cudnn_attention": model.static_decoding.step.cudnn_gqa}
+    result: dict[str, Any] = {}
     tables = []
     for items, beams in ((1, 1), (args.sweep_batch, args.beams)):
         batch = model.build_inputs([[embeds]] * items, PROMPT)
@@ -550,6 +550,7 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         result[label] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
         table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
         tables.append(f"decode step, {items} items x {beams} beams, last window\n{table}")
+        tables.append(f"one layer's kernels in order, {items} items x {beams} beams\n{_one_layer(kernels)}")
     items = args.sweep_batch
     batch = model.build_inputs([[embeds]] * items, PROMPT)
     alphas = torch.linspace(0.0, 1.0, items, device=device)
@@ -568,7 +569,16 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
     tables.append(f"prefill, items={items}\n{table}")
     (out / "profile.txt").write_text("\n\n".join(tables))
+    result["cudnn_attention"] = model.static_decoding.step.cudnn_gqa
     return result
+
+
+def _one_layer(kernels: list) -> str:
+    """The kernels of the third decoder layer of the first step, in launch order: which operation costs what."""
+    kernels = sorted(kernels, key=lambda e: e.time_range.start)
+    per_layer = [i for i, e in enumerate(kernels) if "layer_norm" in e.name]  # two RMSNorms per layer
+    start, stop = per_layer[4], per_layer[6]
+    return "\n".join(f"{e.device_time:9.2f} us  {e.name[:110]}" for e in kernels[start:stop])
 
 
 def reference_loop(

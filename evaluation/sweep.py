@@ -520,7 +520,7 @@ def rows_from_records(records: Iterable[dict[str, Any]]) -> list[ResultRow]:
 
 @dataclass
 class _InFlight:
-    """One sample's rows submitted to the engine, with when each finished."""
+    """One sample's rows submitted to the engine, with when each finished; only its label is kept, not its audio."""
 
     label: str
     items: list[WorkItem]

@@ -39,6 +39,7 @@ from transformers import PreTrainedModel
 
 from naturelm_core.alpha import ADAPTER_NAME
 from naturelm_core.prompting import PaddedBatch
+from naturelm_core.rotary_store import RotaryStore, fused_kernel_works
 
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
@@ -139,15 +140,15 @@ class _Layer:
         return projected[:, :width].addmm_(low_rank, self.lora_b_qkv.t())
 
     def attention_output(self, attended: Tensor, alphas: Tensor, residual: Tensor) -> Tensor:
-        """residual + o(attended) + its LoRA term."""
+        """residual += o(attended) + its LoRA term, in place: an out-of-place sum first copies the residual."""
         down = _scaled(nn.functional.linear(attended, self.lora_a_o), alphas, self.scaling_o)
-        return torch.addmm(residual, attended, self.o.t()).addmm_(down, self.lora_b_o.t())
+        return residual.addmm_(attended, self.o.t()).addmm_(down, self.lora_b_o.t())
 
     def mlp(self, x: Tensor, residual: Tensor) -> Tensor:
-        """residual + down(act(gate(x)) * up(x)), Llama's SwiGLU. (One fused gate/up product measured
-        slower at the sweep batch, 172 vs 149 µs per layer, and equal at one row.)"""
+        """residual += down(act(gate(x)) * up(x)), Llama's SwiGLU, in place. (One fused gate/up product
+        measured slower at the sweep batch, 172 vs 149 µs per layer, and equal at one row.)"""
         hidden = self.act(nn.functional.linear(x, self.gate)) * nn.functional.linear(x, self.up)
-        return torch.addmm(residual, hidden, self.down.t())
+        return residual.addmm_(hidden, self.down.t())
 
 
 def _scaled(down: Tensor, alphas: Tensor, scaling: Tensor | float | None) -> Tensor:
@@ -191,6 +192,9 @@ class LlamaStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.layers = [_Layer(layer) for layer in llm.model.layers[: config.num_hidden_layers]]
         self.cudnn_gqa = _cudnn_gqa_works(self.weight, self.num_heads, self.num_kv_heads, self.head_dim)
+        self.fused_rotary = fused_kernel_works(
+            self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
+        )
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -228,7 +232,7 @@ class LlamaStep:
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
         return self._forward(
             state,
-            hidden=state.prompt_embeds[:items, start:].flatten(0, 1),
+            hidden=state.prompt_embeds[:items, start:].flatten(0, 1).clone(),  # summed into in place
             positions=state.prompt_positions[:items, start:],
             columns=state.prompt_columns[start:],
             visible=state.mask[:items, None, start : state.prompt_capacity] & state.causal[start:, start:],
@@ -246,10 +250,11 @@ class LlamaStep:
         keys_from: int,
         every_token: bool,
     ) -> Tensor:
-        """The decoder layers over `hidden` [items x length, H] at `positions` [items, length], writing keys
-        and values to `columns`, attending to columns [keys_from, keys_from + visible's last dimension)
-        where `visible` [items, length, columns] allows it. Logits of every token, or of each item's
-        last. No host synchronisation: it can be captured."""
+        """The decoder layers over `hidden` [items x length, H] (the residual stream, summed into in place)
+        at `positions` [items, length], writing keys and values to `columns`, attending to columns
+        [keys_from, keys_from + visible's last dimension) where `visible` [items, length, columns]
+        allows it. Logits of every token, or of each item's last. No host synchronisation: it can be
+        captured."""
         items, length = positions.shape
         keys_to = keys_from + visible.shape[-1]
         bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
@@ -259,21 +264,21 @@ class LlamaStep:
         if queries_as_rows:
             groups = self.num_heads // self.num_kv_heads
             bias = bias[:, :, None].expand(-1, -1, groups, -1, -1).flatten(2, 3)
-        # Rotary tables tiled over q's and k's heads: same-shape products run vectorised, broadcast ones do not.
-        rotated_heads = self.num_heads + self.num_kv_heads
-        cos = state.cos[positions].reshape(items * length, 1, -1).expand(-1, rotated_heads, -1).flatten(1)
-        sin = state.signed_sin[positions].reshape(items * length, 1, -1).expand(-1, rotated_heads, -1).flatten(1)
-        query_width, rotated_width = self.num_heads * self.head_dim, rotated_heads * self.head_dim
+        rotary = RotaryStore(
+            state.cos,
+            state.signed_sin,
+            positions,
+            columns,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.fused_rotary,
+        )
         alphas = state.alphas[:items, None].expand(items, length).reshape(-1, 1)
         for index, layer in enumerate(self.layers):
             qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), alphas)
-            rotated = _rotate(qkv[:, :rotated_width], cos, sin, self.head_dim)
-            query = rotated[:, :query_width].view(items, length, self.num_heads, self.head_dim)
-            key = rotated[:, query_width:].view(items, length, self.num_kv_heads, self.head_dim)
-            value = qkv[:, rotated_width:].view(items, length, self.num_kv_heads, self.head_dim)
             keys, values = state.keys[index, :items], state.values[index, :items]
-            keys.index_copy_(2, columns, key.transpose(1, 2))
-            values.index_copy_(2, columns, value.transpose(1, 2))
+            query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             attended = self._attention(query, keys, values, bias, queries_as_rows)
             hidden = layer.attention_output(attended, alphas, hidden)
@@ -284,23 +289,22 @@ class LlamaStep:
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, queries_as_rows: bool) -> Tensor:
-        """Grouped-query attention of query [items, length, heads, d]; output [items x length, heads x d].
+        """Grouped-query attention of query [items, heads, length, d]; output [items x length, heads x d].
 
         A prompt (many query tokens) runs cuDNN's grouped-query kernel where it works. A decode step
-        (a token per beam) lays the query heads out kv-head-major instead, so the same attention is
-        ordinary attention over [items, kv, groups x length, d], with no key copied per query head: at
-        the sweep batch cuDNN's grouped kernel took 193 µs per layer for it, ordinary attention 53 µs
-        (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not).
+        (a token per beam) takes the query heads of each kv head as query rows instead, so the same
+        attention is ordinary attention over [items, kv, groups x length, d], with no key copied per
+        query head: at the sweep batch cuDNN's grouped kernel took 193 µs per layer for it, ordinary
+        attention 53 µs (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not).
         """
-        items, length = query.shape[:2]
+        items, _, length, _ = query.shape
         if not queries_as_rows:
             with _cudnn_attention():
                 attended = nn.functional.scaled_dot_product_attention(
-                    query.transpose(1, 2), keys, values, attn_mask=bias, enable_gqa=True
+                    query, keys, values, attn_mask=bias, enable_gqa=True
                 )
             return attended.transpose(1, 2).reshape(items * length, -1)
         groups = self.num_heads // self.num_kv_heads
-        query = query.view(items, length, self.num_kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)
         with _cudnn_attention() if self.cudnn_gqa else contextlib.nullcontext():
             attended = nn.functional.scaled_dot_product_attention(
                 query.reshape(items, self.num_kv_heads, groups * length, self.head_dim), keys, values, attn_mask=bias
@@ -354,15 +358,6 @@ def _cudnn_gqa_works(weight: Tensor, heads: int, kv_heads: int, head_dim: int) -
         query.float(), keys.float(), values.float(), attn_mask=bias.float(), enable_gqa=True
     )
     return bool(torch.allclose(fast.float(), exact, atol=2e-2, rtol=2e-2))
-
-
-def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor, head_dim: int) -> Tensor:
-    """Llama's rotary embedding on [N, heads x d]: x * cos + rotate_half(x) * sin, where rotate_half(x) * sin
-    is (x's halves swapped) * [-sin_1, sin_2]; the same products, three kernels instead of six."""
-    half = head_dim // 2
-    heads = x.view(x.shape[0], -1, head_dim)
-    swapped = torch.cat((heads[..., half:], heads[..., :half]), dim=-1).view_as(x)
-    return torch.addcmul(x * cos, swapped, signed_sin)
 
 
 class DecodeState:
@@ -457,15 +452,20 @@ class _Runner:
             self._capture(prefill=self.prefill_by_graph)
 
     def _capture(self, prefill: bool) -> None:
-        """Capture the graphs; should cuDNN attention refuse to be captured, capture without it."""
-        try:
-            self._capture_graphs(prefill)
-        except RuntimeError:
-            if not self.step.cudnn_gqa:
-                raise
-            self.step.cudnn_gqa = False
-            self.graphs, self.prefill_graph = {}, None
-            self._capture_graphs(prefill)
+        """Capture the graphs; should cuDNN attention or the fused rotary kernel refuse to be captured,
+        capture without them (the torch versions compute the same)."""
+        while True:
+            try:
+                self._capture_graphs(prefill)
+                return
+            except RuntimeError:
+                self.graphs, self.prefill_graph = {}, None
+                if self.step.cudnn_gqa:
+                    self.step.cudnn_gqa = False
+                elif self.step.fused_rotary:
+                    self.step.fused_rotary = False
+                else:
+                    raise
 
     def _capture_graphs(self, prefill: bool) -> None:
         """Warm up on a side stream (library handles, kernel choices), then capture one graph per window

@@ -14,13 +14,14 @@ The semantics are decoding.py's (transformers 4.44), token for token. Its Python
 - the loop over candidates is unrolled over the first `num_beams` ranks (only a stop id there ends a
   hypothesis), and the first `num_beams` candidates that are not stop ids, in rank order, come from a
   stable sort of the stop flags;
-- scores follow the same arithmetic: float32 log-probs (as the decoders return them), hypothesis
-  scores and comparisons in float64 as Python floats, divided by `length ** length_penalty` values
-  that Python itself computed once per length.
+- scores follow the same arithmetic: beam scores carried in float32 between steps (decoding.py's
+  torch.tensor of Python floats), hypothesis scores and comparisons in float64 as Python floats,
+  divided by `length ** length_penalty` values that Python itself computed once per length.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,7 +35,7 @@ _NO_SLOT = torch.iinfo(torch.long).max
 
 
 def _require_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -49,9 +50,15 @@ def _is_stop(tokens: Tensor, stops: Tensor) -> Tensor:
     return (tokens[..., None] == stops).any(dim=-1)
 
 
-def _put(target: Tensor, mask: Tensor, value: Tensor | float | bool) -> None:
-    """target[mask] = value without boolean indexing (whose shapes depend on the data): in place, fixed shapes."""
-    target.copy_(torch.where(mask, value, target))
+def _put(target: Tensor, mask: Tensor, value: Tensor | int | bool) -> None:
+    """target[mask] = value without boolean indexing (whose shapes depend on the data): in place, one kernel.
+
+    A tensor value goes through torch.where, never masked_fill_, which may read a 0-dim tensor to the host.
+    """
+    if isinstance(value, Tensor):
+        torch.where(mask, value, target, out=target)
+    else:
+        target.masked_fill_(mask, value)
 
 
 class HypothesisTable:
@@ -182,7 +189,7 @@ class BeamSearchState:
         tokens = top_indices % vocab
         is_stop = _is_stop(tokens, self.stops)
         was_done = self.done.clone()
-        denominator = self.denominators.float().double().index_select(0, self.step.view(1))  # the current length's
+        denominator = self.denominators.index_select(0, self.step.view(1))  # the current length's
 
         # Candidates in rank order: a stop id among the first num_beams ranks ends its beam's hypothesis.
         for rank in range(self.num_beams):
@@ -283,7 +290,7 @@ class GreedySearchState:
             raise ValueError(f"expected logits [{self.rows}, vocab], got {tuple(logits.shape)}")
         torch.argmax(logits, dim=-1, out=self.tokens)
         self.finished |= _is_stop(self.tokens, self.stops)
-        self.sequences.copy_(torch.where(self.columns == self.step, self.tokens[:, None], self.sequences))
+        _put(self.sequences, self.columns == self.step, self.tokens[:, None])
         self.step.add_(1)
         return self.tokens
 

@@ -26,6 +26,7 @@ from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, gre
 from naturelm_core.encoder import AudioEncoder
 from naturelm_core.prompting import PaddedBatch, left_pad, splice, tokenize_prompt
 from naturelm_core.static_decoding import StaticDecoding, StaticDecodingUnsupported
+from naturelm_core.tensor_search import tensor_beam_search, tensor_greedy_search
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +176,10 @@ class NatureLM(nn.Module):
                     logger.warning("static-cache decoding is off for this model: %s", error)
                     self.decode_with_static_cache = False
                 else:
-                    return self._search(decoder, num_beams, max_new_tokens, length_penalty)
+                    return self._search(decoder, num_beams, max_new_tokens, length_penalty, on_device=True)
         with self.row_alphas.applied(row_alphas):
             decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
-            return self._search(decoder, num_beams, max_new_tokens, length_penalty)
+            return self._search(decoder, num_beams, max_new_tokens, length_penalty, on_device=False)
 
     @property
     def uses_static_cache(self) -> bool:
@@ -188,8 +189,14 @@ class NatureLM(nn.Module):
         return self.device.type == "cuda" if self.decode_with_static_cache is None else self.decode_with_static_cache
 
     def _search(
-        self, decoder: TokenDecoder, num_beams: int, max_new_tokens: int, length_penalty: float
+        self, decoder: TokenDecoder, num_beams: int, max_new_tokens: int, length_penalty: float, on_device: bool
     ) -> list[list[int]]:
+        """The static decoder's steps are graphs the CPU only enqueues: its search stays on the device too
+        (naturelm_core.tensor_search, the same answers), so the CPU never waits for a step to finish."""
+        if on_device:
+            if num_beams == 1:
+                return tensor_greedy_search(decoder, max_new_tokens, self.stop_ids)
+            return tensor_beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)
         if num_beams == 1:
             return greedy_search(decoder, max_new_tokens, self.stop_ids)
         return beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)

@@ -673,6 +673,50 @@ def section_sweep(model: NatureLM, device: torch.device, args: argparse.Namespac
     return result
 
 
+def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Whole sweeps from audio files (FLAC, 44.1 kHz, 10 s) through SweepRunner and the engine's own worker
+    thread, recordings decoded on 1 thread or on the default pool while the GPU answers: with 1 answer
+    per recording decoding is the load; with 11 the GPU is. Compare with the in-memory sweep above."""
+    import tempfile
+
+    from benchmarks.sweep_decoding import write_recordings
+    from evaluation.prefetch import default_workers
+    from evaluation.sweep import SweepRunner, SweepSpec
+
+    result: dict[str, Any] = {"recordings": args.file_recordings, "default_decode_workers": default_workers()}
+    with tempfile.TemporaryDirectory() as folder:
+        recordings_folder = write_recordings(Path(folder) / "recordings", args.file_recordings, 10.0, "flac")
+        engine = Engine(model, max_batch_rows=args.sweep_batch, sweep_capacity=100_000)
+
+        def sweep(name: str, alphas: list[float], workers: int | None, limit: int | None = None) -> dict[str, Any]:
+            spec = SweepSpec.from_dict(
+                {
+                    "name": name,
+                    "source": "recordings",
+                    "path": str(recordings_folder),
+                    "subsets": ["benchmark"],
+                    "prompts": [{"name": "common", "template": PROMPT}],
+                    "alphas": alphas,
+                    "num_beams": args.beams,
+                    "max_new_tokens": args.new_tokens,
+                    "limit": limit,
+                }
+            )
+            runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
+            seconds, status = timed(device, runner.run)
+            return {"answers": status.done, "seconds": seconds, "answers_per_s": status.done / seconds}
+
+        try:
+            for label, alphas in (("one_alpha", [1.0]), ("eleven_alphas", SWEEP_ALPHAS)):
+                sweep(f"warm-{label}", alphas, None, limit=16)  # graph capture of these batch shapes
+                for workers in (1, None):
+                    key = f"{label}_decode_workers_{workers or 'default'}"
+                    result[key] = sweep(f"{label}-{workers}", alphas, workers)
+        finally:
+            engine.stop()
+    return result
+
+
 def _throughput(seconds: float, tokens: list[int]) -> dict[str, Any]:
     return {
         "answers": len(tokens),
@@ -727,9 +771,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep-recordings", type=int, default=16, help="recordings in the side-by-side sweep")
     parser.add_argument("--large-recordings", type=int, default=64, help="recordings in our larger sweep")
     parser.add_argument("--sweep-batch", type=int, default=176, help="rows per engine batch (16 recordings x 11)")
+    parser.add_argument("--file-recordings", type=int, default=352, help="FLAC recordings in the sweep from files")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
     parser.add_argument(
-        "--sections", default="correctness,alpha_change,latency,decode_step,breakdown,sweep,profile,precision"
+        "--sections",
+        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,profile,precision",
     )
     args = parser.parse_args(argv)
 
@@ -756,6 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile": lambda: section_profile(model, device, args, out),
         "precision": lambda: section_precision(device, args),
         "sweep": lambda: section_sweep(model, device, args),
+        "sweep_files": lambda: section_sweep_files(model, device, args),
     }
     peaks = {}
     for name in args.sections.split(","):

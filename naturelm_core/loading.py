@@ -11,14 +11,18 @@ message: errors from the Hub are re-raised as our own, with their text redacted 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -44,6 +48,7 @@ EMBEDDING_KEY = "llama_embed_tokens.weight"
 SUPPORTED_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LISTED_NAMES = 12
+HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class ModelLoadError(RuntimeError):
@@ -106,16 +111,17 @@ def load_model(
 
     `llm` replaces the config's `llama_path` (a Hub id or a folder), e.g. a local copy of
     Llama-3.1-8B-Instruct. `dtype` is the Llama's: bfloat16 on CUDA and float32 on CPU by default.
-    The audio stack stays float32 (0.4 GB, and BEATs is precision-sensitive), and peft keeps the LoRA
-    adapters in float32 as upstream's did.
+    The audio stack stays float32 (0.4 GB, and BEATs is precision-sensitive); the LoRA adapters are in
+    the Llama's dtype, as the checkpoint stores them (see NatureLM).
     """
     token = token or os.environ.get("HF_TOKEN") or None
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
-    config_path, checkpoint_path = _checkpoint_files(str(source), token)
+    cache_only = functools.cache(lambda: not hub_reachable())  # asked once, and only if a Hub id is used
+    config_path, checkpoint_path = _checkpoint_files(str(source), token, cache_only)
     config = NatureLMConfig.from_json_file(config_path)
     llama_source = str(llm) if llm is not None else config.resolved_llama_path()
-    tokenizer, llama = _load_llama(llama_source, token, device, dtype)
+    tokenizer, llama = _load_llama(llama_source, token, device, dtype, cache_only)
     with torch.device(device):
         audio_encoder = AudioEncoder(config, llama.config.hidden_size)
     model = NatureLM(config, audio_encoder, llama, tokenizer)
@@ -189,7 +195,28 @@ def load_published_state(
     return report
 
 
-def _checkpoint_files(source: str, token: str | None) -> tuple[str, str]:
+def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hub's host (HF_ENDPOINT's) accepts a connection within `timeout_s`.
+
+    Why: without a network huggingface_hub retries each request for about 30 s before it gives up, so
+    an offline start sat silent that long before serving the demo. When the Hub cannot be reached,
+    files come from the local cache only: a cached model still loads, an uncached one fails at once.
+    Behind a proxy (HTTPS_PROXY / ALL_PROXY) the Hub is assumed reachable: the proxy decides.
+    """
+    if hub_constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlparse(hub_constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _checkpoint_files(source: str, token: str | None, cache_only: Callable[[], bool]) -> tuple[str, str]:
     """(config.json, model.safetensors) from a local folder, or downloaded (and cached) from the Hub."""
     folder = Path(source).expanduser()
     if folder.exists() or not _REPO_ID.match(source):
@@ -203,10 +230,16 @@ def _checkpoint_files(source: str, token: str | None) -> tuple[str, str]:
             raise CheckpointNotFoundError(f"checkpoint folder {source} lacks {' and '.join(absent)}")
         return str(folder / CONFIG_FILE), str(folder / CHECKPOINT_FILE)
     with _hub_errors(source, token):
-        return tuple(hf_hub_download(source, name, token=token) for name in (CONFIG_FILE, CHECKPOINT_FILE))
+        local_only = cache_only()
+        return tuple(
+            hf_hub_download(source, name, token=token, local_files_only=local_only)
+            for name in (CONFIG_FILE, CHECKPOINT_FILE)
+        )
 
 
-def _load_llama(source: str, token: str | None, device: torch.device, dtype: torch.dtype):
+def _load_llama(
+    source: str, token: str | None, device: torch.device, dtype: torch.dtype, cache_only: Callable[[], bool]
+):
     """Tokenizer with [PAD] and the Llama resized to it, loaded straight to `device` in `dtype`.
 
     transformers builds the model on the meta device and fills it from the files, so the 16 GB of
@@ -219,10 +252,14 @@ def _load_llama(source: str, token: str | None, device: torch.device, dtype: tor
                 f"Llama folder not found or without {CONFIG_FILE}: {source} (pass llm= a transformers Llama folder "
                 "or a Hub id such as meta-llama/Llama-3.1-8B-Instruct)"
             )
-        source = str(folder)
+        source, local_only = str(folder), True
+    else:
+        local_only = cache_only()
     with _hub_errors(source, token):
-        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-        llama = LlamaForCausalLM.from_pretrained(source, token=token, dtype=dtype, device_map={"": device})
+        tokenizer = AutoTokenizer.from_pretrained(source, token=token, local_files_only=local_only)
+        llama = LlamaForCausalLM.from_pretrained(
+            source, token=token, dtype=dtype, device_map={"": device}, local_files_only=local_only
+        )
     _add_pad_token(tokenizer, llama)
     return tokenizer, llama
 

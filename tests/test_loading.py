@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
+import time
 import traceback
 
 import httpx
@@ -212,12 +214,13 @@ def test_no_network_says_so_and_never_shows_the_token(tiny_dir, hub_offline, mon
 
 
 def test_gated_repo_asks_for_hf_token_without_showing_it(monkeypatch):
-    def refuse(repo_id, filename, token=None):
+    def refuse(repo_id, filename, token=None, local_files_only=False):
         request = httpx.Request("GET", f"https://huggingface.co/{repo_id}/resolve/main/{filename}")
         response = httpx.Response(403, request=request)
         raise GatedRepoError(f"Access to {repo_id} is restricted (sent token {token})", response=response)
 
     monkeypatch.setattr(loading, "hf_hub_download", refuse)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
     with pytest.raises(HubAccessError, match="set HF_TOKEN") as caught:
         load_model("EarthSpeciesProject/NatureLM-audio", device="cpu")
     with pytest.raises(HubAccessError, match="has no access") as caught:
@@ -271,3 +274,42 @@ def test_published_key_set_loads_with_nothing_missing(shared_dir):
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     assert sorted(report.loaded) == sorted(shapes)
     assert len(report.loaded) == hub["count"] == 558
+
+
+def test_an_unreachable_hub_is_found_in_seconds_and_only_the_cache_is_asked(tiny_dir, monkeypatch, tmp_path):
+    """Without a network huggingface_hub retries for ~30 s; a failed probe sends every request to the cache."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    asked = []
+    real_download = loading.hf_hub_download
+
+    def download(*args, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "hf_hub_download", download)
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="not in the local cache"):
+        load_model("EarthSpeciesProject/NatureLM-audio", device="cpu")
+    with pytest.raises(HubUnreachableError, match=r"meta-llama/Llama-3\.1-8B-Instruct"):
+        load_model(tiny_dir, llm="meta-llama/Llama-3.1-8B-Instruct", device="cpu")
+    assert asked == [True]
+    assert time.monotonic() - started < 10
+
+
+def test_the_hub_probe_connects_to_the_endpoint_and_respects_offline_mode_and_proxies(monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert loading.hub_reachable(timeout_s=1.0)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # closed now
+    assert not loading.hub_reachable(timeout_s=1.0)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert loading.hub_reachable(timeout_s=1.0)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert not loading.hub_reachable(timeout_s=1.0)

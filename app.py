@@ -486,11 +486,13 @@ def build_sweeps_tab(backends: SweepBackends, runs_dir: str | os.PathLike[str]) 
         return f"**{key}** is not running or queued."
 
     @_user_facing
-    def resume_sweep(key: str | None) -> str:
+    def resume_sweep(key: str | None, run_on: str = THIS_MACHINE, ray_address: str = "") -> str:
+        """Resume where "Run on" says now: a sweep started on a Ray cluster can finish here, and back."""
         refuse_on_zero_gpu()
         if not key or key.startswith(IMPORT_PREFIX):
             raise ValueError("Select a sweep to resume.")
-        return f"Queued **{queue.resume(key)}**; items already in its results are skipped."
+        target = backends.queue_for(run_on, ray_address)
+        return f"Queued **{target.resume(key)}**; items already in its results are skipped."
 
     @_user_facing
     def list_table() -> Any:
@@ -829,7 +831,7 @@ def build_sweeps_tab(backends: SweepBackends, runs_dir: str | os.PathLike[str]) 
         refresh_choices, None, choosers, api_visibility="private"
     )
     cancel.click(cancel_sweep, selected, message, api_name="cancel_sweep")
-    resume.click(resume_sweep, selected, message, api_name="resume_sweep")
+    resume.click(resume_sweep, [selected, run_on, ray_address], message, api_name="resume_sweep")
     refresh.click(list_table, None, table, api_name="sweep_status")
     selected.change(show_sweep, view_inputs, show_outputs, api_name="sweep_figures", show_progress="minimal")
     for control in (dataset_filter, prompt_filter, correct_filter, view_mode):

@@ -422,6 +422,14 @@ def test_uploaded_recordings_and_labels_csv_are_swept(client, runs_dir, tmp_path
     assert {(row.dataset, row.id, row.label) for row in rows} == {("garden", n, label) for n, label in labels.items()}
 
 
+def test_resume_runs_where_run_on_says_and_refuses_a_ray_choice_without_an_address(client):
+    before = client.predict(api_name="/sweep_status")["data"]
+    with pytest.raises(Exception, match=r"Give the Ray cluster's address") as caught:
+        client.predict("any-sweep", "Ray cluster", "", api_name="/resume_sweep")
+    assert "Traceback" not in str(caught.value)
+    assert client.predict(api_name="/sweep_status")["data"] == before
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -326,12 +326,15 @@ def build_sweeps_tab(backends: SweepBackends, runs_dir: str | os.PathLike[str]) 
             mapping_file=mapping_file,
         )
         spec = spec_from_form(form, runs_dir)
-        return queue_spec(spec, target=backends.queue_for(run_on, ray_address))
+        return queue_spec(spec, target=lambda: backends.queue_for(run_on, ray_address))
 
-    def queue_spec(spec: SweepSpec, notes: Sequence[str] = (), target: SweepQueue = queue) -> tuple[str, str]:
-        """Check the data (bad data fails here, at Start), queue the sweep, and say how big it is."""
+    def queue_spec(
+        spec: SweepSpec, notes: Sequence[str] = (), target: Callable[[], SweepQueue] = lambda: queue
+    ) -> tuple[str, str]:
+        """Check the data (bad data fails here, at Start, before a Ray pool is started for it), queue the
+        sweep where `target` says, and say how big it is."""
         items = check_spec_data(spec)
-        sweep_id = target.submit(spec)
+        sweep_id = target().submit(spec)
         size = f"{items} items" if items is not None else "size known once the subsets are fetched"
         message = f"Queued **{sweep_id}** ({size}); items already in its results are skipped."
         return sweep_id, "\n".join([message, *(f"- {note}" for note in notes)])

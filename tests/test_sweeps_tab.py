@@ -422,6 +422,15 @@ def test_uploaded_recordings_and_labels_csv_are_swept(client, runs_dir, tmp_path
     assert {(row.dataset, row.id, row.label) for row in rows} == {("garden", n, label) for n, label in labels.items()}
 
 
+def test_bad_data_is_refused_before_a_ray_cluster_is_contacted(client, data_dir):
+    """A Ray pool takes seconds to start (30 s to give up on a dead address): the data is checked first."""
+    form = _form(name="bad", local_path="/no/such/folder", limit=2)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="does not exist"):
+        client.predict(**form, run_on="Ray cluster", ray_address="ray://127.0.0.1:1", api_name="/start_sweep")
+    assert time.monotonic() - started < 20
+
+
 def test_resume_runs_where_run_on_says_and_refuses_a_ray_choice_without_an_address(client):
     before = client.predict(api_name="/sweep_status")["data"]
     with pytest.raises(Exception, match=r"Give the Ray cluster's address") as caught:

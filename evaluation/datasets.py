@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,13 @@ class Subset:
 
     def ids(self) -> list[str]:
         return [str(i) for i in self._source.to_table(columns=["id"], filter=self._filter).column(0).to_pylist()]
+
+    def labels_of(self, ids: Iterable[str]) -> set[str]:
+        """The labels of the rows with these ids; reads the `id` and `output` columns only."""
+        wanted = set(ids)
+        table = self._source.to_table(columns=["id", "output"], filter=self._filter)
+        pairs = zip(table.column("id").to_pylist(), table.column("output").to_pylist(), strict=True)
+        return {str(label) for row_id, label in pairs if str(row_id) in wanted}
 
     def __iter__(self) -> Iterator[Sample]:
         """Samples in source order; `skipped` is refilled on every pass."""

@@ -20,6 +20,7 @@ Exit codes of the command line: 0 every sweep complete, 1 a sweep failed or was 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from evaluation.datasets import (
     SampleRow,
     Subset,
     UnreadableRowError,
+    cached_subset_path,
     load_recordings,
     load_subset,
 )
@@ -500,9 +502,33 @@ def load_results(runs_dir: str | os.PathLike[str] | None, sweep_id: str) -> list
 def score_sweep(
     runs_dir: str | os.PathLike[str] | None, sweep_id: str, mode: ScoringMode | str | None = None
 ) -> list[GroupScore]:
-    """The rows written so far, scored with the spec's mode and label mapping (or another `mode`)."""
+    """The rows written so far, scored with the spec's mode, label mapping and planned label sets
+    (or another `mode`)."""
     spec = load_spec(runs_dir, sweep_id)
-    return score_rows(load_results(runs_dir, sweep_id), mode or spec.scoring_mode, mapping=spec.label_mapping())
+    return score_rows(
+        load_results(runs_dir, sweep_id),
+        mode or spec.scoring_mode,
+        mapping=spec.label_mapping(),
+        label_sets=planned_label_sets(spec),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def planned_label_sets(spec: SweepSpec) -> dict[str, frozenset[str]] | None:
+    """Each subset's labels over the samples the sweep plans to answer: its finished results' label set.
+
+    Scores of a running or cancelled sweep then snap answers to the labels the finished sweep's will,
+    not only to those of the rows written so far (where "species 07" would snap to a seen "species 01"
+    and count as correct). None where the data cannot be read here without a download (a moved
+    folder, a BEANS-Zero subset no longer cached): scoring then uses the labels seen.
+    """
+    if spec.source is DataSource.BEANS_ZERO and not all(cached_subset_path(name).exists() for name in spec.subsets):
+        return None
+    try:
+        return {plan.name: frozenset(plan.subset.labels_of(plan.sample_ids)) for plan in plan_sweep(spec)}
+    except (DatasetError, OSError) as error:
+        logger.info("sweep %s: scoring with the labels seen so far (%s)", spec.sweep_id, error)
+        return None
 
 
 def rows_from_records(records: Iterable[dict[str, Any]]) -> list[ResultRow]:

@@ -42,7 +42,7 @@ from evaluation.reference import FILE_PATTERN, LabelMapping
 from evaluation.results import ResultRow
 from evaluation.runs import SweepFolder, SweepState, SweepStatus, list_sweeps
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
-from evaluation.sweep import DataSource, SweepSpec, load_results, load_spec, plan_sweep
+from evaluation.sweep import DataSource, SweepSpec, load_results, load_spec, plan_sweep, planned_label_sets
 from evaluation.sweep_plots import (
     CORRECT_FILTERS,
     METRIC_LABELS,
@@ -436,7 +436,8 @@ class SweepViews:
         rows = load_results(self.runs_dir, key)
         mapping = spec.label_mapping()
         scoring = spec.scoring_mode if mode == SPEC_SCORING else ScoringMode(mode)
-        return SweepView(key, rows, score_rows(rows, scoring, mapping=mapping), mapping, spec.to_dict())
+        scores = score_rows(rows, scoring, mapping=mapping, label_sets=planned_label_sets(spec))
+        return SweepView(key, rows, scores, mapping, spec.to_dict())
 
     def _import_view(self, key: str, mode: str) -> SweepView:
         imported = import_paper_folder(self._import_folder(key))

@@ -168,11 +168,12 @@ def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 class LlamaStep:
     """Llama's weights arranged for prefill and decode steps (references, not copies, but for fused q/k/v).
 
-    Each layer launches about 30 kernels instead of eager transformers' ~70: fused RMSNorm, one
-    product for q, k, v and their LoRA A, one for their LoRA B, alpha applied to the rank-r products,
-    the residuals added inside the matrix products, rotary embedding of q and k in one pass, and one
-    attention mask and one rotary table per pass instead of per layer. On a GPU a decode step is a
-    chain of small kernels, and each costs microseconds whatever its size.
+    On an H100 each layer launches about 18 kernels instead of eager transformers' ~70 (592 per step
+    at the sweep batch, lm_head included): fused RMSNorm, one product for q, k, v and their LoRA A,
+    one for their LoRA B, alpha applied to the rank-r products, the residuals summed inside the
+    products, rotary embedding and the cache write in one Triton kernel, the SwiGLU gate in another,
+    and one attention mask per pass instead of per layer. A decode step is a chain of small kernels,
+    and each costs microseconds whatever its size.
     """
 
     def __init__(self, llm: PreTrainedModel) -> None:

@@ -114,6 +114,7 @@ class _Layer:
         self.o, self.lora_a_o, self.lora_b_o, self.scaling_o = o[0].weight, o[1], o[2], o[3]
         self.gate, self.up, self.down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
 
+    @torch.no_grad()
     def refresh(self) -> None:
         """Re-copy the fused matrices if a source weight was written since the last copy."""
         sources = (*self._weights, *self._lora_a, *self._lora_b)
@@ -459,6 +460,8 @@ class _Runner:
             try:
                 self._capture_graphs(prefill)
                 return
+            except torch.OutOfMemoryError:  # not the kernels' fault: the engine retries with fewer rows
+                raise
             except RuntimeError:
                 self.graphs, self.prefill_graph = {}, None
                 if self.step.cudnn_gqa:

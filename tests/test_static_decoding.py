@@ -188,3 +188,22 @@ def test_bad_arguments_are_refused(model, rows):
 )
 def test_row_capacity_rounds_up_to_few_shapes(rows, capacity):
     assert row_capacity(rows) == capacity
+
+
+def test_running_out_of_memory_while_capturing_keeps_the_fast_kernels(model, rows, monkeypatch):
+    """An out-of-memory error is the batch's size, not cuDNN's or Triton's: it must reach the engine
+    (which retries with fewer rows) without switching the faster kernels off for good."""
+    from naturelm_core import static_decoding
+
+    def out_of_memory(self, prefill):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(static_decoding._Runner, "_capture_graphs", out_of_memory)
+    decoding = StaticDecoding(use_graphs=True)
+    batch = model.build_inputs(rows, PROMPTS)
+    alphas = torch.zeros(3)
+    step = decoding._llama_step(model.llm)
+    step.cudnn_gqa = step.fused_rotary = step.fused_swiglu = True  # as on a GPU where they work
+    with pytest.raises(torch.OutOfMemoryError):
+        decoding.decoder(model.llm, batch, alphas, 1, 4)
+    assert step.cudnn_gqa and step.fused_rotary and step.fused_swiglu

@@ -287,8 +287,7 @@ class LlamaStep:
             hidden = layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden), hidden, self.fused_swiglu)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
-        logits = self._lm_head(_rms_norm(self.norm, hidden))
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return self._lm_head(_rms_norm(self.norm, hidden), state)
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, queries_as_rows: bool) -> Tensor:
         """Grouped-query attention of query [items, heads, length, d]; output [items x length, heads x d].
@@ -314,20 +313,21 @@ class LlamaStep:
         attended = attended.view(items, self.num_kv_heads, groups, length, self.head_dim).permute(0, 3, 1, 2, 4)
         return attended.reshape(items * length, -1)
 
-    def _lm_head(self, hidden: Tensor) -> Tensor:
-        """The output projection into a buffer whose rows are 8-aligned: with 128257 columns (Llama's
-        128256 plus [PAD]) cuBLAS otherwise falls back to a kernel that runs at a seventh of its speed."""
-        weight = self.lm_head.weight
-        vocab = weight.shape[0]
+    def _lm_head(self, hidden: Tensor, state: DecodeState) -> Tensor:
+        """Logits [rows, V] in float32 (at least), in the state's own buffers: every graph of a state
+        writes the same memory (a graph's own output would stay allocated for its lifetime: 270 MB per
+        attention window at the sweep batch). The product goes to rows padded to 8-aligned columns:
+        with 128257 columns (Llama's 128256 plus [PAD]) cuBLAS otherwise falls back to a kernel that
+        runs at a seventh of its speed."""
+        rows, vocab = hidden.shape[0], self.lm_head.weight.shape[0]
         aligned = vocab - vocab % 8
-        padded = torch.empty(hidden.shape[0], aligned + 8, dtype=hidden.dtype, device=hidden.device)
-        logits = padded[:, :vocab]
-        torch.mm(hidden, weight[:aligned].t(), out=logits[:, :aligned])
+        logits = state.projected[:rows, :vocab]
+        torch.mm(hidden, self.lm_head.weight[:aligned].t(), out=logits[:, :aligned])
         if aligned < vocab:
-            torch.mm(hidden, weight[aligned:].t(), out=logits[:, aligned:])
+            torch.mm(hidden, self.lm_head.weight[aligned:].t(), out=logits[:, aligned:])
         if self.lm_head.bias is not None:
             logits += self.lm_head.bias
-        return logits
+        return state.logits[:rows].copy_(logits)
 
     def fingerprint(self) -> tuple[int, ...]:
         """Addresses of every weight: a captured graph is only valid while none of them moved."""
@@ -391,6 +391,9 @@ class DecodeState:
         self.columns = prompt_capacity + torch.arange(beams, device=device)
         self.tokens = torch.zeros(self.rows, device=device, dtype=torch.long)
         self.alphas = torch.zeros(items, device=device, dtype=torch.float32)
+        vocab = step.lm_head.weight.shape[0]
+        self.projected = torch.empty(self.rows, vocab - vocab % 8 + 8, device=device, dtype=dtype)
+        self.logits = torch.empty(self.rows, vocab, device=device, dtype=torch.promote_types(dtype, torch.float32))
         self.prompt_embeds = torch.zeros(items, prompt_capacity, weight.shape[1], device=device, dtype=dtype)
         self.prompt_positions = torch.zeros(items, prompt_capacity, device=device, dtype=torch.long)
         self.prompt_columns = torch.arange(prompt_capacity, device=device)

@@ -315,7 +315,8 @@ class Engine:
         return live
 
     def _run_with_oom_backoff(self, batch: list[Request]) -> None:
-        """Run the batch; on out-of-memory, retry in halves down to single rows."""
+        """Run the batch; on out-of-memory, retry in halves down to single rows, and take no more rows
+        per batch from then on than fitted (or every later batch would run out of memory first)."""
         chunk = len(batch)
         start = 0
         while start < len(batch):
@@ -340,6 +341,9 @@ class Engine:
             for request, text in zip(rows, answers, strict=True):
                 request.future.set_result(text)
             start += len(rows)
+            if chunk < self.max_batch_rows:
+                logger.warning("batches of at most %d rows from now on (%d ran out of GPU memory)", chunk, 2 * chunk)
+                self.max_batch_rows = chunk
 
     def _generate(self, rows: list[Request]) -> list[str]:
         embeds = self._embed_windows(rows)
@@ -397,7 +401,10 @@ class Engine:
             if not request.future.done():
                 request.future.set_exception(EngineError(message))
 
-    @staticmethod
-    def _release_memory() -> None:
+    def _release_memory(self) -> None:
+        """Drop what the model caches per batch shape (its KV caches and graphs), then the allocator's cache."""
+        release = getattr(self.model, "release_cached_states", None)
+        if release is not None:
+            release()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -181,6 +181,11 @@ class NatureLM(nn.Module):
             decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
             return self._search(decoder, num_beams, max_new_tokens, length_penalty, on_device=False)
 
+    def release_cached_states(self) -> None:
+        """Free the static decoder's per-shape KV caches and graphs (after running out of memory); the
+        next generation builds what it needs again."""
+        self.static_decoding.drop_states()
+
     @property
     def uses_static_cache(self) -> bool:
         """Whether generation decodes with the static cache (graphs on CUDA); never while training."""

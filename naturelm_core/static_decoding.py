@@ -570,8 +570,12 @@ class StaticDecoding:
         return list(self._runners)
 
     def clear(self) -> None:
-        self._runners.clear()
+        self.drop_states()
         self._step = None
+
+    def drop_states(self) -> None:
+        """Forget every batch shape's buffers and graphs; the step (and its fused weight copies) stays."""
+        self._runners.clear()
 
     @torch.no_grad()
     def decoder(

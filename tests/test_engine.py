@@ -117,6 +117,24 @@ def test_out_of_memory_halves_the_batch_and_still_answers_every_row(tiny_model):
     assert max(len(c) for c in counting.calls) <= 2
 
 
+def test_after_running_out_of_memory_later_batches_start_at_the_size_that_fitted(tiny_model):
+    """Otherwise every batch would run out of memory first, and drop the model's cached states each time."""
+    clip = _clip(3)
+    counting = CountingModel(tiny_model, oom_above_rows=2)
+    released = []
+    counting.release_cached_states = lambda: released.append(True)
+    engine = Engine(counting, max_batch_rows=8, max_wait_ms=200)
+    rows = [([clip], PROMPT, a) for a in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    try:
+        engine.answer_many(rows, settings=GREEDY)
+        retries, releases = engine.stats.oom_retries, len(released)
+        assert engine.max_batch_rows <= 2 and retries >= 1 and releases == retries
+        engine.answer_many(rows, settings=GREEDY)
+    finally:
+        engine.stop()
+    assert (engine.stats.oom_retries, len(released)) == (retries, releases)
+
+
 def test_model_failure_reaches_the_caller_as_a_message_and_the_engine_keeps_serving(tiny_model):
     counting = CountingModel(tiny_model, fail_with=RuntimeError("device-side assert"))
     engine = Engine(counting, max_wait_ms=0)

@@ -207,3 +207,15 @@ def test_running_out_of_memory_while_capturing_keeps_the_fast_kernels(model, row
     with pytest.raises(torch.OutOfMemoryError):
         decoding.decoder(model.llm, batch, alphas, 1, 4)
     assert step.cudnn_gqa and step.fused_rotary and step.fused_swiglu
+
+
+def test_releasing_cached_states_frees_the_shapes_and_keeps_the_step(model, rows):
+    decoding = StaticDecoding()
+    _ids(model, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding)
+    step = decoding.step
+    assert decoding.shapes
+    model.release_cached_states()
+    assert decoding.shapes == [] and decoding.step is step
+    assert _ids(model, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding) == _ids(
+        model, rows, PROMPTS, ALPHAS, 1, static=False
+    )

@@ -24,7 +24,7 @@ from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
-from naturelm_core.prompting import PaddedBatch, left_pad, splice, tokenize_prompt
+from naturelm_core.prompting import PaddedBatch, assemble_batch, tokenize_prompt
 from naturelm_core.static_decoding import StaticDecoding, StaticDecodingUnsupported
 from naturelm_core.tensor_search import tensor_beam_search, tensor_greedy_search
 
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
+PROMPT_CACHE_SIZE = 1024  # distinct prompts whose token pieces are kept
 # Generation options a caller may pass, with the only values our decoding loop implements (None: any float).
 _NEUTRAL_GENERATION_OPTIONS: dict[str, Any] = {
     "do_sample": False,
@@ -82,6 +83,7 @@ class NatureLM(nn.Module):
         # Prefill and decode from a static KV cache, as CUDA graphs; None: exactly when the model is on CUDA.
         self.decode_with_static_cache: bool | None = None
         self.static_decoding = StaticDecoding()
+        self._pieces_cache: dict[str, list[list[int]]] = {}
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 
     @property
@@ -228,17 +230,27 @@ class NatureLM(nn.Module):
         prompts = [prompts] * rows if isinstance(prompts, str) else list(prompts)
         if len(prompts) != rows:
             raise ValueError(f"got {len(prompts)} prompts for {rows} audio rows; pass one per row or a single str")
-        embed_tokens = self.llm.get_input_embeddings()
-        sequences = []
-        for row, (prompt, blocks) in enumerate(zip(prompts, audio_embeds, strict=True)):
+        for row, blocks in enumerate(audio_embeds):
             if isinstance(blocks, Tensor):
                 raise TypeError(f"row {row}: audio embeddings must be a list of [T, H] tensors, one per placeholder")
-            piece_ids = tokenize_prompt(self.tokenizer, prompt, self.config.prompt_template)
-            try:
-                sequences.append(splice(embed_tokens, self.tokenizer.bos_token_id, piece_ids, blocks))
-            except ValueError as error:
-                raise ValueError(f"row {row}: {error}") from error
-        return left_pad(sequences, embed_tokens.weight[self.tokenizer.pad_token_id])
+        pieces = [self._prompt_pieces(prompt) for prompt in prompts]
+        return assemble_batch(
+            self.llm.get_input_embeddings(),
+            self.tokenizer.bos_token_id,
+            self.tokenizer.pad_token_id,
+            list(zip(pieces, audio_embeds, strict=True)),
+        )
+
+    def _prompt_pieces(self, prompt: str) -> list[list[int]]:
+        """The prompt's token pieces, tokenized once per distinct prompt: a sweep batch repeats one prompt
+        across 176 rows. The cache is bounded; a full one starts again."""
+        pieces = self._pieces_cache.get(prompt)
+        if pieces is None:
+            if len(self._pieces_cache) >= PROMPT_CACHE_SIZE:
+                self._pieces_cache.clear()
+            pieces = tokenize_prompt(self.tokenizer, prompt, self.config.prompt_template)
+            self._pieces_cache[prompt] = pieces
+        return pieces
 
 
 # transformers 4.x's `clean_up_tokenization`, which NatureLM-audio's answers (and the paper's released

@@ -32,30 +32,63 @@ def apply_template(prompt: str, template: str) -> str:
 def tokenize_prompt(tokenizer, prompt: str, template: str) -> list[list[int]]:
     """Token ids of the text pieces around each placeholder; pieces = placeholders + 1.
 
-    No special tokens are added (BOS is one embedding in front, added by `splice`); special-token
+    No special tokens are added (BOS is one embedding in front, added by `assemble_batch`); special-token
     strings written in the text, like `<|eot_id|>`, still become their single ids.
     """
     pieces = apply_template(prompt, template).split(AUDIO_PLACEHOLDER)
     return [tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
 
 
-def splice(
-    embed_tokens: nn.Embedding, bos_id: int, piece_ids: Sequence[Sequence[int]], audio: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """[L, H] input embeddings: BOS, then text pieces alternating with the audio blocks [T_i, H]."""
-    if len(audio) != len(piece_ids) - 1:
-        raise ValueError(
-            f"the prompt has {len(piece_ids) - 1} {AUDIO_PLACEHOLDER} placeholder(s) but {len(audio)} audio "
-            "embedding block(s) were given; pass one block per placeholder"
-        )
+def assemble_batch(
+    embed_tokens: nn.Embedding,
+    bos_id: int,
+    pad_id: int,
+    rows: Sequence[tuple[Sequence[Sequence[int]], Sequence[torch.Tensor]]],
+) -> PaddedBatch:
+    """The left-padded batch of every row's BOS, text pieces and audio blocks [T_i, H], in that order.
+
+    All text tokens of the batch go through one embedding lookup and one indexed write, and each audio
+    block is one copy: splicing row by row took about seven small kernels and two host-to-device copies
+    per row (41 ms for a 176-row sweep batch on an H100's host). A row is (piece ids, audio blocks),
+    with one block per placeholder, so pieces = blocks + 1.
+    """
     weight = embed_tokens.weight
-    parts = [embed_tokens(torch.tensor([bos_id, *piece_ids[0]], device=weight.device))]
-    for block, ids in zip(audio, piece_ids[1:], strict=True):
-        if block.dim() != 2 or block.shape[1] != weight.shape[1]:
-            raise ValueError(f"an audio embedding block must be [T, {weight.shape[1]}], got {tuple(block.shape)}")
-        parts.append(block.to(device=weight.device, dtype=weight.dtype))
-        parts.append(embed_tokens(torch.tensor(list(ids), dtype=torch.long, device=weight.device)))
-    return torch.cat(parts)
+    hidden = weight.shape[1]
+    layouts: list[list[tuple[str, object]]] = []
+    for row, (piece_ids, audio) in enumerate(rows):
+        if len(audio) != len(piece_ids) - 1:
+            raise ValueError(
+                f"row {row}: the prompt has {len(piece_ids) - 1} {AUDIO_PLACEHOLDER} placeholder(s) but "
+                f"{len(audio)} audio embedding block(s) were given; pass one block per placeholder"
+            )
+        layout: list[tuple[str, object]] = [("text", [bos_id, *piece_ids[0]])]
+        for block, ids in zip(audio, piece_ids[1:], strict=True):
+            if block.dim() != 2 or block.shape[1] != hidden:
+                raise ValueError(f"row {row}: an audio embedding block must be [T, {hidden}], got {tuple(block.shape)}")
+            layout += [("audio", block), ("text", list(ids))]
+        layouts.append(layout)
+    lengths = [sum(len(part) for _, part in layout) for layout in layouts]
+    length = max(lengths)
+    inputs_embeds = weight[pad_id].expand(len(rows), length, hidden).clone()
+    text_rows: list[int] = []
+    text_columns: list[int] = []
+    text_ids: list[int] = []
+    for row, (layout, row_length) in enumerate(zip(layouts, lengths, strict=True)):
+        column = length - row_length
+        for kind, part in layout:
+            if kind == "audio":
+                inputs_embeds[row, column : column + len(part)] = part.to(device=weight.device, dtype=weight.dtype)
+            else:
+                text_rows += [row] * len(part)
+                text_columns += range(column, column + len(part))
+                text_ids += part
+            column += len(part)
+    where = torch.tensor([text_rows, text_columns, text_ids], dtype=torch.long).to(weight.device)
+    inputs_embeds[where[0], where[1]] = embed_tokens(where[2])
+    starts = length - torch.tensor(lengths, device=weight.device)
+    attention_mask = (torch.arange(length, device=weight.device)[None] >= starts[:, None]).long()
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return PaddedBatch(inputs_embeds, attention_mask, position_ids)
 
 
 @dataclass
@@ -73,16 +106,3 @@ class PaddedBatch:
             self.attention_mask.repeat_interleave(repeats, dim=0),
             self.position_ids.repeat_interleave(repeats, dim=0),
         )
-
-
-def left_pad(sequences: Sequence[torch.Tensor], pad_embedding: torch.Tensor) -> PaddedBatch:
-    """Stack [L_i, H] sequences to [B, max L, H], filling the front of shorter rows with `pad_embedding`."""
-    length = max(sequence.shape[0] for sequence in sequences)
-    hidden = pad_embedding.shape[-1]
-    inputs_embeds = pad_embedding.expand(len(sequences), length, hidden).clone()
-    attention_mask = torch.zeros(len(sequences), length, dtype=torch.long, device=pad_embedding.device)
-    for row, sequence in enumerate(sequences):
-        inputs_embeds[row, length - sequence.shape[0] :] = sequence
-        attention_mask[row, length - sequence.shape[0] :] = 1
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return PaddedBatch(inputs_embeds, attention_mask, position_ids)

@@ -9,7 +9,7 @@ import torch
 
 from naturelm_core.config import AUDIO_PROMPT_PREFIX, PROMPT_TEMPLATE
 from naturelm_core.loading import load_model
-from naturelm_core.prompting import apply_template, left_pad, tokenize_prompt
+from naturelm_core.prompting import apply_template, assemble_batch, tokenize_prompt
 from naturelm_core.tiny import write_tiny_checkpoint
 
 SHORT = "Caption the audio."
@@ -101,12 +101,30 @@ def test_a_multi_window_prompt_generates_and_depends_on_the_window_order(model, 
 
 
 def test_left_padding_puts_real_tokens_last_and_counts_positions_from_them():
-    batch = left_pad([torch.ones(2, 3), 2 * torch.ones(4, 3)], torch.zeros(3))
-    assert batch.attention_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
-    assert batch.position_ids.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
-    assert batch.inputs_embeds[0, :, 0].tolist() == [0, 0, 1, 1]
+    """Token t embeds as [t, t, t]; pad id 0. Row 0: BOS 9, text [1]; row 1: BOS 9, [2], audio (2 x 5.0), [3]."""
+    embed = torch.nn.Embedding(10, 3)
+    with torch.no_grad():
+        embed.weight.copy_(torch.arange(10.0)[:, None].expand(10, 3))
+    audio = torch.full((2, 3), 5.0)
+    batch = assemble_batch(embed, 9, 0, [([[1]], []), ([[2], [3]], [audio])])
+    assert batch.attention_mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]]
+    assert batch.position_ids.tolist() == [[0, 0, 0, 0, 1], [0, 1, 2, 3, 4]]
+    assert batch.inputs_embeds[:, :, 0].tolist() == [[0, 0, 0, 9, 1], [9, 2, 5, 5, 3]]
     doubled = batch.repeat_rows(2)
-    assert doubled.attention_mask.tolist() == [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2
+    assert doubled.attention_mask.tolist() == [[0, 0, 0, 1, 1]] * 2 + [[1, 1, 1, 1, 1]] * 2
+
+
+def test_a_batch_of_many_rows_equals_its_rows_built_alone(model, blocks):
+    """One lookup and one write for the whole batch's text must place every row's tokens as alone."""
+    prompts = [SHORT, TWO_WINDOWS, "Which bird?", SHORT]
+    rows = [[blocks[0]], [blocks[1], blocks[2]], [blocks[2]], [blocks[1]]]
+    batch = model.build_inputs(rows, prompts)
+    for row, (audio, prompt) in enumerate(zip(rows, prompts, strict=True)):
+        alone = model.build_inputs([audio], prompt)
+        length = alone.inputs_embeds.shape[1]
+        assert torch.equal(batch.inputs_embeds[row, -length:], alone.inputs_embeds[0])
+        assert batch.attention_mask[row].sum() == length
+        assert torch.equal(batch.position_ids[row, -length:], alone.position_ids[0])
 
 
 # --- batching ---------------------------------------------------------------------------------------

@@ -245,6 +245,7 @@ def build_app(served: ServedModel, engine: Engine, sweeps: SweepQueue | None = N
             sweeps, source=served.source, dtype=served.dtype, demo=served.demo, on_progress=sweeps.on_progress
         )
         build_sweeps_tab(backends, sweeps.runs_dir)
+    app.sweep_backends = backends  # main() ends a Ray pool the Sweeps tab started
     return app
 
 
@@ -911,6 +912,7 @@ def main(argv: list[str] | None = None) -> None:
             server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True
         )
     finally:
+        app.sweep_backends.stop()  # a Ray sweep stops after its batch in flight, and the pool's actors end
         sweeps.close()  # the running sweep stops after its batch in flight; resume it on the next start
 
 

@@ -120,22 +120,25 @@ def test_first_step_logits_from_our_encoder(model, expected, audio_embeddings):
     torch.testing.assert_close(logits, want, atol=LOGIT_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("table,num_beams", [("generations", 1), ("beam_search", 2)])
-def test_all_18_rows_in_one_mixed_batch(model, expected, audio_embeddings, table, num_beams):
-    """3 waveforms x 2 prompts x 3 alphas in one call: every row's ids and text exactly as upstream's."""
+def golden_batch(expected: dict, audio_embeddings: list, table: str) -> tuple[list, list[str], list[float]]:
+    """The 18 rows of a golden table (3 waveforms x 2 prompts x 3 alphas) as (audio rows, prompts, alphas)."""
     rows = expected[table]
     prompts = _prompts(expected)
-    args = (
+    return (
         [[audio_embeddings[row["waveform"]]] for row in rows],
         [prompts[row["prompt"]] for row in rows],
         [row["alpha"] for row in rows],
-        num_beams,
-        MAX_NEW_TOKENS,
     )
+
+
+@pytest.mark.parametrize("table,num_beams", [("generations", 1), ("beam_search", 2)])
+def test_all_18_rows_in_one_mixed_batch(model, expected, audio_embeddings, table, num_beams):
+    """3 waveforms x 2 prompts x 3 alphas in one call: every row's ids and text exactly as upstream's."""
+    args = (*golden_batch(expected, audio_embeddings, table), num_beams, MAX_NEW_TOKENS)
     ids = model.generate_ids_from_embeddings(*args)
     texts = model.generate_from_embeddings(*args)
-    assert ids == [row["token_ids"] for row in rows]
-    assert texts == [row["text"] for row in rows]
+    assert ids == [row["token_ids"] for row in expected[table]]
+    assert texts == [row["text"] for row in expected[table]]
 
 
 def test_a_finished_beam_returns_the_first_stop_id_whichever_it_generated(expected):

@@ -15,7 +15,15 @@ if not golden_available():
     pytest.skip("../shared/reference/golden is not present", allow_module_level=True)
 
 from naturelm_core.static_decoding import StaticDecoding
-from tests.test_golden_model import LOGIT_ATOL, MAX_NEW_TOKENS, _prompts, audio_embeddings, expected, model
+from tests.test_golden_model import (
+    LOGIT_ATOL,
+    MAX_NEW_TOKENS,
+    _prompts,
+    audio_embeddings,
+    expected,
+    golden_batch,
+    model,
+)
 
 __all__ = ["audio_embeddings", "expected", "model"]  # module fixtures shared with the eager golden tests
 
@@ -42,14 +50,7 @@ def test_static_prefill_gives_upstreams_first_step_logits(static_model, expected
 @pytest.mark.parametrize("table,num_beams", [("generations", 1), ("beam_search", 2)])
 def test_all_18_rows_in_one_mixed_batch(static_model, expected, audio_embeddings, table, num_beams):
     rows = expected[table]
-    prompts = _prompts(expected)
-    args = (
-        [[audio_embeddings[row["waveform"]]] for row in rows],
-        [prompts[row["prompt"]] for row in rows],
-        [row["alpha"] for row in rows],
-        num_beams,
-        MAX_NEW_TOKENS,
-    )
+    args = (*golden_batch(expected, audio_embeddings, table), num_beams, MAX_NEW_TOKENS)
     assert static_model.generate_ids_from_embeddings(*args) == [row["token_ids"] for row in rows]
     assert static_model.generate_from_embeddings(*args) == [row["text"] for row in rows]
     assert static_model.static_decoding.shapes  # the static path really ran

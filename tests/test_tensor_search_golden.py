@@ -13,7 +13,7 @@ from tests.golden_formula import golden_available
 if not golden_available():
     pytest.skip("../shared/reference/golden is not present", allow_module_level=True)
 
-from tests.test_golden_model import MAX_NEW_TOKENS, _prompts, audio_embeddings, expected, model
+from tests.test_golden_model import MAX_NEW_TOKENS, audio_embeddings, expected, golden_batch, model
 from tests.test_tensor_search import one_cpu_thread, tensor_search_ids
 
 __all__ = ["audio_embeddings", "expected", "model", "one_cpu_thread"]  # fixtures shared with the other test modules
@@ -22,15 +22,6 @@ __all__ = ["audio_embeddings", "expected", "model", "one_cpu_thread"]  # fixture
 @pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("table,num_beams", [("generations", 1), ("beam_search", 2)])
 def test_all_18_rows_in_one_mixed_batch(model, expected, audio_embeddings, table, num_beams, static):
-    rows = expected[table]
-    prompts = _prompts(expected)
-    ids = tensor_search_ids(
-        model,
-        [[audio_embeddings[row["waveform"]]] for row in rows],
-        [prompts[row["prompt"]] for row in rows],
-        [row["alpha"] for row in rows],
-        num_beams,
-        MAX_NEW_TOKENS,
-        static,
-    )
-    assert ids == [row["token_ids"] for row in rows]
+    audio, prompts, alphas = golden_batch(expected, audio_embeddings, table)
+    ids = tensor_search_ids(model, audio, prompts, alphas, num_beams, MAX_NEW_TOKENS, static)
+    assert ids == [row["token_ids"] for row in expected[table]]

@@ -14,40 +14,14 @@ public code's defect). A fixed buffer that is copied into is also what a capture
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 ADAPTER_NAME = "default"
-ALPHA_RANGE = (0.0, 1.0)
-EXTRAPOLATION_RANGE = (-1.0, 2.0)
-
-
-def validate_alphas(alphas: float | Sequence[float], rows: int, allow_extrapolation: bool = False) -> list[float]:
-    """One float per row (a single number is broadcast), inside the allowed range.
-
-    [0, 1] interpolates between the base Llama and NatureLM; [-1, 2] extrapolates beyond them, which
-    is only meaningful as an explicit experiment, hence the opt-in.
-    """
-    values = [alphas] * rows if isinstance(alphas, numbers.Real) else list(alphas)
-    if len(values) != rows:
-        raise ValueError(f"got {len(values)} alphas for {rows} rows; pass one alpha per row or a single float")
-    low, high = EXTRAPOLATION_RANGE if allow_extrapolation else ALPHA_RANGE
-    checked = []
-    for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"alpha of row {index} must be a real number, got {type(value).__name__}: {value!r}")
-        value = float(value)
-        if math.isnan(value) or not low <= value <= high:
-            hint = "" if allow_extrapolation else " (values in [-1, 2] need allow_extrapolation=True)"
-            raise ValueError(f"alpha of row {index} is {value}; it must lie in [{low:g}, {high:g}]{hint}")
-        checked.append(value)
-    return checked
 
 
 class RowAlphas:

@@ -17,14 +17,14 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from naturelm_core.alpha import validate_alphas
+from naturelm_core.alphas import validate_alphas
 from naturelm_core.cache import AudioEmbeddingCache, content_key
+from naturelm_core.requests import EngineBusy, EngineError, GenerationSettings, Priority, RequestTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -37,37 +37,6 @@ def default_batch_rows(model: object) -> int:
     """Rows per batch: 176 (16 recordings x 11 alphas) keeps a GPU busy (docs/PERFORMANCE.md); CPUs want fewer."""
     device = getattr(model, "device", None)
     return GPU_BATCH_ROWS if getattr(device, "type", "cpu") == "cuda" else CPU_BATCH_ROWS
-
-
-class EngineError(RuntimeError):
-    """A request could not be answered; the message is meant for the user, never a stack trace."""
-
-
-class EngineBusy(EngineError):
-    """The queue is full: the caller should try again in a moment."""
-
-
-class RequestTimeout(EngineError):
-    """The request waited longer than its timeout before the model could start on it."""
-
-
-class Priority(IntEnum):
-    INTERACTIVE = 0
-    SWEEP = 1
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Settings that must be equal for rows to share one `generate` call."""
-
-    num_beams: int = 2
-    max_new_tokens: int = 100
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.num_beams <= 16:
-            raise ValueError(f"num_beams must be between 1 and 16, got {self.num_beams}")
-        if not 1 <= self.max_new_tokens <= 1024:
-            raise ValueError(f"max_new_tokens must be between 1 and 1024, got {self.max_new_tokens}")
 
 
 class GenerativeModel(Protocol):

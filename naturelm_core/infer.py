@@ -59,7 +59,7 @@ def checked_windows(args: argparse.Namespace) -> list[Window]:
     waveform, _ = load_audio(args.audio)
     pieces = windows(waveform, window_s=args.window_s, hop_s=args.hop_s)
     # Imported late: naturelm_core.alpha pulls in peft and transformers, seconds a bad file need not wait.
-    from naturelm_core.alpha import validate_alphas
+    from naturelm_core.alphas import validate_alphas
 
     validate_alphas(args.alpha, 1)
     return pieces

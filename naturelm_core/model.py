@@ -19,7 +19,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import Tensor, nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from naturelm_core.alpha import install_row_alphas, validate_alphas
+from naturelm_core.alpha import install_row_alphas
+from naturelm_core.alphas import validate_alphas
 from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from naturelm_core.alpha import RowAlphas, validate_alphas
+from naturelm_core.alpha import RowAlphas
+from naturelm_core.alphas import validate_alphas
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.loading import load_model
 from naturelm_core.tiny import write_tiny_checkpoint

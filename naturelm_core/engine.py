@@ -14,15 +14,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from naturelm_core.alphas import validate_alphas
+from naturelm_core.batch_limits import BatchLimits
 from naturelm_core.cache import AudioEmbeddingCache, content_key
 from naturelm_core.requests import EngineBusy, EngineError, GenerationSettings, Priority, RequestTimeout
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 GPU_BATCH_ROWS = 176
 CPU_BATCH_ROWS = 32
+RECENT_BATCHES = 32
 
 
 def default_batch_rows(model: object) -> int:
@@ -55,6 +57,15 @@ class GenerativeModel(Protocol):
     ) -> list[str]: ...
 
 
+class BatchShape(NamedTuple):
+    num_beams: int
+    max_new_tokens: int
+    windows_per_row: int
+
+    def __str__(self) -> str:
+        return f"{self.num_beams} beams, {self.max_new_tokens} new tokens, {self.windows_per_row} windows per row"
+
+
 @dataclass
 class Request:
     """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha."""
@@ -68,6 +79,12 @@ class Request:
     allow_extrapolation: bool = False
     future: Future = field(default_factory=Future)
     sequence: int = 0
+    group: int = 0
+
+    @property
+    def shape(self) -> BatchShape:
+        """What a batch's memory depends on besides its row count; rows batch together only within one shape."""
+        return BatchShape(self.settings.num_beams, self.settings.max_new_tokens, len(self.windows))
 
 
 @dataclass
@@ -80,10 +97,22 @@ class EngineStats:
     windows_encoded: int = 0
     encoder_calls: int = 0
     oom_retries: int = 0
+    recent_sweep_batches: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
+
+    def sweep_rows_per_batch(self) -> float | None:
+        """Mean rows of the recent batches that carried sweep rows: how well a running sweep is batched."""
+        batches = list(self.recent_sweep_batches)
+        return sum(batches) / len(batches) if batches else None
 
 
 class _RequestQueue:
-    """Two bounded FIFO lanes (interactive before sweep) that hand out batches of compatible rows."""
+    """Two bounded lanes (interactive before sweep) that hand out batches of rows of one shape.
+
+    Within a lane, rows are shared out round-robin between callers (one `answer_many` call, one
+    sweep): a long recording's 30 windows must not hold back another user's single window for more
+    than about one batch. Within one caller rows keep their order, so a sweep's rows of one recording
+    still meet in one batch and its audio is encoded once.
+    """
 
     def __init__(self, capacity: dict[Priority, int]) -> None:
         self._lanes: dict[Priority, deque[Request]] = {p: deque() for p in Priority}
@@ -112,18 +141,22 @@ class _RequestQueue:
             self._changed.notify_all()
             return pending
 
-    def take_batch(self, max_rows: int, max_wait_s: float, block: bool = True) -> list[Request]:
-        """Wait for the first request (or return [] at once if not `block`), then gather compatible ones."""
+    def take_batch(self, rows_for: Callable[[BatchShape], int], max_wait_s: float, block: bool = True) -> list[Request]:
+        """Wait for the first request (or return [] at once if not `block`), then gather rows of its shape.
+
+        `rows_for(shape)` is the batch size allowed for that shape (lower after an out-of-memory error).
+        """
         with self._changed:
             while not any(self._lanes.values()):
                 if self._closed or not block:
                     return []
                 self._changed.wait()
             first = self._pop_first()
+            max_rows = rows_for(first.shape)
             batch = [first]
             deadline = time.monotonic() + max_wait_s
             while len(batch) < max_rows:
-                batch.extend(self._pop_compatible(first.settings, max_rows - len(batch)))
+                batch.extend(self._pop_same_shape(first, max_rows - len(batch)))
                 remaining = deadline - time.monotonic()
                 if len(batch) >= max_rows or remaining <= 0 or self._closed:
                     break
@@ -137,18 +170,30 @@ class _RequestQueue:
                 return self._lanes[priority].popleft()
         raise AssertionError("take_batch checked that a lane is non-empty")
 
-    def _pop_compatible(self, settings: GenerationSettings, limit: int) -> list[Request]:
+    def _pop_same_shape(self, first: Request, limit: int) -> list[Request]:
         taken: list[Request] = []
         for priority in Priority:
+            if len(taken) >= limit:
+                break
             lane = self._lanes[priority]
-            keep: deque[Request] = deque()
-            while lane:
-                request = lane.popleft()
-                if len(taken) < limit and request.settings == settings:
-                    taken.append(request)
-                else:
-                    keep.append(request)
-            lane.extend(keep)  # in place: lanes are never replaced, so a put() racing this one appends to a live lane
+            by_caller: dict[int, deque[Request]] = {}
+            for request in lane:
+                if request.shape == first.shape:
+                    by_caller.setdefault(request.group, deque()).append(request)
+            if priority == first.priority and first.group in by_caller:
+                by_caller[first.group] = by_caller.pop(first.group)  # its caller had this round's first turn
+            callers = list(by_caller.values())
+            chosen: set[int] = set()
+            while len(taken) < limit and any(callers):
+                for rows in callers:
+                    if rows and len(taken) < limit:
+                        request = rows.popleft()
+                        taken.append(request)
+                        chosen.add(id(request))
+            if chosen:
+                keep = [r for r in lane if id(r) not in chosen]
+                lane.clear()
+                lane.extend(keep)
         return taken
 
 
@@ -170,19 +215,29 @@ class Engine:
         themselves. That is what ZeroGPU hardware needs, where CUDA may only be touched inside a
         `@spaces.GPU` call of the request's own thread."""
         self.model = model
-        self.max_batch_rows = max_batch_rows
+        self.batch_limits = BatchLimits(max_batch_rows)
         self.max_wait_s = max_wait_ms / 1000.0
         self.default_timeout_s = default_timeout_s
         self.cache = AudioEmbeddingCache(cache_bytes)
         self.stats = EngineStats()
         self._queue = _RequestQueue({Priority.INTERACTIVE: interactive_capacity, Priority.SWEEP: sweep_capacity})
         self._sequence = itertools.count()
+        self._callers = itertools.count(1)
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.inline = inline
         self._inline_lock = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def max_batch_rows(self) -> int:
+        """Rows per batch where memory allows; out-of-memory errors lower it per shape only (`batch_limits`)."""
+        return self.batch_limits.max_rows
+
+    def new_caller(self) -> int:
+        """An id for one caller's rows (a sweep): the queue shares batches fairly between callers."""
+        return next(self._callers)
 
     def start(self) -> Engine:
         if self.inline:
@@ -209,11 +264,13 @@ class Engine:
         timeout_s: float | None = None,
         block: bool = False,
         allow_extrapolation: bool = False,
+        caller: int | None = None,
     ) -> Future:
         """Queue one row; its Future resolves to the answer text or an EngineError.
 
         `windows` holds one 16 kHz mono window per `<AudioHere>` in the prompt. Validation happens
         here so a bad alpha fails the caller at once instead of poisoning a batch of other users.
+        Rows of one `caller` (see `new_caller`; by default each row is its own caller) keep their order.
         """
         validate_alphas([alpha], 1, allow_extrapolation=allow_extrapolation)
         if not windows:
@@ -228,6 +285,7 @@ class Engine:
             deadline=time.monotonic() + (timeout_s or self.default_timeout_s),
             allow_extrapolation=allow_extrapolation,
             sequence=next(self._sequence),
+            group=self.new_caller() if caller is None else caller,
         )
         self._queue.put(request, block=block)
         self.stats.requests += 1
@@ -242,7 +300,8 @@ class Engine:
         rows: Sequence[tuple[Sequence[np.ndarray], str, float]],
         **kwargs: Any,
     ) -> list[str]:
-        """Submit rows together so the worker can batch them (an alpha scan is one call)."""
+        """Submit rows together so the worker can batch them (an alpha scan is one call, one caller)."""
+        kwargs.setdefault("caller", self.new_caller())
         futures = [self.submit(w, p, a, **kwargs) for w, p, a in rows]
         if self.inline:
             self._drain_in_caller()
@@ -253,14 +312,14 @@ class Engine:
 
     def _drain_in_caller(self) -> None:
         with self._inline_lock:
-            while batch := self._queue.take_batch(self.max_batch_rows, 0.0, block=False):
+            while batch := self._queue.take_batch(self.batch_limits.rows_for, 0.0, block=False):
                 live = self._drop_expired(batch)
                 if live:
                     self._run_with_oom_backoff(live)
 
     def _serve(self) -> None:
         while True:
-            batch = self._queue.take_batch(self.max_batch_rows, self.max_wait_s)
+            batch = self._queue.take_batch(self.batch_limits.rows_for, self.max_wait_s)
             if not batch:
                 return
             live = self._drop_expired(batch)
@@ -284,8 +343,12 @@ class Engine:
         return live
 
     def _run_with_oom_backoff(self, batch: list[Request]) -> None:
-        """Run the batch; on out-of-memory, retry in halves down to single rows, and take no more rows
-        per batch from then on than fitted (or every later batch would run out of memory first)."""
+        """Run the batch; on a real out-of-memory error, retry in halves down to single rows.
+
+        The size that fitted is remembered for this batch shape only (`BatchLimits`), so later batches
+        of the shape do not run out of memory first, and other shapes keep their full size.
+        """
+        shape = batch[0].shape
         chunk = len(batch)
         start = 0
         while start < len(batch):
@@ -294,25 +357,31 @@ class Engine:
                 answers = self._generate(rows)
             except torch.OutOfMemoryError:
                 self._release_memory()
-                if chunk == 1:
+                if len(rows) == 1:
                     self._fail(rows, "Out of GPU memory even for a single request; try fewer beams or tokens.")
                     start += 1
                     continue
                 self.stats.oom_retries += 1
-                chunk = max(1, chunk // 2)
-                logger.warning("out of memory; retrying with batches of %d rows", chunk)
+                chunk = self.batch_limits.ran_out_of_memory(shape, len(rows))
+                logger.warning(
+                    "out of GPU memory at %d rows (%s); batches of this shape take at most %d rows until a "
+                    "larger size is tried again",
+                    len(rows),
+                    shape,
+                    chunk,
+                )
                 continue
             except Exception as error:  # every failure must reach the user as a message
                 logger.exception("generation failed")
                 self._fail(rows, f"The model failed on this request: {type(error).__name__}: {error}")
                 start += len(rows)
                 continue
+            self.batch_limits.fitted(shape, len(rows))
+            if any(r.priority == Priority.SWEEP for r in rows):
+                self.stats.recent_sweep_batches.append(len(rows))
             for request, text in zip(rows, answers, strict=True):
                 request.future.set_result(text)
             start += len(rows)
-            if chunk < self.max_batch_rows:
-                logger.warning("batches of at most %d rows from now on (%d ran out of GPU memory)", chunk, 2 * chunk)
-                self.max_batch_rows = chunk
 
     def _generate(self, rows: list[Request]) -> list[str]:
         embeds = self._embed_windows(rows)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from naturelm_core.audio import windows
-from naturelm_core.engine import Engine, EngineBusy, EngineError, GenerationSettings, Priority
+from naturelm_core.engine import BatchShape, Engine, EngineBusy, EngineError, GenerationSettings, Priority
 
 PROMPT = "What is the common name for the focal species in the audio?"
 GREEDY = GenerationSettings(num_beams=1, max_new_tokens=6)
@@ -125,14 +125,16 @@ def test_after_running_out_of_memory_later_batches_start_at_the_size_that_fitted
     counting.release_cached_states = lambda: released.append(True)
     engine = Engine(counting, max_batch_rows=8, max_wait_ms=200)
     rows = [([clip], PROMPT, a) for a in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    shape = BatchShape(num_beams=1, max_new_tokens=6, windows_per_row=1)
     try:
         engine.answer_many(rows, settings=GREEDY)
         retries, releases = engine.stats.oom_retries, len(released)
-        assert engine.max_batch_rows <= 2 and retries >= 1 and releases == retries
+        assert engine.batch_limits.rows_for(shape) <= 2 and retries >= 1 and releases == retries
         engine.answer_many(rows, settings=GREEDY)
     finally:
         engine.stop()
     assert (engine.stats.oom_retries, len(released)) == (retries, releases)
+    assert engine.max_batch_rows == 8  # the configured size is not what out-of-memory errors change
 
 
 def test_model_failure_reaches_the_caller_as_a_message_and_the_engine_keeps_serving(tiny_model):

@@ -1,0 +1,205 @@
+"""The engine's batching contract for every caller: a small batch never shrinks later ones, out-of-memory
+errors lower the size of their own batch shape only and recover, and callers share batches fairly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.sweep import SweepSpec, run_sweep
+from naturelm_core.batch_limits import FIRST_PROBE_AFTER, BatchLimits
+from naturelm_core.engine import BatchShape, Engine, GenerationSettings, Priority
+from tests.sweep_helpers import spec_dict, write_sweep_data
+
+GREEDY = GenerationSettings(num_beams=1, max_new_tokens=4)
+BEAMS = GenerationSettings(num_beams=2, max_new_tokens=4)
+WINDOW = np.zeros(16000, dtype=np.float32)
+
+
+class BatchRecorder:
+    """Answers instantly with "prompt@alpha", records every batch, and runs out of memory on demand."""
+
+    def __init__(self, model=None) -> None:
+        self.model = model
+        self.batches: list[list[str]] = []
+        self.oom_above_rows: dict[int, int] = {}  # num_beams -> rows that still fit
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __getattr__(self, name):  # whatever else a sweep asks of the model (its config, tokenizer)
+        if self.__dict__.get("model") is None:
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def encode_audio(self, windows):
+        return torch.zeros(len(windows), 2, 4)
+
+    def generate_from_embeddings(self, audio_embeds, prompts, alphas, num_beams=2, **kwargs):
+        self.gate.wait()
+        limit = self.oom_above_rows.get(num_beams)
+        if limit is not None and len(prompts) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.batches.append(list(prompts))
+        return [f"{p}@{a:g}" for p, a in zip(prompts, alphas, strict=True)]
+
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+
+def _rows(count: int, prompt: str = "scan") -> list:
+    return [([WINDOW], f"{prompt}-{i}", i / max(1, count - 1)) for i in range(count)]
+
+
+@pytest.fixture
+def recorder():
+    return BatchRecorder()
+
+
+@pytest.fixture
+def engine(recorder):
+    engine = Engine(recorder, max_batch_rows=16, max_wait_ms=50).start()
+    yield engine
+    engine.stop()
+
+
+def test_after_a_one_row_answer_an_eleven_alpha_scan_is_one_batch(engine, recorder):
+    engine.answer([WINDOW], "one", 0.5, settings=GREEDY)
+    engine.answer_many(_rows(11), settings=GREEDY)
+    assert recorder.sizes() == [1, 11]
+
+
+def test_after_a_three_row_batch_an_eleven_row_one_is_one_batch(engine, recorder):
+    engine.answer_many(_rows(3, "small"), settings=GREEDY)
+    engine.answer_many(_rows(11), settings=GREEDY)
+    assert recorder.sizes() == [3, 11]
+
+
+def test_small_batches_log_nothing_about_memory(engine, caplog):
+    with caplog.at_level(logging.INFO):
+        engine.answer([WINDOW], "one", 0.5, settings=GREEDY)
+        engine.answer_many(_rows(11), settings=GREEDY)
+    assert not [r for r in caplog.records if "memory" in r.getMessage() or "rows" in r.getMessage()]
+
+
+def test_out_of_memory_lowers_batches_answers_every_row_and_full_batches_return(engine, recorder, caplog):
+    recorder.oom_above_rows[1] = 5
+    rows = _rows(16)
+    with caplog.at_level(logging.WARNING):
+        answers = engine.answer_many(rows, settings=GREEDY)
+    assert answers == [f"{prompt}@{alpha:g}" for _, prompt, alpha in rows]
+    assert max(recorder.sizes()) <= 5
+    assert any("out of GPU memory at 16 rows" in r.getMessage() for r in caplog.records)
+
+    del recorder.oom_above_rows[1]  # memory is free again (another process let go of it)
+    for _ in range(12):
+        engine.answer_many(rows, settings=GREEDY)
+        if recorder.sizes()[-1] == 16:
+            break
+    assert recorder.sizes()[-1] == 16, recorder.sizes()
+
+
+def test_out_of_memory_of_one_shape_leaves_other_shapes_at_full_size(engine, recorder):
+    recorder.oom_above_rows[2] = 3
+    engine.answer_many(_rows(12, "beams"), settings=BEAMS)
+    assert engine.batch_limits.rows_for(BatchShape(2, 4, 1)) <= 3
+    recorder.batches.clear()
+    engine.answer_many(_rows(12, "greedy"), settings=GREEDY)
+    assert recorder.sizes() == [12]
+
+
+def test_a_long_request_does_not_hold_back_a_short_one_for_more_than_a_batch(recorder):
+    engine = Engine(recorder, max_batch_rows=8, max_wait_ms=0).start()
+    try:
+        recorder.gate.clear()
+        long_request = threading.Thread(target=engine.answer_many, args=(_rows(30, "long"),), daemon=True)
+        long_request.start()
+        time.sleep(0.3)  # the worker now holds the first 8 windows of the long request
+        short = engine.submit([WINDOW], "short", 0.5)
+        recorder.gate.set()
+        short.result(timeout=10)
+        long_request.join(timeout=10)
+    finally:
+        engine.stop()
+    position = next(i for i, batch in enumerate(recorder.batches) if "short" in batch)
+    assert position == 1, recorder.batches  # first-come first-served put it behind all 30 windows (batch 4)
+    assert sum(recorder.sizes()) == 31
+
+
+def test_one_callers_rows_keep_their_order_and_interactive_rows_still_go_first(recorder):
+    engine = Engine(recorder, max_batch_rows=4, max_wait_ms=0).start()
+    try:
+        recorder.gate.clear()
+        sweep = engine.new_caller()
+        blocker = engine.submit([WINDOW], "blocker", 0.0, priority=Priority.SWEEP, caller=sweep)
+        time.sleep(0.2)
+        futures = [engine.submit([WINDOW], f"s{i}", 0.0, priority=Priority.SWEEP, caller=sweep) for i in range(6)]
+        interactive = engine.submit([WINDOW], "user", 0.5)
+        recorder.gate.set()
+        for future in [blocker, *futures, interactive]:
+            future.result(timeout=10)
+    finally:
+        engine.stop()
+    flat = [p for batch in recorder.batches for p in batch]
+    assert flat.index("user") < flat.index("s0")
+    assert [p for p in flat if p.startswith("s")] == [f"s{i}" for i in range(6)]
+
+
+# -- BatchLimits alone ------------------------------------------------------------------------------
+
+
+def test_limits_probe_upward_after_batches_that_fitted_and_wait_longer_after_a_failed_probe():
+    limits = BatchLimits(max_rows=16)
+    assert limits.ran_out_of_memory("s", 16) == 8
+    for _ in range(FIRST_PROBE_AFTER - 1):
+        limits.fitted("s", 8)
+    assert limits.rows_for("s") == 8
+    limits.fitted("s", 8)
+    assert limits.rows_for("s") == 16  # the probe
+    assert limits.ran_out_of_memory("s", 16) == 8  # it failed: the next probe waits twice as long
+    for _ in range(2 * FIRST_PROBE_AFTER - 1):
+        limits.fitted("s", 8)
+    assert limits.rows_for("s") == 8
+    limits.fitted("s", 8)
+    assert limits.rows_for("s") == 16
+    limits.fitted("s", 16)
+    assert limits.lowered() == {}
+
+
+def test_limits_ignore_small_batches_and_never_go_below_one_row():
+    limits = BatchLimits(max_rows=8)
+    limits.fitted("s", 1)
+    assert limits.rows_for("s") == 8
+    assert limits.ran_out_of_memory("s", 2) == 1
+    assert limits.ran_out_of_memory("s", 1) == 1
+    for _ in range(100):
+        limits.fitted("s", 0)
+    assert limits.rows_for("s") == 1
+    with pytest.raises(ValueError, match="at least one row"):
+        BatchLimits(0)
+
+
+# -- a sweep after a short one ------------------------------------------------------------------------
+
+
+def test_a_sweep_started_after_a_short_one_runs_full_batches(tiny_model, tmp_path):
+    data = tmp_path / "data"
+    write_sweep_data(data)
+    recorder = BatchRecorder(tiny_model)
+    engine = Engine(recorder, max_batch_rows=12, max_wait_ms=50).start()
+    try:
+        short = SweepSpec.from_dict(spec_dict(data, name="short", limit=1, prompts=["common"], alphas=[0.5]))
+        run_sweep(engine, short, tmp_path / "runs")
+        assert recorder.sizes() == [1]
+        recorder.batches.clear()
+        run_sweep(engine, SweepSpec.from_dict(spec_dict(data)), tmp_path / "runs")
+    finally:
+        engine.stop()
+    sizes = recorder.sizes()
+    assert sum(sizes) == 72
+    assert max(sizes) == 12 and sum(sizes) / len(sizes) >= 6, sizes
+    assert engine.stats.sweep_rows_per_batch() >= 6

@@ -97,6 +97,7 @@ class EngineStats:
     windows_encoded: int = 0
     encoder_calls: int = 0
     oom_retries: int = 0
+    sweep_pauses: int = 0
     recent_sweep_batches: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
 
     def sweep_rows_per_batch(self) -> float | None:
@@ -141,22 +142,30 @@ class _RequestQueue:
             self._changed.notify_all()
             return pending
 
-    def take_batch(self, rows_for: Callable[[BatchShape], int], max_wait_s: float, block: bool = True) -> list[Request]:
+    def take_batch(
+        self,
+        rows_for: Callable[[BatchShape], int],
+        max_wait_s: float,
+        block: bool = True,
+        only: Priority | None = None,
+    ) -> list[Request]:
         """Wait for the first request (or return [] at once if not `block`), then gather rows of its shape.
 
-        `rows_for(shape)` is the batch size allowed for that shape (lower after an out-of-memory error).
+        `rows_for(shape)` is the batch size allowed for that shape (lower after an out-of-memory error);
+        `only` restricts the batch to one lane.
         """
+        priorities = list(Priority) if only is None else [only]
         with self._changed:
-            while not any(self._lanes.values()):
+            while not any(self._lanes[p] for p in priorities):
                 if self._closed or not block:
                     return []
                 self._changed.wait()
-            first = self._pop_first()
+            first = next(self._lanes[p] for p in priorities if self._lanes[p]).popleft()
             max_rows = rows_for(first.shape)
             batch = [first]
             deadline = time.monotonic() + max_wait_s
             while len(batch) < max_rows:
-                batch.extend(self._pop_same_shape(first, max_rows - len(batch)))
+                batch.extend(self._pop_same_shape(first, max_rows - len(batch), priorities))
                 remaining = deadline - time.monotonic()
                 if len(batch) >= max_rows or remaining <= 0 or self._closed:
                     break
@@ -164,15 +173,9 @@ class _RequestQueue:
             self._changed.notify_all()
             return batch
 
-    def _pop_first(self) -> Request:
-        for priority in Priority:
-            if self._lanes[priority]:
-                return self._lanes[priority].popleft()
-        raise AssertionError("take_batch checked that a lane is non-empty")
-
-    def _pop_same_shape(self, first: Request, limit: int) -> list[Request]:
+    def _pop_same_shape(self, first: Request, limit: int, priorities: list[Priority]) -> list[Request]:
         taken: list[Request] = []
-        for priority in Priority:
+        for priority in priorities:
             if len(taken) >= limit:
                 break
             lane = self._lanes[priority]
@@ -383,9 +386,22 @@ class Engine:
                 request.future.set_result(text)
             start += len(rows)
 
+    def _answer_waiting_users(self) -> None:
+        """Called by the model between decode steps of a sweep batch: interactive requests that arrived
+        meanwhile are answered now, not after the batch (a sweep batch decodes for about a second on a GPU).
+
+        Only one level deep: the interactive batch itself is not paused.
+        """
+        batch = self._queue.take_batch(self.batch_limits.rows_for, 0.0, block=False, only=Priority.INTERACTIVE)
+        live = self._drop_expired(batch)
+        if live:
+            self.stats.sweep_pauses += 1
+            self._run_with_oom_backoff(live)
+
     def _generate(self, rows: list[Request]) -> list[str]:
         embeds = self._embed_windows(rows)
         settings = rows[0].settings
+        pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
         answers = self.model.generate_from_embeddings(
             embeds,
             [r.prompt for r in rows],
@@ -393,6 +409,7 @@ class Engine:
             num_beams=settings.num_beams,
             max_new_tokens=settings.max_new_tokens,
             allow_extrapolation=any(r.allow_extrapolation for r in rows),
+            between_steps=self._answer_waiting_users if pausable else None,
         )
         self.stats.batches += 1
         self.stats.rows_generated += len(rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
 from naturelm_core.prompting import PaddedBatch, assemble_batch, tokenize_prompt
-from naturelm_core.static_decoding import StaticDecoding, StaticDecodingUnsupported
+from naturelm_core.static_decoding import StaticCacheDecoder, StaticDecoding, StaticDecodingUnsupported
 from naturelm_core.tensor_search import tensor_beam_search, tensor_greedy_search
 
 logger = logging.getLogger(__name__)
@@ -141,11 +141,12 @@ class NatureLM(nn.Module):
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
+        between_steps: Callable[[], None] | None = None,
         **gen: Any,
     ) -> list[str]:
         """Answers for rows of cached audio embeddings: one [T, H] tensor per `<AudioHere>` of the row's prompt."""
         ids = self.generate_ids_from_embeddings(
-            audio_embeds, prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, **gen
+            audio_embeds, prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, between_steps, **gen
         )
         return decode_answers(self.tokenizer, ids)
 
@@ -158,9 +159,16 @@ class NatureLM(nn.Module):
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
+        between_steps: Callable[[], None] | None = None,
         **gen: Any,
     ) -> list[list[int]]:
-        """Generated token ids per row: greedy for num_beams=1 (stop id kept), else transformers-4.44 beam search."""
+        """Generated token ids per row: greedy for num_beams=1 (stop id kept), else transformers-4.44 beam search.
+
+        `between_steps` is called every few decode steps on the static path, where it may run another
+        generation to completion (the engine answers a waiting user inside a long sweep batch): there each
+        batch's alphas, KV cache and graphs live in its own state. The eager path never calls it, since
+        its LoRA layers read the one shared alpha buffer of the call in progress.
+        """
         for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -171,18 +179,18 @@ class NatureLM(nn.Module):
         item_alphas = torch.tensor(alpha_values, device=self.device)
         row_alphas = item_alphas.repeat_interleave(num_beams)
         if self.uses_static_cache:
-            # Every row's alpha lives in the static state; the LoRA layers' own alpha path is not used.
-            with self.row_alphas.applied(row_alphas):
-                try:
-                    decoder = self.static_decoding.decoder(self.llm, batch, row_alphas, num_beams, max_new_tokens)
-                except StaticDecodingUnsupported as error:
-                    logger.warning("static-cache decoding is off for this model: %s", error)
-                    self.decode_with_static_cache = False
-                else:
-                    return self._search(decoder, num_beams, max_new_tokens, length_penalty, on_device=True)
+            # Every row's alpha lives in the static state; the LoRA layers' own alpha path is not used, so the
+            # search runs outside `row_alphas.applied` and may nest another generation (`between_steps`).
+            try:
+                decoder = self.static_decoding.decoder(self.llm, batch, row_alphas, num_beams, max_new_tokens)
+            except StaticDecodingUnsupported as error:
+                logger.warning("static-cache decoding is off for this model: %s", error)
+                self.decode_with_static_cache = False
+            else:
+                return self._search(decoder, num_beams, max_new_tokens, length_penalty, between_steps)
         with self.row_alphas.applied(row_alphas):
             decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
-            return self._search(decoder, num_beams, max_new_tokens, length_penalty, on_device=False)
+            return self._search(decoder, num_beams, max_new_tokens, length_penalty)
 
     def release_cached_states(self) -> None:
         """Free the static decoder's per-shape KV caches and graphs (after running out of memory); the
@@ -197,14 +205,21 @@ class NatureLM(nn.Module):
         return self.device.type == "cuda" if self.decode_with_static_cache is None else self.decode_with_static_cache
 
     def _search(
-        self, decoder: TokenDecoder, num_beams: int, max_new_tokens: int, length_penalty: float, on_device: bool
+        self,
+        decoder: TokenDecoder,
+        num_beams: int,
+        max_new_tokens: int,
+        length_penalty: float,
+        between_steps: Callable[[], None] | None = None,
     ) -> list[list[int]]:
         """The static decoder's steps are graphs the CPU only enqueues: its search stays on the device too
         (naturelm_core.tensor_search, the same answers), so the CPU never waits for a step to finish."""
-        if on_device:
+        if isinstance(decoder, StaticCacheDecoder):
             if num_beams == 1:
-                return tensor_greedy_search(decoder, max_new_tokens, self.stop_ids)
-            return tensor_beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)
+                return tensor_greedy_search(decoder, max_new_tokens, self.stop_ids, between_steps=between_steps)
+            return tensor_beam_search(
+                decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty, between_steps=between_steps
+            )
         if num_beams == 1:
             return greedy_search(decoder, max_new_tokens, self.stop_ids)
         return beam_search(decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty)

@@ -318,10 +318,22 @@ def _stops_now(length: int, max_new_tokens: int, check_every: int, all_done: Cal
     return length == max_new_tokens or (length % check_every == 0 and all_done())
 
 
+def _pause(length: int, check_every: int, between_steps: Callable[[], None] | None) -> None:
+    """Let the caller run other work between steps: this search's buffers are its own and wait unchanged."""
+    if between_steps is not None and length % check_every == 0:
+        between_steps()
+
+
 def tensor_greedy_search(
-    decoder: TokenDecoder, max_new_tokens: int, stop_ids: Sequence[int], check_every: int = 4
+    decoder: TokenDecoder,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    check_every: int = 4,
+    between_steps: Callable[[], None] | None = None,
 ) -> list[list[int]]:
-    """decoding.greedy_search's answers, looking at the device only every `check_every` steps."""
+    """decoding.greedy_search's answers, looking at the device only every `check_every` steps.
+
+    `between_steps`, if given, is called every `check_every` steps (see NatureLM.generate_ids_from_embeddings)."""
     _require_positive("check_every", check_every)
     logits = decoder.prefill()
     state = GreedySearchState(logits.shape[0], max_new_tokens, stop_ids, logits.device)
@@ -329,6 +341,7 @@ def tensor_greedy_search(
         tokens = state.advance(logits)
         if _stops_now(length, max_new_tokens, check_every, state.all_done):
             break
+        _pause(length, check_every, between_steps)
         logits = decoder.step(tokens)
     return state.finish()
 
@@ -340,6 +353,7 @@ def tensor_beam_search(
     stop_ids: Sequence[int],
     length_penalty: float = 1.0,
     check_every: int = 4,
+    between_steps: Callable[[], None] | None = None,
 ) -> list[list[int]]:
     """decoding.beam_search's answers, looking at the device only every `check_every` steps.
 
@@ -358,6 +372,7 @@ def tensor_beam_search(
         tokens, source_rows = state.advance(logits)
         if _stops_now(length, max_new_tokens, check_every, state.all_done):
             break
+        _pause(length, check_every, between_steps)
         decoder.reorder(source_rows)
         logits = decoder.step(tokens)
     return state.finish()

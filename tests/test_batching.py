@@ -203,3 +203,51 @@ def test_a_sweep_started_after_a_short_one_runs_full_batches(tiny_model, tmp_pat
     assert sum(sizes) == 72
     assert max(sizes) == 12 and sum(sizes) / len(sizes) >= 6, sizes
     assert engine.stats.sweep_rows_per_batch() >= 6
+
+
+class PausingModel(BatchRecorder):
+    """Pauses a sweep batch midway as the static GPU path does (every few decode steps), once the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user_waiting = threading.Event()
+        self.order: list[str] = []
+
+    def generate_from_embeddings(self, audio_embeds, prompts, alphas, num_beams=2, between_steps=None, **kwargs):
+        if between_steps is not None:
+            self.order.append("sweep batch starts")
+            assert self.user_waiting.wait(timeout=10)
+            time.sleep(0.05)  # the request is in the queue
+            between_steps()
+            self.order.append("sweep batch ends")
+        else:
+            self.order.append(f"answered {prompts}")
+        return super().generate_from_embeddings(audio_embeds, prompts, alphas, num_beams, **kwargs)
+
+
+def test_a_user_waiting_during_a_sweep_batch_is_answered_inside_it_not_after():
+    model = PausingModel()
+    engine = Engine(model, max_batch_rows=8, max_wait_ms=0).start()
+    try:
+        sweep = [engine.submit([WINDOW], f"s{i}", 0.1, priority=Priority.SWEEP) for i in range(4)]
+        time.sleep(0.1)
+        user = engine.submit([WINDOW], "user", 0.5)
+        model.user_waiting.set()
+        assert user.result(timeout=10) == "user@0.5"
+        assert [f.result(timeout=10) for f in sweep] == [f"s{i}@0.1" for i in range(4)]
+    finally:
+        engine.stop()
+    assert model.order == ["sweep batch starts", "answered ['user']", "sweep batch ends"]
+    assert engine.stats.sweep_pauses == 1
+
+
+def test_interactive_and_inline_batches_are_never_paused():
+    model = PausingModel()
+    engine = Engine(model, max_batch_rows=8, max_wait_ms=0, inline=True)
+    engine.answer_many([([WINDOW], "scan", 0.5)], priority=Priority.SWEEP)
+    threaded = Engine(model, max_batch_rows=8)
+    try:
+        threaded.answer([WINDOW], "one", 0.5)
+    finally:
+        threaded.stop()
+    assert model.order == ["answered ['scan']", "answered ['one']"]

@@ -219,3 +219,38 @@ def test_releasing_cached_states_frees_the_shapes_and_keeps_the_step(model, rows
     assert _ids(model, rows, PROMPTS, ALPHAS, 1, static=True, decoding=decoding) == _ids(
         model, rows, PROMPTS, ALPHAS, 1, static=False
     )
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_a_generation_paused_between_steps_for_another_one_gives_both_their_own_ids(model, rows, num_beams):
+    """The engine answers a waiting user inside a sweep batch: the nested generation (another shape,
+    other alphas) must leave the paused one's cache, alphas and search untouched, and vice versa."""
+    outer_alphas, inner_alphas = [0.0, 0.5, 1.0], [0.8]
+    alone_outer = _ids(model, rows, PROMPTS, outer_alphas, num_beams, static=True)
+    alone_inner = _ids(model, rows[:1], PROMPTS[1:2], inner_alphas, 1, static=True)
+    nested: list[list[list[int]]] = []
+
+    def answer_a_user() -> None:
+        nested.append(model.generate_ids_from_embeddings(rows[:1], PROMPTS[1:2], inner_alphas, 1, MAX_NEW_TOKENS))
+
+    model.decode_with_static_cache = True
+    try:
+        paused = model.generate_ids_from_embeddings(
+            rows, PROMPTS, outer_alphas, num_beams, MAX_NEW_TOKENS, between_steps=answer_a_user
+        )
+    finally:
+        model.decode_with_static_cache = None
+    assert len(nested) >= 2  # paused at every 4th of 12 steps (fewer only if all rows stopped early)
+    assert paused == alone_outer
+    assert all(ids == alone_inner for ids in nested)
+
+
+def test_the_eager_path_never_pauses(model, rows):
+    calls = []
+    ids = _ids(model, rows, PROMPTS, ALPHAS, 1, static=False)
+    model.decode_with_static_cache = False
+    try:
+        again = model.generate_ids_from_embeddings(rows, PROMPTS, ALPHAS, 1, MAX_NEW_TOKENS, between_steps=calls.append)
+    finally:
+        model.decode_with_static_cache = None
+    assert again == ids and calls == []

@@ -717,6 +717,96 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
     return result
 
 
+def section_app_path(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """The app's own path, built as app.py builds it: one Engine at its default batch size with its worker
+    thread, one SweepQueue, sweeps from FLAC files on disk, Explore answers through answer_recording.
+
+    Explore answers come first (one of them used to shrink every later batch to one row); then sweeps at 1
+    and 11 alphas per recording; then the 11-alpha sweep again while an Explore request arrives every
+    second: its rate against the idle sweep's, and Explore's p50 against the idle p50.
+    """
+    import tempfile
+    import threading
+
+    from benchmarks.sweep_decoding import write_recordings
+    from evaluation.runs import SweepFolder
+    from evaluation.sweep import SweepQueue, SweepSpec
+    from naturelm_core.engine import default_batch_rows
+    from naturelm_core.explore import answer_recording
+
+    model.decode_with_static_cache = None
+    engine = Engine(model, max_batch_rows=default_batch_rows(model)).start()
+    greedy = GenerationSettings(num_beams=1, max_new_tokens=args.new_tokens)
+    fresh_recordings = iter(recordings(args.repeats + 64, seed=61))  # a new upload each time: encoded too
+    result: dict[str, Any] = {"max_batch_rows": engine.max_batch_rows, "recordings": args.file_recordings}
+
+    def explore_once() -> float:
+        start = time.perf_counter()
+        answer_recording(engine, next(fresh_recordings), PROMPT, [0.5], greedy)
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as folder:
+        recordings_folder = write_recordings(Path(folder) / "recordings", args.file_recordings, 10.0, "flac")
+        queue = SweepQueue(engine, Path(folder) / "runs")
+
+        def sweep(name: str, alphas: list[float], limit: int | None = None, explore_every_s: float = 0.0):
+            spec = SweepSpec.from_dict(
+                {
+                    "name": name,
+                    "source": "recordings",
+                    "path": str(recordings_folder),
+                    "subsets": ["benchmark"],
+                    "prompts": [{"name": "common", "template": PROMPT}],
+                    "alphas": alphas,
+                    "num_beams": args.beams,
+                    "max_new_tokens": args.new_tokens,
+                    "limit": limit,
+                }
+            )
+            engine.stats.recent_sweep_batches.clear()
+            pauses = engine.stats.sweep_pauses
+            start = time.perf_counter()
+            queue.submit(spec)
+            latencies: list[float] = []
+            finished = threading.Event()
+            waiter = threading.Thread(target=lambda: (queue.join(), finished.set()), daemon=True)
+            waiter.start()
+            while explore_every_s and not finished.wait(timeout=explore_every_s):
+                latencies.append(explore_once())
+            finished.wait()
+            seconds = time.perf_counter() - start
+            done = SweepFolder(queue.runs_dir, spec.sweep_id).read_status().done
+            entry = {
+                "answers": done,
+                "seconds": seconds,
+                "answers_per_s": done / seconds,
+                "rows_per_batch": engine.stats.sweep_rows_per_batch(),
+                "sweep_pauses": engine.stats.sweep_pauses - pauses,
+            }
+            if latencies:
+                entry["explore_during_sweep"] = percentiles(latencies)
+            return entry
+
+        try:
+            result["explore_first"] = percentiles([explore_once() for _ in range(3)])
+            result["explore_idle"] = percentiles([explore_once() for _ in range(args.repeats)])
+            for label, alphas in (("one_alpha", [1.0]), ("eleven_alphas", SWEEP_ALPHAS)):
+                sweep(f"warm-{label}", alphas, limit=16)  # graph capture of these batch shapes
+                result[label] = sweep(label, alphas)
+            other_alphas = [round(0.05 + 0.1 * i, 2) for i in range(10)] + [1.0]  # a new sweep, not a resumption
+            result["eleven_alphas_with_explore_each_s"] = sweep("with-explore", other_alphas, explore_every_s=1.0)
+        finally:
+            queue.close()
+            engine.stop()
+    with_explore = result["eleven_alphas_with_explore_each_s"]
+    result["sweep_rate_with_explore_vs_idle"] = with_explore["answers_per_s"] / result["eleven_alphas"]["answers_per_s"]
+    if "explore_during_sweep" in with_explore:
+        result["explore_p50_during_sweep_vs_idle"] = (
+            with_explore["explore_during_sweep"]["p50_ms"] / result["explore_idle"]["p50_ms"]
+        )
+    return result
+
+
 def _throughput(seconds: float, tokens: list[int]) -> dict[str, Any]:
     return {
         "answers": len(tokens),
@@ -775,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
     parser.add_argument(
         "--sections",
-        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,profile,precision",
+        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,profile,precision",
     )
     args = parser.parse_args(argv)
 
@@ -803,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "precision": lambda: section_precision(device, args),
         "sweep": lambda: section_sweep(model, device, args),
         "sweep_files": lambda: section_sweep_files(model, device, args),
+        "app_path": lambda: section_app_path(model, device, args),
     }
     peaks = {}
     for name in args.sections.split(","):

@@ -30,6 +30,8 @@ from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
 
 MAX_DURATION_S = 600.0
 MIN_DURATION_S = 0.5
+QUIET_PEAK_DBFS = -60.0  # a recording whose loudest sample is below this is all but silent
+TRUNCATION_TOLERANCE_S = 0.05
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
 HEADER_DURATION_SLACK = 1.25
@@ -81,6 +83,23 @@ class InvalidSampleRateError(AudioError):
     """A sample rate that is missing, not a whole number, or outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE."""
 
 
+class SilentAudioError(AudioError):
+    """Every sample is zero: there is nothing for the model to hear, and any answer would be invented."""
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """A user's recording, decoded, with what a researcher should know before trusting an answer about it.
+
+    `warnings` holds plain sentences (a truncated file, a near-silent one); they never stop the
+    recording from being answered, but a UI shows them beside the answer.
+    """
+
+    waveform: np.ndarray
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, eq=False)
 class Window:
     """One model window; eq=False because ndarray fields make value equality ambiguous.
@@ -124,13 +143,40 @@ def load_audio(
     elif isinstance(source, EncodedSource):
         if sample_rate is not None:
             raise InvalidAudioSourceError("sample_rate is only for numpy arrays; files carry their own in the header")
-        frames, rate = _decode(source, max_duration_s)
+        frames, rate, _ = _decode(source, max_duration_s)
     else:
         raise InvalidAudioSourceError(
             f"audio source must be a path, bytes or a numpy array with its sample_rate, got {type(source).__name__}"
         )
     waveform = _to_mono_16k(frames, rate)
     return waveform, len(waveform) / SAMPLE_RATE
+
+
+def load_recording(source: EncodedSource, max_duration_s: float = MAX_DURATION_S) -> Recording:
+    """A user's file for the app or the command line: `load_audio`, plus the checks a person needs.
+
+    Digital silence is refused (`SilentAudioError`): the model would still answer, and the answer
+    would be about nothing. A near-silent recording (peak under QUIET_PEAK_DBFS) and a truncated
+    file (less audio than its header declares) are answered with a warning naming what was found.
+    Sweeps call `load_audio` instead: a benchmark answers every sample it has, silent or not.
+    """
+    if isinstance(source, np.ndarray) or not isinstance(source, EncodedSource):
+        raise InvalidAudioSourceError(f"load_recording reads files or encoded bytes, got {type(source).__name__}")
+    frames, rate, truncation = _decode(source, max_duration_s)
+    waveform = _to_mono_16k(frames, rate)
+    duration_s = len(waveform) / SAMPLE_RATE
+    label = _label(source)
+    warnings = [truncation] if truncation else []
+    peak = float(np.abs(frames).max())
+    if peak == 0.0:
+        raise SilentAudioError(f"{label} is silent (every sample is zero): there is nothing for the model to hear")
+    peak_dbfs = 20.0 * math.log10(peak)
+    if peak_dbfs < QUIET_PEAK_DBFS:
+        warnings.append(
+            f"{label} is nearly silent (loudest sample {peak_dbfs:.0f} dBFS, under {QUIET_PEAK_DBFS:.0f} dBFS): "
+            "the model may hear nothing, and its answer may be invented"
+        )
+    return Recording(waveform, duration_s, tuple(warnings))
 
 
 def windows(
@@ -192,16 +238,21 @@ def describe_audio(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, int]:
-    """(frames [n, channels] float32, sample rate) from a file or encoded bytes, every check applied."""
+def _label(source: EncodedSource) -> str:
+    return "the audio data" if isinstance(source, bytes | bytearray | memoryview) else f"'{Path(source).name}'"
+
+
+def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, int, str | None]:
+    """(frames [n, channels] float32, sample rate, a truncation warning or None) from a file or encoded
+    bytes, every check applied."""
+    label = _label(source)
     if isinstance(source, bytes | bytearray | memoryview):
-        data, label = bytes(source), "the audio data"
+        data = bytes(source)
         if not data:
             raise EmptyAudioError("the audio data is empty (0 bytes)")
         opened, head = io.BytesIO(data), data[:16]
     else:
         path = _existing_file(source)
-        label = f"'{path.name}'"
         if path.stat().st_size == 0:
             raise EmptyAudioError(f"{label} is an empty file (0 bytes)")
         data = opened = str(path)
@@ -212,14 +263,19 @@ def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, i
         if not ffmpeg_available():
             _raise_unreadable(label, _format_name(source, head))
         frames, rate = _decode_with_ffmpeg(data, label, max_duration_s)
+        truncation = None
     else:
-        frames, rate = _decode_with_soundfile(sound_file, label, max_duration_s)
+        declared_frames = _declared_frames(sound_file, data)
+        frames, rate = _decode_with_soundfile(sound_file, label, max_duration_s, declared_frames)
+        truncation = _truncation_warning(sound_file, data, label, len(frames), declared_frames, rate)
     if not np.isfinite(frames).all():
         raise NonFiniteAudioError(f"{label} contains NaN or infinite samples")
-    return frames, rate
+    return frames, rate, truncation
 
 
-def _decode_with_soundfile(sound_file: sf.SoundFile, label: str, max_duration_s: float) -> tuple[np.ndarray, int]:
+def _decode_with_soundfile(
+    sound_file: sf.SoundFile, label: str, max_duration_s: float, declared_frames: int | None
+) -> tuple[np.ndarray, int]:
     with sound_file:
         rate = _checked_sample_rate(sound_file.samplerate, label)
         _refuse_if_header_too_long(sound_file.frames / rate, max_duration_s, label)
@@ -227,8 +283,102 @@ def _decode_with_soundfile(sound_file: sf.SoundFile, label: str, max_duration_s:
             frames = sound_file.read(dtype="float32", always_2d=True)
         except (sf.SoundFileError, RuntimeError) as error:
             raise CorruptAudioError(f"{label} is damaged and could not be decoded: {error}") from error
+    if declared_frames is not None and len(frames) / rate < MIN_DURATION_S <= declared_frames / rate:
+        raise CorruptAudioError(
+            f"{label} is corrupt or truncated: its header declares {declared_frames / rate:.2f} s of audio, but "
+            f"only {len(frames) / rate:.2f} s could be decoded"
+        )
     _check_length(len(frames), rate, max_duration_s, label)
     return frames, rate
+
+
+def _declared_frames(sound_file: sf.SoundFile, data: str | bytes) -> int | None:
+    """How many frames the file says it holds, where that is knowable: None where only an estimate exists.
+
+    libsndfile clips a WAV's frame count to the bytes present, so the declared count is read from the
+    RIFF data chunk itself; an MP3's count is an estimate from its size, so only a last frame cut short
+    reveals truncation there (a cut exactly between frames cannot be told from a shorter recording).
+    """
+    if sound_file.format == "WAV":
+        return _wav_declared_frames(data)
+    return sound_file.frames if sound_file.format == "FLAC" else None
+
+
+def _truncation_warning(
+    sound_file: sf.SoundFile, data: str | bytes, label: str, decoded: int, declared: int | None, rate: int
+) -> str | None:
+    if sound_file.format == "MP3" and _mp3_last_frame_cut(data):
+        return (
+            f"{label} looks truncated: its last MP3 frame is cut short ({decoded / rate:.2f} s could be decoded); "
+            "the answer covers the decoded part only"
+        )
+    if declared is None or (declared - decoded) / rate <= TRUNCATION_TOLERANCE_S:
+        return None
+    if declared > decoded and declared - decoded > rate * 3600 * 24:
+        return None  # a streaming WAV's placeholder size, not a promise
+    return (
+        f"{label} looks truncated: its header declares {declared / rate:.2f} s but {decoded / rate:.2f} s could be "
+        "decoded; the answer covers the decoded part only"
+    )
+
+
+def _read_bytes(data: str | bytes, size: int | None = None) -> bytes:
+    if isinstance(data, bytes):
+        return data if size is None else data[:size]
+    with open(data, "rb") as handle:
+        return handle.read() if size is None else handle.read(size)
+
+
+def _wav_declared_frames(data: str | bytes) -> int | None:
+    """Frames declared by a RIFF/WAVE file's data chunk (bytes / block align), or None if unreadable."""
+    head = _read_bytes(data, 1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position, block_align = 12, None
+    while position + 8 <= len(head):
+        chunk, size = head[position : position + 4], int.from_bytes(head[position + 4 : position + 8], "little")
+        if chunk == b"fmt " and position + 22 <= len(head):
+            block_align = int.from_bytes(head[position + 20 : position + 22], "little")
+        if chunk == b"data":
+            return size // block_align if block_align else None
+        position += 8 + size + (size & 1)
+    return None
+
+
+_MPEG_BITRATES_KBPS = {  # (version 1?, layer) -> bitrate index 1..14
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_MP3_TRAILERS = (b"TAG", b"APETAGEX", b"LYRICSBEGIN")
+
+
+def _mp3_last_frame_cut(data: str | bytes) -> int | None:
+    """Samples missing from an MP3 whose last frame is cut short (0 when the frames end cleanly), or None
+    when the stream is not plain MPEG-1/2 layer III frames that can be walked."""
+    raw = _read_bytes(data)
+    position = 0
+    if raw[:3] == b"ID3" and len(raw) >= 10:
+        position = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(raw[6:10]))  # syncsafe size
+    walked = 0
+    while position + 4 <= len(raw):
+        header = int.from_bytes(raw[position : position + 4], "big")
+        version, layer = (header >> 19) & 3, (header >> 17) & 3
+        bitrate_index, rate_index = (header >> 12) & 15, (header >> 10) & 3
+        if header >> 21 != 0x7FF or version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+            if walked and raw[position:].startswith(_MP3_TRAILERS):
+                return 0
+            return 0 if walked else None
+        mpeg1 = version == 3
+        bitrate = _MPEG_BITRATES_KBPS[(mpeg1, 3)][bitrate_index - 1] * 1000
+        rate = _MPEG_RATES[version][rate_index]
+        samples = 1152 if mpeg1 else 576
+        length = samples // 8 * bitrate // rate + ((header >> 9) & 1)
+        if position + length > len(raw):
+            return samples
+        position += length
+        walked += 1
+    return 0 if walked else None
 
 
 def _decode_with_ffmpeg(source: str | bytes, label: str, max_duration_s: float) -> tuple[np.ndarray, int]:

@@ -1,6 +1,7 @@
 """Command line: one recording, one prompt, one alpha -> an answer per window, with its time span.
 
     python -m naturelm_core.infer --audio FILE --prompt TEXT --alpha 0.5 [--model SRC] [--llm SRC] [--device cpu]
+    python -m naturelm_core.infer --audio FILE --prompt TEXT --alpha 0.5 --demo   # offline: the tiny random model
 
 Bad input (unreadable audio, an alpha out of range, a checkpoint that does not load) ends with one
 line on stderr and exit code 2, never a traceback: the user can act on the line, not on a stack.
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from naturelm_core.audio import AudioError, Window, load_audio, windows
+from naturelm_core.audio import AudioError, Window, load_recording, windows
 from naturelm_core.config import PUBLISHED_REPO_ID, WINDOW_SECONDS
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--window-s", type=float, default=WINDOW_SECONDS, help="window length in seconds")
     parser.add_argument("--hop-s", type=float, default=WINDOW_SECONDS, help="seconds between window starts")
+    parser.add_argument(
+        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
+    )
     return parser
 
 
@@ -56,8 +60,10 @@ def checked_windows(args: argparse.Namespace) -> list[Window]:
         raise ValueError("--num-beams and --max-new-tokens must be at least 1")
     if args.window_s > WINDOW_SECONDS:
         raise ValueError(f"--window-s must be at most {WINDOW_SECONDS:g} s, the model's window; got {args.window_s:g}")
-    waveform, _ = load_audio(args.audio)
-    pieces = windows(waveform, window_s=args.window_s, hop_s=args.hop_s)
+    recording = load_recording(args.audio)
+    for warning in recording.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    pieces = windows(recording.waveform, window_s=args.window_s, hop_s=args.hop_s)
     # Imported late: naturelm_core.alpha pulls in peft and transformers, seconds a bad file need not wait.
     from naturelm_core.alphas import validate_alphas
 
@@ -90,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from naturelm_core.loading import ModelLoadError, load_model
 
     try:
-        model = load_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype)
+        if args.demo:
+            from naturelm_core.startup import DEMO_BANNER, load_demo_model
+
+            print(f"warning: {DEMO_BANNER}", file=sys.stderr)
+            model = load_demo_model(reason="--demo was given").model
+        else:
+            model = load_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype)
         answer_windows(model, pieces, args)
     except (ModelLoadError, AudioError, ValueError, TypeError) as error:
         return _fail(error)

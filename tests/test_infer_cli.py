@@ -109,3 +109,31 @@ def test_missing_audio_file_names_it(tmp_path, capsys):
     code = main(["--audio", str(tmp_path / "absent.flac"), "--prompt", PROMPT, "--alpha", "0.5"])
     assert code == EXIT_BAD_INPUT
     assert "absent.flac" in capsys.readouterr().err
+
+
+def test_demo_answers_offline_and_says_the_answers_are_meaningless(recording, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NATURELM_DEMO_DIR", str(tmp_path / "demo"))
+    code = main(["--audio", str(recording), "--prompt", PROMPT, "--alpha", "0.5", "--demo", "--max-new-tokens", "3"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert [LINE.match(line).group(1, 2) for line in captured.out.splitlines()] == [
+        ("0.0", "10.0"),
+        ("10.0", "20.0"),
+        ("20.0", "25.0"),
+    ]
+    assert "Offline demo: tiny random model, answers are meaningless" in captured.err
+
+
+def test_silence_fails_and_truncation_warns_before_the_model_loads(tmp_path, capsys):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(32000, dtype=np.float32), 16000)
+    assert main(["--audio", str(silent), "--prompt", PROMPT, "--alpha", "0.5", "--model", "/nonexistent"]) == 2
+    assert "'silent.wav' is silent" in capsys.readouterr().err
+    full = tmp_path / "full.wav"
+    sf.write(full, (0.2 * np.random.default_rng(1).standard_normal(64000)).astype(np.float32), 16000)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    assert main(["--audio", str(cut), "--prompt", PROMPT, "--alpha", "0.5", "--model", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: 'cut.wav' looks truncated" in err and "error:" in err  # warned, then the model failed to load

@@ -764,6 +764,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
                 }
             )
             engine.stats.recent_sweep_batches.clear()
+            engine.stats.recent_interactive_waits_s.clear()
             pauses = engine.stats.sweep_pauses
             start = time.perf_counter()
             queue.submit(spec)
@@ -785,6 +786,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
             }
             if latencies:
                 entry["explore_during_sweep"] = percentiles(latencies)
+                entry["explore_wait_for_the_model"] = percentiles(list(engine.stats.recent_interactive_waits_s))
             return entry
 
         try:

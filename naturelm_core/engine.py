@@ -80,6 +80,7 @@ class Request:
     future: Future = field(default_factory=Future)
     sequence: int = 0
     group: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
 
     @property
     def shape(self) -> BatchShape:
@@ -99,6 +100,7 @@ class EngineStats:
     oom_retries: int = 0
     sweep_pauses: int = 0
     recent_sweep_batches: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
+    recent_interactive_waits_s: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
 
     def sweep_rows_per_batch(self) -> float | None:
         """Mean rows of the recent batches that carried sweep rows: how well a running sweep is batched."""
@@ -356,6 +358,10 @@ class Engine:
         start = 0
         while start < len(batch):
             rows = batch[start : start + chunk]
+            now = time.monotonic()
+            self.stats.recent_interactive_waits_s.extend(
+                now - r.submitted_at for r in rows if r.priority == Priority.INTERACTIVE
+            )
             try:
                 answers = self._generate(rows)
             except torch.OutOfMemoryError:

@@ -25,10 +25,15 @@ from evaluation.scoring import GroupScore
 PROMPT_NAMES_FILE = "prompt_names.json"
 MAPPING_FILE_PATTERN = "{dataset}_vernacular_scientific_mapping.jsonl"
 RESULT_COLUMNS = ["dataset", "id", "prompt_name", "prompt", "alpha", "label", "prediction"]
+SCORE_COLUMNS = ["scored_label", "scored_as", "outcome", "tied_labels"]
+TIED_LABELS_SEPARATOR = " | "  # labels hold commas ("Fin, Finback Whale"), never this
 
 
 def results_frame(rows: Sequence[ResultRow], scores: Sequence[GroupScore] = ()) -> pd.DataFrame:
-    """One row per answer; with scores, also the label it was scored as and its outcome."""
+    """One row per answer; with scores, also the label it was scored as, its outcome, and the equally near
+    labels it was chosen among ("tied_labels", empty when one label was nearest): the answers another tie
+    order of the evaluator would score differently.
+    """
     frame = pd.DataFrame.from_records([row.to_dict() for row in rows], columns=RESULT_COLUMNS)
     if scores:
         scored = pd.DataFrame.from_records(
@@ -41,11 +46,12 @@ def results_frame(rows: Sequence[ResultRow], scores: Sequence[GroupScore] = ()) 
                     "scored_label": answer.label,
                     "scored_as": answer.predicted,
                     "outcome": answer.outcome.value,
+                    "tied_labels": TIED_LABELS_SEPARATOR.join(answer.tied),
                 }
                 for score in scores
                 for answer in score.answers
             ],
-            columns=["dataset", "prompt_name", "alpha", "id", "scored_label", "scored_as", "outcome"],
+            columns=["dataset", "prompt_name", "alpha", "id", *SCORE_COLUMNS],
         )
         frame = frame.merge(scored, on=["dataset", "prompt_name", "alpha", "id"], how="left")
     return frame.sort_values(["dataset", "prompt_name", "alpha", "id"], ignore_index=True)
@@ -63,7 +69,9 @@ def export_json(
     scores: Sequence[GroupScore] = (),
     spec: dict[str, Any] | None = None,
 ) -> Path:
-    """{"spec", "metrics" (dataset -> prompt -> alpha -> numbers, as evaluation.score --json), "results"}."""
+    """{"spec", "metrics", "results"}; "metrics" is evaluation.score's --json: dataset -> prompt -> alpha -> the
+    headline numbers, BEANS-Zero's own ("official") and the tie sensitivity ("ties") of each group.
+    """
     path = Path(path)
     document = {"spec": spec, "metrics": summary_json(scores), "results": [row.to_dict() for row in rows]}
     path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -1,14 +1,20 @@
 """Turn free-text answers into labels and metrics, three ways (see ../shared/design/BEANS_ZERO.md).
 
-- official: the beans-zero package: exact match, else the nearest label by Levenshtein, no threshold.
-- paper: the merging paper's plotting scripts: as official, plus its literal preamble removal, the
-  comma cut for watkins/cbi, the zf-indiv digit rule and an out-of-set threshold of 5 edits.
+- official: BEANS-Zero's own evaluator (the beans-zero package's compute_metrics): every answer cut at
+  <|end_of_text|> and snapped to the nearest of the subset's raw labels (the distinct `output` values,
+  never mapped to scientific names), with no threshold; it reports every metric that evaluator reports,
+  under its names (`Metrics.official`).
+- paper: the merging paper's plotting scripts: its literal preamble removal, the comma cut for
+  watkins/cbi, the zf-indiv digit rule, an out-of-set threshold of 5 edits, and scientific or
+  "<scientific> : <common>" labels from a mapping. This mapped scoring is the paper's, not BEANS-Zero's.
 - robust: ours: normalise case, quotes, punctuation and preambles, parse combined answers into their
   scientific and common parts, accept synonyms, and count abstentions apart from wrong species.
 
-The first two reproduce published numbers (with ties broken by sorted order instead of set order,
-so they are deterministic); the third shows what the answers actually say. All three are reported
-side by side and none replaces another.
+Both published evaluators pick the nearest label with min() over a Python set, so equally near labels
+are chosen in set order, which changes with the hash seed. We break such ties by sorted label order, so
+the numbers are deterministic, and report beside them how many answers were tied and the range of each
+metric over random tie orders (`Metrics.ties`). All three modes are reported side by side and none
+replaces another.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import re
 import unicodedata
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -44,6 +50,8 @@ PAPER_DIGIT_DATASETS = frozenset({"zf-indiv"})
 ROBUST_OUT_OF_SET = "<out of set>"
 ROBUST_ABSTENTION = "<abstention>"
 SENTINELS = frozenset({PAPER_OUT_OF_SET, ROBUST_OUT_OF_SET, ROBUST_ABSTENTION})
+HEADLINE_METRICS = ("accuracy", "f1_weighted", "f1_macro")
+TIE_ORDERS = 32  # seeded random label orders replayed per group: cheap, and enough to show the usual spread
 
 
 class ScoringMode(StrEnum):
@@ -69,6 +77,10 @@ class MissingMappingWarning(UserWarning):
     """Scientific or combined answers scored against the labels as they are, for want of a mapping."""
 
 
+class RawLabelsWarning(UserWarning):
+    """Scientific or combined answers scored officially: against the raw labels, as BEANS-Zero never maps."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Metrics
 
@@ -82,8 +94,33 @@ class ClassMetrics:
 
 
 @dataclass(frozen=True)
+class TieSensitivity:
+    """How far the evaluator's arbitrary choice among equally near labels could move a group's numbers.
+
+    `ranges` maps each metric (the headline ones, and in official mode BEANS-Zero's names too) to its
+    (min, max) over the sorted order we report and TIE_ORDERS seeded random label orders: a difference
+    between two alphas inside these ranges is within the evaluator's own arbitrariness.
+    """
+
+    tied: int  # answers whose nearest label was one of several equally near ones
+    ranges: Mapping[str, tuple[float, float]]
+
+    def columns(self) -> dict[str, float]:
+        """Flat columns for a metrics table: tied_answers, then <metric>_tie_min and <metric>_tie_max."""
+        columns: dict[str, float] = {"tied_answers": self.tied}
+        for name, (low, high) in self.ranges.items():
+            columns[f"{name}_tie_min"] = low
+            columns[f"{name}_tie_max"] = high
+        return columns
+
+
+@dataclass(frozen=True)
 class Metrics:
-    """Metrics of one (dataset, prompt, alpha) group; rates are fractions of the n scored answers."""
+    """Metrics of one (dataset, prompt, alpha) group; rates are fractions of the n scored answers.
+
+    `official` holds BEANS-Zero's own metrics under its own names (official mode only); `ties` the tie
+    sensitivity of the modes that snap to the nearest label (official and paper), None for robust.
+    """
 
     n: int
     accuracy: float
@@ -94,12 +131,14 @@ class Metrics:
     counts: Mapping[Outcome, int]
     per_class: Mapping[str, ClassMetrics]
     extra: Mapping[str, float] = field(default_factory=dict)
+    official: Mapping[str, float] = field(default_factory=dict)
+    ties: TieSensitivity | None = None
 
     def rate(self, outcome: Outcome) -> float:
         return self.counts.get(outcome, 0) / self.n if self.n else math.nan
 
     def summary(self) -> dict[str, float | None]:
-        """The six numbers of the CLI's --json output (None where no answer could be scored)."""
+        """The six headline numbers of the CLI's --json output (None where no answer could be scored)."""
         values = {
             "accuracy": self.accuracy,
             "f1_weighted": self.f1_weighted,
@@ -111,32 +150,6 @@ class Metrics:
         return {key: None if math.isnan(value) else value for key, value in values.items()}
 
 
-def per_class_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, ClassMetrics]:
-    """Precision, recall and F1 of every label seen in y_true or y_pred (sklearn, zero_division=0)."""
-    labels = sorted(set(y_true) | set(y_pred))
-    index = {label: i for i, label in enumerate(labels)}
-    true_ids = np.fromiter((index[label] for label in y_true), dtype=np.int64, count=len(y_true))
-    pred_ids = np.fromiter((index[label] for label in y_pred), dtype=np.int64, count=len(y_pred))
-    support = np.bincount(true_ids, minlength=len(labels))
-    predicted = np.bincount(pred_ids, minlength=len(labels))
-    hits = np.bincount(true_ids[true_ids == pred_ids], minlength=len(labels))
-    precision = np.divide(hits, predicted, out=np.zeros(len(labels)), where=predicted > 0)
-    recall = np.divide(hits, support, out=np.zeros(len(labels)), where=support > 0)
-    f1 = np.divide(2 * hits, predicted + support, out=np.zeros(len(labels)), where=(predicted + support) > 0)
-    return {
-        label: ClassMetrics(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-        for label, i in index.items()
-    }
-
-
-def weighted_average(per_class: Mapping[str, ClassMetrics], attribute: str) -> float:
-    """sklearn's average="weighted": per-label values weighted by their support in y_true."""
-    total = sum(metrics.support for metrics in per_class.values())
-    if total == 0:
-        return math.nan
-    return sum(getattr(metrics, attribute) * metrics.support for metrics in per_class.values()) / total
-
-
 def classification_metrics(
     y_true: Sequence[str],
     y_pred: Sequence[str],
@@ -145,57 +158,186 @@ def classification_metrics(
 ) -> Metrics:
     """Accuracy, weighted and macro F1, per-class scores and the error breakdown.
 
-    Macro F1 averages over the real classes seen in y_true or y_pred; the out-of-set and abstention
-    placeholders are left out of it (they are not classes), and carry no weight in the weighted F1.
+    Weighted scores are scikit-learn's (average="weighted", zero_division=0, over the labels in y_true
+    or y_pred), computed the way it computes them so that official numbers equal BEANS-Zero's to the bit.
+    Macro F1 averages over the real classes only: the out-of-set and abstention placeholders are not
+    classes (and, never being true labels, carry no weight in the weighted scores either).
     """
     if not (len(y_true) == len(y_pred) == len(outcomes)):
         raise ScoringError("y_true, y_pred and outcomes must have the same length")
+    codes = LabelCodes(y_true, y_pred)
+    return codes.metrics(codes.encode(y_pred), outcomes, extra)
+
+
+class LabelCodes:
+    """A group's labels as integer codes, so that its metrics, and those of other tie orders, are array sums."""
+
+    def __init__(self, y_true: Sequence[str], y_pred: Sequence[str], also: Iterable[str] = ()):
+        self.names = sorted(set(y_true) | set(y_pred) | set(also))
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.truth = self.encode(y_true)
+        self.is_class = np.array([name not in SENTINELS for name in self.names], dtype=bool)
+
+    def encode(self, values: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.index[value] for value in values), dtype=np.int64)
+
+    def label_scores(self, pred: np.ndarray) -> dict[str, np.ndarray]:
+        """Per label: support, predicted, hits and sklearn's precision, recall and F1 (0 where undefined)."""
+        size = len(self.names)
+        support = np.bincount(self.truth, minlength=size)
+        predicted = np.bincount(pred, minlength=size)
+        hits = np.bincount(self.truth[self.truth == pred], minlength=size)
+        return {
+            "support": support,
+            "predicted": predicted,
+            "hits": hits,
+            "precision": _divide(hits, predicted),
+            "recall": _divide(hits, support),
+            "f1": _divide(2 * hits, predicted + support),
+        }
+
+    def headline(self, pred: np.ndarray) -> dict[str, float]:
+        """accuracy, f1_weighted, f1_macro, precision_weighted and recall_weighted of one set of predictions."""
+        return self._headline(self.label_scores(pred), len(pred))
+
+    def _headline(self, scores: Mapping[str, np.ndarray], n: int) -> dict[str, float]:
+        present = (scores["support"] + scores["predicted"]) > 0
+        real = present & self.is_class
+        weights = scores["support"][present]
+
+        def weighted(name: str) -> float:
+            return float(np.average(scores[name][present], weights=weights)) if n else math.nan
+
+        return {
+            "accuracy": float(scores["hits"].sum() / n) if n else math.nan,
+            "f1_weighted": weighted("f1"),
+            "f1_macro": float(np.mean(scores["f1"][real])) if real.any() else math.nan,
+            "precision_weighted": weighted("precision"),
+            "recall_weighted": weighted("recall"),
+        }
+
+    def metrics(
+        self, pred: np.ndarray, outcomes: Sequence[Outcome], extra: Mapping[str, float] | None = None
+    ) -> Metrics:
+        scores = self.label_scores(pred)
+        real = ((scores["support"] + scores["predicted"]) > 0) & self.is_class
+        per_class = {
+            self.names[i]: ClassMetrics(
+                *(float(scores[name][i]) for name in ("precision", "recall", "f1")), int(scores["support"][i])
+            )
+            for i in np.flatnonzero(real)
+        }
+        return Metrics(
+            n=len(pred),
+            counts=outcome_counts(outcomes),
+            per_class=per_class,
+            extra=dict(extra or {}),
+            **self._headline(scores, len(pred)),
+        )
+
+
+def outcome_counts(outcomes: Iterable[Outcome]) -> dict[Outcome, int]:
     counts = {outcome: 0 for outcome in Outcome}
     for outcome in outcomes:
         counts[outcome] += 1
-    n = len(y_true)
-    everything = per_class_metrics(y_true, y_pred) if n else {}
-    classes = {label: metrics for label, metrics in everything.items() if label not in SENTINELS}
-    correct = sum(truth == prediction for truth, prediction in zip(y_true, y_pred, strict=True))
-    return Metrics(
-        n=n,
-        accuracy=correct / n if n else math.nan,
-        f1_weighted=weighted_average(everything, "f1"),
-        f1_macro=float(np.mean([m.f1 for m in classes.values()])) if classes else math.nan,
-        precision_weighted=weighted_average(everything, "precision"),
-        recall_weighted=weighted_average(everything, "recall"),
-        counts=counts,
-        per_class=classes,
-        extra=dict(extra or {}),
-    )
+    return counts
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (sklearn's zero_division=0)."""
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+
+def top1_hits(y_true: Sequence[str], y_pred: Sequence[str]) -> np.ndarray:
+    """BEANS-Zero's Top-1 test: the prediction equals one of the true label's comma-separated parts.
+
+    A label that itself holds a comma ("Beluga, White Whale") is thus never right in full, only when the
+    answer snapped to another label that equals one of its parts.
+    """
+    return np.array([guess in _comma_parts(truth) for truth, guess in zip(y_true, y_pred, strict=True)], dtype=bool)
+
+
+def official_classification(headline: Mapping[str, float], top1: np.ndarray) -> dict[str, float]:
+    """BEANS-Zero's classification metrics, named as its evaluator names them (all weighted by support)."""
+    return {
+        "Accuracy": headline["accuracy"],
+        "Precision": headline["precision_weighted"],
+        "Recall": headline["recall_weighted"],
+        "F1 Score": headline["f1_weighted"],
+        "Top-1 Accuracy": float(top1.sum() / len(top1)) if len(top1) else math.nan,
+    }
+
+
+def _comma_parts(label: str) -> list[str]:
+    return [part.strip() for part in label.split(",")]
 
 
 # ----------------------------------------------------------------------------------------------
-# Snapping to the nearest label (official and paper modes)
+# Snapping to the nearest label (official and paper modes), and replaying other tie orders
+
+
+@dataclass(frozen=True)
+class Snap:
+    """Texts snapped to labels, and what is needed to replay the evaluators' arbitrary tie-breaking.
+
+    `labels[i]` is text i's label (of equally near labels, the first in sorted order); `ties` maps each
+    text whose label was so chosen to all of its equally near labels; `space` is the sorted label set.
+    """
+
+    labels: list[str]
+    ties: Mapping[int, tuple[str, ...]]
+    space: tuple[str, ...]
+
+    def redraw(self, seed: int) -> dict[int, str]:
+        """The labels the tied texts take when min() runs over the label set in one seeded random order.
+
+        One order serves every text, as one set does in one run of the evaluator; only tied texts change.
+        """
+        order = np.random.default_rng(seed).permutation(len(self.space)).tolist()
+        rank = dict(zip(self.space, order, strict=True))
+        return {i: min(labels, key=rank.__getitem__) for i, labels in self.ties.items()}
 
 
 def cut_at_end_of_text(text: str) -> str:
     return text.split(END_OF_TEXT)[0]
 
 
-def nearest_labels(texts: Sequence[str], labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """The label at the smallest Levenshtein distance from each text, ties to the first in sorted order."""
-    ordered = sorted(set(labels))
-    if not ordered:
+def snap_to_labels(
+    texts: Sequence[str],
+    labels: Iterable[str],
+    max_distance: int | None = None,
+    fallback: str = PAPER_OUT_OF_SET,
+) -> Snap:
+    """Each text's label: itself if it is one, else the nearest by Levenshtein distance, else (beyond
+    `max_distance`) `fallback`. An exact match is the only label at distance 0, so it needs no own step.
+    """
+    space = tuple(sorted(set(labels)))
+    if not space:
         raise ScoringError("no labels to snap answers to")
-    if not texts:
-        return [], np.zeros(0, dtype=np.int64)
-    distances = process.cdist(list(texts), ordered, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
-    best = distances.argmin(axis=1)
-    return [ordered[i] for i in best], distances[np.arange(len(texts)), best]
+    distances = _distance_matrix(texts, space)
+    best = distances.min(axis=1)
+    within = best <= max_distance if max_distance is not None else np.ones(len(best), dtype=bool)
+    nearest = distances.argmin(axis=1)
+    chosen = [space[j] if ok else fallback for j, ok in zip(nearest.tolist(), within.tolist(), strict=True)]
+    equal = distances == best[:, None]
+    tied_rows = np.flatnonzero(within & (equal.sum(axis=1) > 1))
+    ties = {int(i): tuple(space[j] for j in np.flatnonzero(equal[i])) for i in tied_rows}
+    return Snap(chosen, ties, space)
 
 
-def snap_official(predictions: Sequence[str], label_set: Iterable[str]) -> list[str]:
+def _distance_matrix(texts: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Levenshtein distances, texts x labels; each distinct text is measured once (answers repeat a lot)."""
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        return np.zeros((0, len(labels)), dtype=np.int32)
+    distances = process.cdist(distinct, list(labels), scorer=Levenshtein.distance, dtype=np.int32, workers=1)
+    row_of = {text: i for i, text in enumerate(distinct)}
+    return distances[[row_of[text] for text in texts]]
+
+
+def snap_official(predictions: Sequence[str], label_set: Iterable[str]) -> Snap:
     """beans-zero classification: cut at <|end_of_text|>, exact match, else nearest label at any distance."""
-    labels = set(label_set)
-    texts = [cut_at_end_of_text(text) for text in predictions]
-    nearest, _ = nearest_labels(texts, labels)
-    return [text if text in labels else near for text, near in zip(texts, nearest, strict=True)]
+    return snap_to_labels([cut_at_end_of_text(text) for text in predictions], label_set)
 
 
 def paper_clean(prediction: str, dataset: str) -> str:
@@ -211,15 +353,23 @@ def paper_clean(prediction: str, dataset: str) -> str:
     return text
 
 
-def snap_paper(predictions: Sequence[str], label_set: Iterable[str], dataset: str) -> list[str]:
+def snap_paper(predictions: Sequence[str], label_set: Iterable[str], dataset: str) -> Snap:
     """The paper's classification scoring: clean, exact match, else nearest label within 5 edits, else "None"."""
-    labels = set(label_set)
-    texts = [paper_clean(text, dataset) for text in predictions]
-    nearest, distances = nearest_labels(texts, labels)
-    return [
-        text if text in labels else (near if distance <= PAPER_MAX_DISTANCE else PAPER_OUT_OF_SET)
-        for text, near, distance in zip(texts, nearest, distances, strict=True)
-    ]
+    return snap_to_labels([paper_clean(text, dataset) for text in predictions], label_set, PAPER_MAX_DISTANCE)
+
+
+def tie_sensitivity(
+    snap: Snap, tied: int, reported: Mapping[str, float], replay: Callable[[Mapping[int, str]], Mapping[str, float]]
+) -> TieSensitivity:
+    """Each metric's range over the reported (sorted-order) value and TIE_ORDERS seeded random tie orders.
+
+    `replay` recomputes the metrics with the tied texts' labels replaced; without ties there is nothing to replay.
+    """
+    values = {name: [value] for name, value in reported.items()}
+    for seed in range(TIE_ORDERS if snap.ties else 0):
+        for name, value in replay(snap.redraw(seed)).items():
+            values[name].append(value)
+    return TieSensitivity(tied, {name: (min(found), max(found)) for name, found in values.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,13 +601,18 @@ def count_class(answer: str, one_label: str, more_label: str) -> str | None:
 
 @dataclass(frozen=True)
 class ScoredAnswer:
-    """One answer after scoring: its class in the scoring space (or a placeholder) and where it went."""
+    """One answer after scoring: its class in the scoring space (or a placeholder) and where it went.
+
+    `tied` holds the equally near labels its class was chosen among by sorted order (empty when one label
+    was nearest): the answers a different tie order would score differently.
+    """
 
     id: str
     prediction: str
     label: str
     predicted: str
     outcome: Outcome
+    tied: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -501,30 +656,65 @@ def score_classification(
     label_set: Iterable[str],
     mapping: LabelMapping | None = None,
 ) -> tuple[list[ScoredAnswer], Metrics]:
-    """Score one group of classification answers; `label_set` holds common-name labels as in the data."""
+    """Score one group of classification answers; `label_set` holds the raw labels as in the data.
+
+    Official scoring snaps to those raw labels whatever the prompt asked for, as BEANS-Zero never maps:
+    `kind` and `mapping` shape the paper and robust modes only.
+    """
     if not (len(ids) == len(predictions) == len(labels)):
         raise ScoringError("ids, predictions and labels must have the same length")
     label_set = sorted(set(label_set) | set(labels))
+    if mode is ScoringMode.OFFICIAL:
+        return _score_snapped(ids, predictions, labels, snap_official(predictions, label_set), official=True)
     if mapping is not None and kind is not PromptKind.COMMON and mapping.missing(label_set):
         raise MappingError(f"{dataset}: the label mapping lacks {mapping.missing(label_set)}")
     if mode is ScoringMode.ROBUST:
         return _score_robust(ids, predictions, labels, kind=kind, label_set=label_set, mapping=mapping)
     targets = [paper_target(label, kind, mapping) for label in labels]
     space = {paper_target(label, kind, mapping) for label in label_set}
-    if mode is ScoringMode.OFFICIAL:
-        predicted = snap_official(predictions, space)
-    else:
-        predicted = snap_paper(predictions, space, dataset)
+    return _score_snapped(ids, predictions, targets, snap_paper(predictions, space, dataset), official=False)
+
+
+@dataclass(frozen=True)
+class _SnappedGroup:
+    """A snapped classification group's numbers under any choice among its tied labels."""
+
+    codes: LabelCodes
+    targets: Sequence[str]
+    chosen: np.ndarray  # label codes of the sorted-order choice
+    top1: np.ndarray | None  # BEANS-Zero's Top-1 hits of that choice; official mode only
+
+    def numbers(self, picks: Mapping[int, str] | None = None) -> dict[str, float]:
+        """Headline metrics (and, official, BEANS-Zero's), with the tied answers in `picks` relabelled."""
+        picks = picks or {}
+        rows = list(picks)
+        pred = self.chosen.copy()
+        pred[rows] = self.codes.encode(picks.values())
+        headline = self.codes.headline(pred)
+        numbers = {name: headline[name] for name in HEADLINE_METRICS}
+        if self.top1 is None:
+            return numbers
+        top1 = self.top1.copy()
+        top1[rows] = [picks[row] in _comma_parts(self.targets[row]) for row in rows]
+        return numbers | official_classification(headline, top1)
+
+
+def _score_snapped(
+    ids: Sequence[str], predictions: Sequence[str], targets: Sequence[str], snap: Snap, *, official: bool
+) -> tuple[list[ScoredAnswer], Metrics]:
     answers = [
-        ScoredAnswer(i, text, target, guess, _outcome(target, guess))
-        for i, text, target, guess in zip(ids, predictions, targets, predicted, strict=True)
+        ScoredAnswer(sample_id, text, target, guess, _outcome(target, guess), snap.ties.get(row, ()))
+        for row, (sample_id, text, target, guess) in enumerate(zip(ids, predictions, targets, snap.labels, strict=True))
     ]
-    return answers, _metrics_of(answers)
-
-
-def _metrics_of(answers: Sequence[ScoredAnswer], extra: Mapping[str, float] | None = None) -> Metrics:
-    return classification_metrics(
-        [a.label for a in answers], [a.predicted for a in answers], [a.outcome for a in answers], extra
+    codes = LabelCodes(targets, snap.labels, also=snap.space)
+    top1 = top1_hits(targets, snap.labels) if official else None
+    group = _SnappedGroup(codes, targets, codes.encode(snap.labels), top1)
+    reported = group.numbers()
+    metrics = codes.metrics(group.chosen, [answer.outcome for answer in answers])
+    return answers, replace(
+        metrics,
+        official={name: value for name, value in reported.items() if name not in HEADLINE_METRICS},
+        ties=tie_sensitivity(snap, len(snap.ties), reported, group.numbers),
     )
 
 
@@ -580,7 +770,9 @@ def _score_robust(
     if kind is PromptKind.COMBINED and scientific_index is not None:
         extra["common_part_accuracy"] = float(np.mean(common_hits)) if common_hits else math.nan
         extra["scientific_part_accuracy"] = float(np.mean(scientific_hits)) if scientific_hits else math.nan
-    return answers, _metrics_of(answers, extra)
+    return answers, classification_metrics(
+        [a.label for a in answers], [a.predicted for a in answers], [a.outcome for a in answers], extra
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,13 +780,17 @@ def _score_robust(
 
 
 def detection_classes(labels: Iterable[str]) -> list[str]:
-    """The classes of a detection set: the pieces of the comma-joined labels, "None" excluded."""
-    classes = {piece.strip() for label in labels for piece in label.split(",")}
-    return sorted(piece for piece in classes if piece and piece.lower() != "none")
+    """BEANS-Zero's detection classes: the comma-separated parts of every label but "None", sorted."""
+    return sorted({part for label in labels if label.lower() != "none" for part in _comma_parts(label)})
 
 
-def _label_pieces(text: str) -> frozenset[str]:
-    return frozenset() if text.strip().lower() == "none" else frozenset(p.strip() for p in text.split(", "))
+def listed_classes(text: str, classes: Collection[str]) -> frozenset[str]:
+    """The classes a label or a snapped answer lists, read as BEANS-Zero reads them: "None" lists none,
+    otherwise the parts between ", " that are classes (so "A,B", without the space, lists neither).
+    """
+    if text.lower() == "none":
+        return frozenset()
+    return frozenset(part for part in text.split(", ") if part in classes)
 
 
 def score_detection(
@@ -605,46 +801,136 @@ def score_detection(
     mode: ScoringMode,
     label_set: Iterable[str],
 ) -> tuple[list[ScoredAnswer], Metrics]:
-    """beans-zero detection (official and paper alike), or the robust reading of each listed name.
+    """BEANS-Zero detection (official and paper alike: the paper used its evaluator), or the robust reading.
 
-    Accuracy is the share of exact set matches; F1 macro is beans-zero's macro of per-class binary F1;
-    mAP (on the 0/1 predictions, ties kept in row order) is an extra.
+    Accuracy is the share of exact set matches (ours); macro F1, precision, recall and mAP are BEANS-Zero's.
     """
     label_set = sorted(set(label_set) | set(labels))
     classes = detection_classes(label_set)
-    true_sets = [_label_pieces(label) & set(classes) for label in labels]
+    truth = class_matrix([listed_classes(label, classes) for label in labels], classes)
+    if mode is not ScoringMode.ROBUST:
+        snapped = DetectionSnap.of(predictions, label_set)
+        return _score_snapped_detection(ids, predictions, labels, truth, snapped, classes, mode is ScoringMode.OFFICIAL)
+    index = AliasIndex({name: common_name_aliases(name) for name in classes})
     predicted_sets: list[frozenset[str]] = []
     outcomes: list[Outcome] = []
-    if mode is ScoringMode.ROBUST:
-        index = AliasIndex({name: common_name_aliases(name) for name in classes})
-        for text, truth in zip(predictions, true_sets, strict=True):
-            names, unmatched = _robust_detection(text, index)
-            predicted_sets.append(names)
-            outcome = Outcome.CORRECT if names == truth else Outcome.IN_SET_CONFUSION
-            if outcome is not Outcome.CORRECT and is_abstention(text) and not names:
-                outcome = Outcome.ABSTENTION
-            elif outcome is not Outcome.CORRECT and unmatched:
-                outcome = Outcome.OUT_OF_SET
-            outcomes.append(outcome)
-    else:
-        targets = set(label_set) | {PAPER_OUT_OF_SET}
-        for text, truth in zip(predictions, true_sets, strict=True):
-            pieces = [piece.strip() for piece in cut_at_end_of_text(text).split(",")]
-            nearest, distances = nearest_labels(pieces, targets)
-            snapped = [
-                piece if piece in targets else (near if distance <= PAPER_MAX_DISTANCE else PAPER_OUT_OF_SET)
-                for piece, near, distance in zip(pieces, nearest, distances, strict=True)
-            ]
-            names = _label_pieces(", ".join(snapped)) & set(classes)
-            predicted_sets.append(names)
-            dropped = any(s == PAPER_OUT_OF_SET and p != PAPER_OUT_OF_SET for p, s in zip(pieces, snapped, strict=True))
-            outcome = Outcome.CORRECT if names == truth else Outcome.IN_SET_CONFUSION
-            outcomes.append(Outcome.OUT_OF_SET if outcome is not Outcome.CORRECT and dropped else outcome)
+    for text, true_row in zip(predictions, truth, strict=True):
+        names, unmatched = _robust_detection(text, index)
+        predicted_sets.append(names)
+        correct = names == {name for name, listed in zip(classes, true_row.tolist(), strict=True) if listed}
+        outcomes.append(_robust_detection_outcome(text, names, correct, unmatched))
     answers = [
         ScoredAnswer(i, text, label, ", ".join(sorted(names)) or PAPER_OUT_OF_SET, outcome)
         for i, text, label, names, outcome in zip(ids, predictions, labels, predicted_sets, outcomes, strict=True)
     ]
-    return answers, detection_metrics(true_sets, predicted_sets, classes, outcomes)
+    return answers, detection_metrics(truth, class_matrix(predicted_sets, classes), classes, outcomes)
+
+
+@dataclass(frozen=True)
+class DetectionSnap:
+    """beans-zero's reading of detection answers: each comma-separated piece, stripped and cut at
+    <|end_of_text|>, snapped to the nearest raw label (or "None") within 5 edits, else "None"; the answer
+    then lists the classes named in its pieces' labels joined by ", " (none when that is just "None").
+    """
+
+    pieces: list[str]
+    snap: Snap  # of all pieces of all answers; an answer's pieces are consecutive
+    starts: np.ndarray  # each answer's first piece
+
+    @classmethod
+    def of(cls, predictions: Sequence[str], label_set: Iterable[str]) -> DetectionSnap:
+        pieces: list[str] = []
+        starts: list[int] = []
+        for text in predictions:
+            starts.append(len(pieces))
+            pieces.extend(cut_at_end_of_text(piece.strip()) for piece in text.split(","))
+        snap = snap_to_labels(pieces, {*label_set, PAPER_OUT_OF_SET}, PAPER_MAX_DISTANCE)
+        return cls(pieces, snap, np.array(starts, dtype=np.int64))
+
+    def tied_answers(self) -> dict[int, tuple[str, ...]]:
+        """The answers with a tied piece, and all the labels their pieces were tied between."""
+        owners = np.searchsorted(self.starts, list(self.snap.ties), side="right") - 1
+        tied: dict[int, set[str]] = defaultdict(set)
+        for row, labels in zip(owners.tolist(), self.snap.ties.values(), strict=True):
+            tied[row].update(labels)
+        return {row: tuple(sorted(labels)) for row, labels in tied.items()}
+
+    def dropped(self) -> np.ndarray:
+        """Per answer: whether some piece, not itself "None", was too far from every label."""
+        far = [label == PAPER_OUT_OF_SET != piece for piece, label in zip(self.pieces, self.snap.labels, strict=True)]
+        return _per_answer(np.array(far, dtype=bool), self.starts)
+
+
+class _DetectionGroup:
+    """A snapped detection group's class matrix, and its numbers, under any choice among its tied labels.
+
+    Each label's classes are a row of `lists`, so an answer's are the OR of its pieces' rows: a tie order
+    relabels only the tied pieces, and every answer is re-read with a few array operations.
+    """
+
+    def __init__(self, snapped: DetectionSnap, classes: Sequence[str], truth: np.ndarray, official: bool):
+        space = snapped.snap.space
+        self.snapped, self.truth, self.official = snapped, truth, official
+        self.index = {label: i for i, label in enumerate(space)}
+        self.lists = class_matrix([frozenset(label.split(", ")) for label in space], classes)
+        self.is_none = np.array([label.lower() == "none" for label in space], dtype=bool)
+        self.single = np.diff(np.append(snapped.starts, len(snapped.pieces))) == 1
+        self.codes = np.fromiter((self.index[label] for label in snapped.snap.labels), dtype=np.int64)
+
+    def guess(self, picks: Mapping[int, str] | None = None) -> np.ndarray:
+        """(answers, classes) bool: the classes each answer lists, with the tied pieces in `picks` relabelled."""
+        picks = picks or {}
+        codes = self.codes.copy()
+        codes[list(picks)] = [self.index[label] for label in picks.values()]
+        guess = _per_answer(self.lists[codes], self.snapped.starts)
+        guess[self.single & self.is_none[codes[self.snapped.starts]]] = False
+        return guess
+
+    def numbers(self, picks: Mapping[int, str] | None = None) -> dict[str, float]:
+        """Headline metrics (and, official, BEANS-Zero's), with the tied pieces in `picks` relabelled."""
+        values = detection_values(self.truth, self.guess(picks))
+        numbers = {name: values[name] for name in HEADLINE_METRICS}
+        return numbers | official_detection(values) if self.official else numbers
+
+
+def _per_answer(piece_rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """OR of the rows of each answer's consecutive pieces."""
+    if not len(starts):
+        return np.zeros((0, *piece_rows.shape[1:]), dtype=bool)
+    return np.logical_or.reduceat(piece_rows, starts, axis=0)
+
+
+def _score_snapped_detection(
+    ids: Sequence[str],
+    predictions: Sequence[str],
+    labels: Sequence[str],
+    truth: np.ndarray,
+    snapped: DetectionSnap,
+    classes: list[str],
+    official: bool,
+) -> tuple[list[ScoredAnswer], Metrics]:
+    group = _DetectionGroup(snapped, classes, truth, official)
+    guess = group.guess()
+    tied = snapped.tied_answers()
+    correct, dropped = (guess == truth).all(axis=1).tolist(), snapped.dropped().tolist()
+    answers = []
+    for row, (sample_id, text, label) in enumerate(zip(ids, predictions, labels, strict=True)):
+        outcome = Outcome.CORRECT if correct[row] else Outcome.IN_SET_CONFUSION
+        if dropped[row] and not correct[row]:
+            outcome = Outcome.OUT_OF_SET
+        answers.append(ScoredAnswer(sample_id, text, label, _listing(guess[row], classes), outcome, tied.get(row, ())))
+    metrics = detection_metrics(truth, guess, classes, [answer.outcome for answer in answers])
+    reported = group.numbers()
+    return answers, replace(
+        metrics,
+        official={name: value for name, value in reported.items() if name not in HEADLINE_METRICS},
+        ties=tie_sensitivity(snapped.snap, len(tied), reported, group.numbers),
+    )
+
+
+def _listing(row: np.ndarray, classes: Sequence[str]) -> str:
+    """An answer's classes as the scored label: sorted and joined by ", ", or "None"."""
+    return ", ".join(name for name, listed in zip(classes, row.tolist(), strict=True) if listed) or PAPER_OUT_OF_SET
 
 
 def _robust_detection(text: str, index: AliasIndex) -> tuple[frozenset[str], bool]:
@@ -665,56 +951,108 @@ def _robust_detection(text: str, index: AliasIndex) -> tuple[frozenset[str], boo
     return frozenset(names), unmatched
 
 
+def _robust_detection_outcome(text: str, names: frozenset[str], correct: bool, unmatched: bool) -> Outcome:
+    if correct:
+        return Outcome.CORRECT
+    if is_abstention(text) and not names:
+        return Outcome.ABSTENTION
+    return Outcome.OUT_OF_SET if unmatched else Outcome.IN_SET_CONFUSION
+
+
+def class_matrix(sets: Sequence[frozenset[str]], classes: Sequence[str]) -> np.ndarray:
+    """(answers, classes) bool: which classes each answer lists."""
+    return np.array([[name in row for name in classes] for row in sets], dtype=bool).reshape(len(sets), len(classes))
+
+
 def detection_metrics(
-    true_sets: Sequence[frozenset[str]],
-    predicted_sets: Sequence[frozenset[str]],
-    classes: Sequence[str],
-    outcomes: Sequence[Outcome],
+    truth: np.ndarray, guess: np.ndarray, classes: Sequence[str], outcomes: Sequence[Outcome]
 ) -> Metrics:
-    n = len(true_sets)
-    truth = np.array([[name in row for name in classes] for row in true_sets], dtype=bool).reshape(n, len(classes))
-    guess = np.array([[name in row for name in classes] for row in predicted_sets], dtype=bool).reshape(n, len(classes))
-    hits = (truth & guess).sum(axis=0)
-    support = truth.sum(axis=0)
-    predicted = guess.sum(axis=0)
-    precision = np.divide(hits, predicted, out=np.zeros(len(classes)), where=predicted > 0)
-    recall = np.divide(hits, support, out=np.zeros(len(classes)), where=support > 0)
-    f1 = np.divide(2 * hits, predicted + support, out=np.zeros(len(classes)), where=(predicted + support) > 0)
-    per_class = {
-        name: ClassMetrics(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-        for i, name in enumerate(classes)
-    }
-    counts = {outcome: 0 for outcome in Outcome}
-    for outcome in outcomes:
-        counts[outcome] += 1
-    exact = sum(t == p for t, p in zip(true_sets, predicted_sets, strict=True))
+    """Metrics of a detection group from its (answers, classes) true and predicted class matrices."""
+    per_class = binary_class_metrics(truth, guess)
+    values = detection_values(truth, guess)
     return Metrics(
-        n=n,
-        accuracy=exact / n if n else math.nan,
-        f1_weighted=weighted_average(per_class, "f1"),
-        f1_macro=float(f1.mean()) if len(classes) else math.nan,
-        precision_weighted=weighted_average(per_class, "precision"),
-        recall_weighted=weighted_average(per_class, "recall"),
-        counts=counts,
-        per_class=per_class,
-        extra={
-            "mAP": mean_average_precision(guess.astype(float), truth) if len(classes) else math.nan,
-            "precision_macro": float(precision.mean()) if len(classes) else math.nan,
-            "recall_macro": float(recall.mean()) if len(classes) else math.nan,
-        },
+        n=len(truth),
+        accuracy=values["accuracy"],
+        f1_weighted=values["f1_weighted"],
+        f1_macro=values["f1_macro"],
+        precision_weighted=_support_weighted([c.precision for c in per_class], truth),
+        recall_weighted=_support_weighted([c.recall for c in per_class], truth),
+        counts=outcome_counts(outcomes),
+        per_class=dict(zip(classes, per_class, strict=True)),
+        extra={name: values[name] for name in ("mAP", "precision_macro", "recall_macro")},
     )
 
 
+def detection_values(truth: np.ndarray, guess: np.ndarray) -> dict[str, float]:
+    """Exact-set accuracy and support-weighted F1 (ours), and BEANS-Zero's macro F1, precision, recall and mAP."""
+    per_class = binary_class_metrics(truth, guess)
+    classes = len(per_class)
+
+    def macro(values: list[float]) -> float:
+        return _sequential_sum(values) / classes if classes else math.nan
+
+    return {
+        "accuracy": float((truth == guess).all(axis=1).mean()) if len(truth) else math.nan,
+        "f1_weighted": _support_weighted([c.f1 for c in per_class], truth),
+        "f1_macro": macro([c.f1 for c in per_class]),
+        "precision_macro": macro([c.precision for c in per_class]),
+        "recall_macro": macro([c.recall for c in per_class]),
+        "mAP": mean_average_precision(guess, truth) if classes else math.nan,
+    }
+
+
+def official_detection(values: Mapping[str, float]) -> dict[str, float]:
+    """BEANS-Zero's detection metrics, named as its evaluator names them (all macro over the classes)."""
+    return {
+        "mAP": values["mAP"],
+        "F1": values["f1_macro"],
+        "Recall": values["recall_macro"],
+        "Precision": values["precision_macro"],
+    }
+
+
+def binary_class_metrics(truth: np.ndarray, guess: np.ndarray) -> list[ClassMetrics]:
+    """Per class, BEANS-Zero's binary precision, recall and F1 = 2PR/(P+R), 0 where undefined."""
+    found = []
+    hits, positives, trues = (truth & guess).sum(axis=0), guess.sum(axis=0), truth.sum(axis=0)
+    for tp, predicted, support in zip(hits.tolist(), positives.tolist(), trues.tolist(), strict=True):
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2.0 * precision * recall / (precision + recall) if precision + recall > 0.0 else 0.0
+        found.append(ClassMetrics(precision, recall, f1, support))
+    return found
+
+
+def _support_weighted(values: Sequence[float], truth: np.ndarray) -> float:
+    support = truth.sum(axis=0)
+    return float(np.average(values, weights=support)) if support.sum() else math.nan
+
+
+def _sequential_sum(values: Iterable[float]) -> float:
+    """Left to right, as BEANS-Zero's `+=` loop adds (Python 3.12's sum() compensates: another last bit)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
 def mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """beans-zero's mAP: per class, mean precision at each true row in descending score order (stable)."""
-    averages = []
-    ranks = np.arange(1, scores.shape[0] + 1)
-    for k in range(scores.shape[1]):
-        order = np.argsort(-scores[:, k], kind="stable")
-        hits = truth[order, k]
-        precision = np.cumsum(hits) / ranks
-        averages.append(precision[hits].sum() / max(hits.sum(), 1))
-    return float(np.mean(averages))
+    """BEANS-Zero's mAP, computed as it computes it: float32 torch tensors, rows ranked by torch.sort.
+
+    With 0/1 predictions nearly every score is tied, and torch's unstable sort, not row order, decides how
+    tied rows rank (so how much a true row scores): only the same call reproduces the evaluator's number.
+    """
+    import torch  # only detection needs it, so classification scoring stays free of torch
+
+    scores_t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    truth_t = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.int64))
+    ranks = torch.arange(1, scores_t.shape[0] + 1).float()
+    averages = torch.zeros(scores_t.shape[1])
+    for k in range(scores_t.shape[1]):
+        hits = truth_t[:, k][torch.sort(scores_t[:, k], 0, True).indices]
+        precision = hits.float().cumsum(0).div(ranks)
+        averages[k] = precision[hits.bool()].sum() / max(int(hits.sum()), 1)
+    return float(averages.mean())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -730,7 +1068,8 @@ def score_rows(
     """Score every (dataset, prompt, alpha) group of a results file or a released folder.
 
     A dataset's label set is the union of its labels over all groups (so a partial sweep still snaps
-    to the same labels everywhere) unless `label_sets` gives it. Captioning groups are skipped.
+    to the same labels everywhere) unless `label_sets` gives it. Captioning groups are skipped. The
+    mapping serves paper and robust scoring; official scoring never maps, so it neither needs nor uses one.
     """
     mode = ScoringMode(mode)
     groups: dict[tuple[str, str, float], list[ResultRow]] = defaultdict(list)
@@ -751,14 +1090,8 @@ def score_rows(
         if task == "detection":
             answers, metrics = score_detection(ids, predictions, labels, mode=mode, label_set=label_set)
         else:
-            if kind is not PromptKind.COMMON and mapping is None:
-                warnings.warn(
-                    f"{dataset} prompt {prompt_name!r} asks for {kind} names but no label mapping was given: "
-                    "its answers are compared with the labels as they are",
-                    MissingMappingWarning,
-                    stacklevel=2,
-                )
-            active_mapping = mapping if kind is not PromptKind.COMMON else None
+            if kind is not PromptKind.COMMON and (mode is ScoringMode.OFFICIAL or mapping is None):
+                _warn_unmapped(f"{dataset} prompt {prompt_name!r} asks for {kind} names", mode)
             answers, metrics = score_classification(
                 ids,
                 predictions,
@@ -767,7 +1100,20 @@ def score_rows(
                 kind=kind,
                 mode=mode,
                 label_set=label_set,
-                mapping=active_mapping,
+                mapping=mapping if kind is not PromptKind.COMMON else None,
             )
         scores.append(GroupScore(dataset, prompt_name, alpha, kind, mode, task, answers, metrics))
     return scores
+
+
+def _warn_unmapped(asks: str, mode: ScoringMode) -> None:
+    """Say that scientific or combined answers meet the raw labels: by design if official, else for want of a
+    mapping (the CLI prints these; a near-zero official score for scientific answers is no bug)."""
+    if mode is ScoringMode.OFFICIAL:
+        message = "official scoring, as BEANS-Zero, applies no label mapping and compares them with the raw labels"
+        warnings.warn(
+            f"{asks}: {message} (paper mode scores them against mapped labels)", RawLabelsWarning, stacklevel=3
+        )
+    else:
+        message = "but no label mapping was given: its answers are compared with the labels as they are"
+        warnings.warn(f"{asks} {message}", MissingMappingWarning, stacklevel=3)

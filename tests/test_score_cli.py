@@ -16,6 +16,8 @@ from evaluation.score import main
 from evaluation.scoring import Outcome, score_rows
 
 SUMMARY_KEYS = {"accuracy", "f1_weighted", "f1_macro", "out_of_set", "in_set_confusion", "abstention"}
+GROUP_KEYS = SUMMARY_KEYS | {"official", "ties"}
+OFFICIAL_NAMES = ["Accuracy", "Precision", "Recall", "F1 Score", "Top-1 Accuracy"]
 QUERY_KINDS = {"0": "common", "1": "scientific", "2": "combined"}
 
 
@@ -86,11 +88,63 @@ def test_our_results_file_gives_the_documented_json_shape(tmp_path, capsys):
         assert list(scored) == ["garden"] and list(scored["garden"]) == ["common"]
         assert set(scored["garden"]["common"]) == {"0.0", "0.5"}
         for metrics in scored["garden"]["common"].values():
-            assert set(metrics) == SUMMARY_KEYS
+            assert set(metrics) == GROUP_KEYS
+            assert (metrics["official"] is None) == (mode != "official")
+            assert (metrics["ties"] is None) == (mode == "robust")
+    official = run_json(capsys, tmp_path / "results.jsonl", "--mode", "official")["garden"]["common"]["0.5"]
+    assert list(official["official"]) == OFFICIAL_NAMES
+    assert official["ties"]["orders"] == 33
     robust = run_json(capsys, tmp_path / "results.jsonl", "--mode", "robust")["garden"]["common"]
     assert robust["0.0"]["abstention"] == 0.5
     # "Blue jay" is 4 edits from "Jay": the paper snaps it there, robust finds no such species.
     assert robust["0.5"]["accuracy"] == 0.5
+
+
+def test_official_mode_never_maps_whether_or_not_a_mapping_is_beside(watkins, tmp_path, capsys):
+    folder, mapping, _ = watkins
+    assert main([str(folder), "--mode", "official", "--json"]) == 0  # the paper's mapping lies beside the folder
+    beside = capsys.readouterr()
+    write_reference_folder(read_reference_folder(folder), tmp_path / "alone")
+    assert main([str(tmp_path / "alone"), "--mode", "official", "--json"]) == 0
+    alone = capsys.readouterr()
+    assert (
+        json.loads(beside.out)
+        == json.loads(alone.out)
+        == run_json(capsys, folder, "--mode", "official", "--mapping", mapping)
+    )
+    # Both say why scientific answers score low: official scoring compares them with the raw labels.
+    assert beside.err == alone.err and beside.err.count("applies no label mapping") == 2
+    beside = json.loads(beside.out)
+    # Scientific-name answers against common-name labels: what BEANS-Zero's own number is.
+    assert beside["watkins"]["1"]["1.0"]["official"]["Accuracy"] < 0.1
+
+
+def test_official_json_carries_every_official_metric_with_its_tie_range(watkins, capsys):
+    folder, _, _ = watkins
+    scored = run_json(capsys, folder, "--mode", "official")["watkins"]
+    tied = []
+    for alphas in scored.values():
+        for group in alphas.values():
+            assert list(group["official"]) == OFFICIAL_NAMES
+            ranges = group["ties"]["ranges"]
+            for name, value in group["official"].items():
+                assert ranges[name][0] <= value <= ranges[name][1]
+            tied.append(group["ties"]["tied_answers"])
+    assert min(tied) > 0  # every released Watkins file has answers with tied nearest labels
+
+
+def test_table_names_the_official_metrics_and_their_tie_ranges(tmp_path, capsys):
+    rows = [
+        ResultRow("1", "garden", "common", COMMON.template, 1.0, "hat", "cat"),
+        ResultRow("2", "garden", "common", COMMON.template, 1.0, "rat", "rat"),
+    ]
+    write_results(rows, tmp_path / "results.jsonl")
+    assert main([str(tmp_path / "results.jsonl"), "--mode", "official"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    # "hat" is one edit from cat and from rat: the sorted order says cat, another order rat.
+    assert "Accuracy=1.000 [0.500, 1.000]" in line and "Top-1 Accuracy=1.000 [0.500, 1.000]" in line
+    assert main([str(tmp_path / "results.jsonl"), "--mode", "paper"]) == 0
+    assert "accuracy ties [0.500, 1.000]" in capsys.readouterr().out
 
 
 def test_scientific_prompts_without_a_mapping_warn(tmp_path, capsys):

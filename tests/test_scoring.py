@@ -19,11 +19,11 @@ from evaluation.scoring import (
     Outcome,
     ScoringMode,
     classification_metrics,
-    nearest_labels,
     paper_clean,
     score_classification,
     score_detection,
     score_rows,
+    snap_to_labels,
 )
 
 WATKINS_LIKE = ["Walrus", "Fin, Finback Whale", "Humpback Whale", "Killer Whale", "False Killer Whale", "Harp Seal"]
@@ -136,11 +136,13 @@ def test_paper_zf_indiv_digits():
 
 
 def test_ties_break_to_the_first_label_in_sorted_order_whatever_the_input_order():
-    labels = ["abd", "abc", "abe"]
+    labels = ["abd", "abc", "abe", "xyz"]
     for _ in range(5):
         random.shuffle(labels)
-        nearest, distances = nearest_labels(["abx"], labels)
-        assert (nearest, distances.tolist()) == (["abc"], [1])
+        snap = snap_to_labels(["abx", "abd", "xy"], labels)
+        assert snap.labels == ["abc", "abd", "xyz"]
+        # Only the first text had several equally near labels; an exact match never ties.
+        assert snap.ties == {0: ("abc", "abd", "abe")}
 
 
 def test_missing_mapping_entries_are_named():

@@ -13,9 +13,9 @@ import pytest
 
 ray = pytest.importorskip("ray")  # an optional extra (requirements-ray.txt); CI installs it
 
-from evaluation.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
-from evaluation.runs import SweepFolder, SweepState  # noqa: E402
-from evaluation.sweep import EXIT_BAD_INPUT, EXIT_COMPLETE, SweepSpec, main, run_sweep  # noqa: E402
+from evaluation.sweep import SweepFolder, SweepSpec, SweepState, run_sweep  # noqa: E402
+from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main  # noqa: E402
+from evaluation.sweep.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data  # noqa: E402

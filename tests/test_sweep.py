@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ from evaluation.sweep_plots import error_breakdown_figure, metric_vs_alpha_figur
 from naturelm_core.audio import AudioTooShortError
 from naturelm_core.engine import Engine, Priority
 from tests.conftest import PacedModel
-from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data
+from tests.sweep_helpers import WATKINS_LABELS, ToneBackend, item_predictions, spec_dict, write_sweep_data
 
 
 @pytest.fixture(scope="module")
@@ -392,28 +391,6 @@ def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_serv
 
 
 # -- decoding on the prefetch threads -----------------------------------------------------------
-
-
-class ToneBackend:
-    """Answers at once with the dominant frequency of the window: fast, yet each answer depends on the audio."""
-
-    inflight_rows = 2
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    def context_budget(self, max_context_tokens):
-        return None  # no model behind it: nothing to check prompts against
-
-    def submit_group(self, rows, settings):
-        futures = []
-        for windows, _prompt, _alpha in rows:
-            spectrum = np.abs(np.fft.rfft(windows[-1]))
-            future: Future = Future()
-            future.set_result(f"{np.argmax(spectrum) * 16_000 / len(windows[-1]):.0f}")
-            futures.append(future)
-        self.rows += len(rows)
-        return futures
 
 
 class SlowDecode:

@@ -321,7 +321,7 @@ class ContextBudget:
     @classmethod
     def of_model(cls, model: Any, limit: int | None = None) -> ContextBudget | None:
         """The budget of a NatureLM (`limit` in place of its own, if given); None for a model that exposes no
-        tokenizer (a stand-in wrapping one, in tests)."""
+        tokenizer (a test's stand-in)."""
         tokenizer, config = getattr(model, "tokenizer", None), getattr(model, "config", None)
         if tokenizer is None or not isinstance(config, NatureLMConfig):
             return None

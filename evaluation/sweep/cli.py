@@ -116,7 +116,7 @@ def load_spec_file(path: Path, data_path: str | None = None, limit: int | None =
 
 
 def _plan(spec: SweepSpec) -> SweepPlan:
-    """The spec's plan, made before any model is loaded: bad settings or data fail here, in a second."""
+    """The spec's plan, made before any model is loaded: bad settings or data fail before minutes of loading."""
     spec.generation_settings()
     return SweepPlan.of(spec)
 

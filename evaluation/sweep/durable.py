@@ -30,6 +30,7 @@ class ResultsCorruptError(ValueError):
 
 
 def storage_error(action: str, path: Path, error: OSError, intact: str) -> RunsStorageError:
+    """The error to raise for a failed write: a full disk said in words, and `intact` (what was not lost)."""
     reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
     return RunsStorageError(f"could not {action} {path}: {reason}. {intact}")
 

@@ -1,11 +1,12 @@
 """Sweeps on a Ray cluster: a pool of actors, one model each, answering the rows a local sweep would.
 
 Only generation moves. The driver (evaluation.sweep.runner.SweepRunner) still reads the data,
-decides what is left to do, checks each prompt against the context of the actors' model (which one
-actor reports when the pool starts) and alone writes results.jsonl, so the file, resume and metrics are those of a
-local sweep, and a restarted driver resumes like one. Work is handed out a recording at a time
-(all its prompt x alpha rows in one call), so each recording is encoded once, by one actor, whose
-own Engine keeps the embedding cached and batches rows across the recordings it holds.
+decides what is left to do, checks each prompt against the context of the actors' model (one actor
+reports it when the pool starts) and alone writes results.jsonl, so the file, resume, metrics and
+refusals are those of a local sweep, and a restarted driver resumes like one. Work is handed out a
+recording at a time (all its prompt x alpha rows in one call), so each recording is encoded once,
+by one actor, whose own Engine keeps the embedding cached and batches rows across the recordings it
+holds.
 
 An actor that dies (node lost, out of memory, killed) is replaced and its recordings go to the
 actors still alive; a recording that kills MAX_SHARD_ATTEMPTS actors fails its rows instead of

@@ -103,7 +103,7 @@ class SweepBackends:
         return SweepQueue(backend, self.local.runs_dir, on_progress=self.on_progress)
 
     def _ray_pool(self, address: str) -> Any:
-        from evaluation.ray_backend import ModelSource, RayBackend  # Ray is an optional extra
+        from evaluation.sweep.ray_backend import ModelSource, RayBackend  # Ray is an optional extra
 
         model = ModelSource(self.source, None, device=None, dtype=self.dtype, demo=self.demo)
         return RayBackend(model, address=address, max_batch_rows=self.max_batch_rows, **self.ray_options)
@@ -111,10 +111,10 @@ class SweepBackends:
 
 def _failures_as_messages(address: str, start: Callable[[], Any]) -> Any:
     """Run `start`, turning the ways a Ray pool fails to start into a sentence for the tab."""
-    from naturelm_core.loading import ModelLoadError
+    from naturelm_core.loading import ModelLoadError  # imports torch: evaluation/ stays torch-free when imported
 
     try:
-        from evaluation.ray_backend import RayBackendError
+        from evaluation.sweep.ray_backend import RayBackendError
     except ImportError:
         raise BackendChoiceError(
             "Ray is not installed on this machine: pip install -r requirements-ray.txt, then restart the app."

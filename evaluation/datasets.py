@@ -9,6 +9,7 @@ skipped and reported, never allowed to abort a sweep of thousands.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -24,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,6 @@ SAMPLE_COLUMNS = (
     "license",
 )
 LISTING_COLUMNS = ("id", "dataset_name", "output")
-DEFAULT_WINDOW_S = 10.0
 READ_BATCH_ROWS = 64
 
 
@@ -67,7 +69,7 @@ class SubsetInfo:
     task: str
     rows: int
     n_labels: int | None
-    window_s: float = DEFAULT_WINDOW_S
+    window_s: float = WINDOW_SECONDS
 
 
 SUBSETS: dict[str, SubsetInfo] = {
@@ -99,7 +101,7 @@ def task_of(dataset: str) -> str:
 def window_of(dataset: str) -> float:
     """The model window the paper used for a subset: watkins 3 s, esc50 5 s, humbugdb 3 s, else 10 s."""
     info = SUBSETS.get(dataset)
-    return info.window_s if info else DEFAULT_WINDOW_S
+    return info.window_s if info else WINDOW_SECONDS
 
 
 class DatasetError(ValueError):
@@ -320,8 +322,7 @@ class Subset:
         logger.warning("%s: skipping row %s: %s", self.name, row_id, reason)
 
     def _decode_file(self, file_name: str) -> tuple[np.ndarray, int]:
-        from naturelm_core.audio import AudioError, load_audio
-        from naturelm_core.config import SAMPLE_RATE
+        from naturelm_core.audio import AudioError, load_audio  # imports torch
 
         path = self._audio_root / file_name
         try:
@@ -493,7 +494,7 @@ def load_recordings(
     labels_csv: str | Path | None = None,
     *,
     name: str | None = None,
-    window_s: float = DEFAULT_WINDOW_S,
+    window_s: float = WINDOW_SECONDS,
     max_duration_s: float = 600.0,
 ) -> Subset:
     """A user's own data: a folder of recordings plus a CSV `file,label[,scientific_label]`.
@@ -502,8 +503,6 @@ def load_recordings(
     Recordings are decoded when iterated, to 16 kHz mono by naturelm_core.audio; unreadable ones are
     skipped and reported.
     """
-    import csv
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")

@@ -20,7 +20,7 @@ import hashlib
 import random
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -320,18 +320,27 @@ class ContextBudget:
 
     @classmethod
     def of_model(cls, model: Any, limit: int | None = None) -> ContextBudget | None:
-        """The budget of a NatureLM; None for a model that exposes no tokenizer (e.g. one served elsewhere)."""
+        """The budget of a NatureLM (`limit` in place of its own, if given); None for a model that exposes no
+        tokenizer (a test's stand-in)."""
         tokenizer, config = getattr(model, "tokenizer", None), getattr(model, "config", None)
         if tokenizer is None or not isinstance(config, NatureLMConfig):
             return None
-        if limit is not None:
-            return cls(tokenizer, config.prompt_template, config, limit, "the configured max_context_tokens")
         positions = model.llm.config.max_position_embeddings
-        return cls(tokenizer, config.prompt_template, config, positions, "the LLM's max_position_embeddings")
+        own = cls(tokenizer, config.prompt_template, config, positions, "the LLM's max_position_embeddings")
+        return own.with_limit(limit)
+
+    def with_limit(self, limit: int | None) -> ContextBudget:
+        """This budget with a configured limit (a spec's max_context_tokens) in place of the model's, if given.
+
+        A Ray pool fetches its model's budget once and applies each sweep's limit on the driver.
+        """
+        if limit is None:
+            return self
+        return replace(self, limit=limit, limit_source="the configured max_context_tokens")
 
     def positions(self, prompt_text: str, window_samples: Sequence[int]) -> tuple[int, int]:
         """(text tokens including BOS, audio embeddings) of a prompt with windows of these lengths."""
-        from naturelm_core.encoder import audio_token_count
+        from naturelm_core.encoder import audio_token_count  # both import torch
         from naturelm_core.prompting import tokenize_prompt
 
         pieces = tokenize_prompt(self.tokenizer, prompt_text, self.template)

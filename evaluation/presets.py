@@ -40,8 +40,8 @@ from evaluation.sweep_plots import (
     metrics_frame,
     tradeoff_figure,
 )
+from naturelm_core.alphas import DEFAULT_ALPHA_GRID
 
-ALPHA_GRID = tuple(round(0.1 * step, 1) for step in range(11))
 MERGED_ALPHA = 0.4  # the merged model the paper singles out (Figure 1)
 NATURELM_ALPHA = 1.0
 CLOSED_SET_DATASET = "unseen-family-cmn"
@@ -101,7 +101,7 @@ class Preset:
     rows: Mapping[str, int]
     figures: tuple[PresetFigure, ...]
     default_metric: str = "accuracy"
-    alphas: tuple[float, ...] = ALPHA_GRID
+    alphas: tuple[float, ...] = DEFAULT_ALPHA_GRID  # the paper's 0, 0.1, ..., 1
     top_k_classes: int | None = None
     needs_mapping: bool = False
     notes: tuple[str, ...] = ()

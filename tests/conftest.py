@@ -36,3 +36,26 @@ def tiny_model(tiny_checkpoint):
     from naturelm_core.loading import load_model
 
     return load_model(str(tiny_checkpoint), device="cpu")
+
+
+# --- model stubs shared by the sweep and engine tests ---
+
+import time  # noqa: E402  (kept inside this section, which is appended as one block)
+
+
+class PacedModel:
+    """A model (the tiny one) made slower per batch, so that a sweep is still running while a test acts on it.
+
+    Import it where needed (`from tests.conftest import PacedModel`); module-scoped fixtures build it.
+    """
+
+    def __init__(self, model, seconds: float) -> None:
+        self.model = model
+        self.seconds = seconds
+
+    def encode_audio(self, windows):
+        return self.model.encode_audio(windows)
+
+    def generate_from_embeddings(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.model.generate_from_embeddings(*args, **kwargs)

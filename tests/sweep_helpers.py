@@ -1,10 +1,15 @@
-"""Data and specs shared by the sweep tests: synthetic BEANS-Zero with one tone per label, greedy short answers."""
+"""Data, specs and a backend shared by the sweep tests: synthetic BEANS-Zero with one tone per label, greedy
+short answers, and a backend that answers at once."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from evaluation.icl import ContextBudget
 from evaluation.synthetic import SyntheticRow, write_synthetic_beans_zero
 
 WATKINS_LABELS = [f"Whale species {i:02d}" for i in range(12)]
@@ -43,3 +48,29 @@ def item_predictions(records: list[dict[str, Any]]) -> dict[tuple, str]:
         assert key not in found, f"item written twice: {key}"
         found[key] = record["prediction"]
     return found
+
+
+class ToneBackend:
+    """Answers at once with the dominant frequency of the window: fast, yet each answer depends on the audio.
+
+    `budget` stands for the context of a model behind it (none by default: no prompt is checked).
+    """
+
+    inflight_rows = 2
+
+    def __init__(self, budget: ContextBudget | None = None) -> None:
+        self.budget = budget
+        self.rows = 0
+
+    def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
+        return None if self.budget is None else self.budget.with_limit(max_context_tokens)
+
+    def submit_group(self, rows, settings):
+        futures = []
+        for windows, _prompt, _alpha in rows:
+            spectrum = np.abs(np.fft.rfft(windows[-1]))
+            future: Future = Future()
+            future.set_result(f"{np.argmax(spectrum) * 16_000 / len(windows[-1]):.0f}")
+            futures.append(future)
+        self.rows += len(rows)
+        return futures

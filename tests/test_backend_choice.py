@@ -10,8 +10,7 @@ import time
 import pytest
 
 from evaluation.backend_choice import RAY_CLUSTER, THIS_MACHINE, BackendChoiceError, SweepBackends
-from evaluation.runs import SweepFolder, SweepState, list_sweeps
-from evaluation.sweep import SweepQueue, SweepSpec, run_sweep
+from evaluation.sweep import SweepFolder, SweepQueue, SweepSpec, SweepState, list_sweeps, run_sweep
 from naturelm_core.engine import Engine
 from tests.sweep_helpers import item_predictions, spec_dict, write_sweep_data
 
@@ -78,7 +77,7 @@ def test_an_unreachable_ray_address_gives_a_clear_error_in_bounded_time(tmp_path
 def ray_instance():
     """A local Ray of one CPU slot (one actor), no dashboard; the pool joins it through address "auto"."""
     ray = pytest.importorskip("ray")
-    from evaluation.ray_backend import connect
+    from evaluation.sweep.ray_backend import connect
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     connect(None, num_cpus=1, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)

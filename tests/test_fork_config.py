@@ -9,9 +9,9 @@ import pytest
 from evaluation.fork_config import ForkConfigError, read_fork_config, spec_from_yaml
 from evaluation.icl import ExtendedPrompt, Species
 from evaluation.prompts import Prompt
-from evaluation.runs import SweepFolder
 from evaluation.scoring import ScoringMode
-from evaluation.sweep import EXIT_BAD_INPUT, EXIT_COMPLETE, DataSource, SweepSpec, main, plan_sweep, sample_items
+from evaluation.sweep import DataSource, SweepFolder, SweepSpec, plan_sweep, sample_items
+from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main
 from evaluation.synthetic import write_synthetic_beans_zero
 from naturelm_core.config import PROMPT_TEMPLATE
 
@@ -207,7 +207,7 @@ def test_unknown_keys_are_named(original, replacement, named):
         ("  length_penalty: 1.0", "  length_penalty: 2.0", "length_penalty"),
         ("  min_length: 1", "  min_length: 20", "min_length"),
         ("  num_beams: 3", "  num_beams: 0", "num_beams"),
-        ("    - 0.4\n", "    - 1.4\n", r"outside \[0, 1\]"),
+        ("    - 0.4\n", "    - 1.4\n", r"must lie in \[0, 1\]"),
         ("  n_examples: 5", "  n_examples: -1", "n_examples"),
         ("  lora_scales:\n    - 0.0\n    - 0.4\n    - 1.0\n", "", "lora_scales is missing"),
         ("Label:{randomize}", "Label:{species}", "unknown placeholder"),

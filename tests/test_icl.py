@@ -14,11 +14,12 @@ from evaluation.icl import (
     InContextError,
 )
 from evaluation.prompts import PromptTemplateError
-from evaluation.runs import SweepFolder, SweepState
 from evaluation.sweep import (
     EngineBackend,
     SubsetPlan,
+    SweepFolder,
     SweepSpec,
+    SweepState,
     load_examples,
     model_window,
     plan_sweep,

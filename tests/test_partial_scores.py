@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation import sweep as sweep_module
 from evaluation.results import ResultRow
-from evaluation.sweep import SweepSpec, planned_label_sets, prepare_folder, score_sweep
+from evaluation.sweep import SweepSpec, planned_label_sets, prepare_folder, score_sweep, scores
 from tests.sweep_helpers import spec_dict, write_sweep_data
 
 
@@ -36,7 +35,7 @@ def test_without_the_data_the_labels_seen_are_used(partial_sweep, monkeypatch):
     """The fallback (data moved away) is the old behaviour, where the one-letter miss snaps to the only
     label seen and counts as correct: what the planned labels prevent."""
     runs_dir, spec, first = partial_sweep
-    monkeypatch.setattr(sweep_module, "planned_label_sets", lambda spec: None)
+    monkeypatch.setattr(scores, "planned_label_sets", lambda spec: None)
     (group,) = score_sweep(runs_dir, spec.sweep_id)
     assert group.answers[0].predicted == first.label
     assert group.metrics.accuracy == 1.0

@@ -10,8 +10,7 @@ from sklearn.metrics import f1_score
 
 from evaluation.datasets import SUBSETS
 from evaluation.presets import PRESETS, TOP_2_ROWS, PresetError, get_preset, list_presets, preset_of
-from evaluation.runs import SweepState
-from evaluation.sweep import SweepSpec, run_sweep, score_sweep
+from evaluation.sweep import SweepSpec, SweepState, run_sweep, score_sweep
 from evaluation.sweep_plots import class_baselines
 from evaluation.synthetic import synthetic_labels, write_synthetic_beans_zero
 from naturelm_core.engine import Engine

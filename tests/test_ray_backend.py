@@ -13,9 +13,10 @@ import pytest
 
 ray = pytest.importorskip("ray")  # an optional extra (requirements-ray.txt); CI installs it
 
-from evaluation.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
-from evaluation.runs import SweepFolder, SweepState  # noqa: E402
-from evaluation.sweep import EXIT_BAD_INPUT, EXIT_COMPLETE, SweepSpec, main, run_sweep  # noqa: E402
+from evaluation.icl import ContextLengthError  # noqa: E402
+from evaluation.sweep import SweepFolder, SweepSpec, SweepState, run_sweep  # noqa: E402
+from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main  # noqa: E402
+from evaluation.sweep.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data  # noqa: E402
@@ -139,6 +140,19 @@ def test_a_sweep_cancelled_on_ray_resumes_on_the_local_runner_to_the_same_rows(p
     assert resumed.state is SweepState.COMPLETE and resumed.done == 72
     _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")
     assert item_predictions(folder.results.read()) == item_predictions(reference)
+
+
+def test_a_prompt_too_long_for_the_actors_model_is_refused_before_it_reaches_the_pool(
+    pool, tiny_model, data_dir, tmp_path
+):
+    """The driver checks prompts against the context one actor reported, as the local runner checks its own."""
+    assert pool.context_budget(None).limit == tiny_model.llm.config.max_position_embeddings
+    spec = SweepSpec.from_dict(spec_dict(data_dir, limit=2, max_context_tokens=40))
+    submitted = pool.stats.shards_submitted
+    with pytest.raises(ContextLengthError, match=r"needs \d+ positions .* max_context_tokens is 40"):
+        _run_with_deadline(pool, spec, tmp_path)
+    assert pool.stats.shards_submitted == submitted
+    assert SweepFolder(tmp_path, spec.sweep_id).read_status().state is SweepState.FAILED
 
 
 # -- an actor dies mid-sweep ------------------------------------------------------------------------

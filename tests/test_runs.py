@@ -8,16 +8,13 @@ import os
 
 import pytest
 
-from evaluation import runs
-from evaluation.runs import (
-    ResultsCorruptError,
-    ResultsLog,
-    RunsStorageError,
+from evaluation.sweep import durable, store
+from evaluation.sweep.durable import ResultsCorruptError, ResultsLog, RunsStorageError, atomic_write_json
+from evaluation.sweep.store import (
     SweepFolder,
     SweepLockedError,
     SweepState,
     SweepStatus,
-    atomic_write_json,
     default_runs_dir,
     list_sweeps,
 )
@@ -37,17 +34,17 @@ def fail_writes_to(monkeypatch, file_name: str, after_bytes: int = 0) -> None:
         room["left"] -= written
         return written
 
-    monkeypatch.setattr(runs.os, "write", write)
+    monkeypatch.setattr(durable.os, "write", write)
 
 
 def test_runs_dir_is_the_env_override_then_data_on_spaces_then_local(monkeypatch, tmp_path):
-    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(tmp_path / "custom"))
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "custom"))
     assert default_runs_dir() == tmp_path / "custom"
-    monkeypatch.delenv(runs.RUNS_DIR_ENV)
-    monkeypatch.setattr(runs, "SPACES_DATA_DIR", tmp_path)
+    monkeypatch.delenv(store.RUNS_DIR_ENV)
+    monkeypatch.setattr(store, "SPACES_DATA_DIR", tmp_path)
     assert default_runs_dir() == tmp_path / "runs"
-    monkeypatch.setattr(runs, "SPACES_DATA_DIR", tmp_path / "absent")
-    assert default_runs_dir() == runs.Path("runs")
+    monkeypatch.setattr(store, "SPACES_DATA_DIR", tmp_path / "absent")
+    assert default_runs_dir() == store.Path("runs")
 
 
 def test_atomic_write_replaces_whole_file_and_a_full_disk_keeps_the_old_one(monkeypatch, tmp_path):

@@ -7,26 +7,29 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
 import soundfile as sf
 from rapidfuzz.distance import Levenshtein
 
-from evaluation import runs
-from evaluation import sweep as sweep_module
-from evaluation.runs import RunsStorageError, SweepFolder, SweepLockedError, SweepState
 from evaluation.scoring import Outcome
 from evaluation.sweep import (
+    RunsStorageError,
+    SweepFolder,
+    SweepLockedError,
     SweepQueue,
     SweepSpec,
     SweepSpecError,
+    SweepState,
+    durable,
+    list_sweeps,
     load_results,
     model_window,
     plan_sweep,
     prepare_folder,
     run_sweep,
+    runner,
     sample_items,
     score_sweep,
     select_sample_ids,
@@ -34,7 +37,8 @@ from evaluation.sweep import (
 from evaluation.sweep_plots import error_breakdown_figure, metric_vs_alpha_figure, metrics_frame
 from naturelm_core.audio import AudioTooShortError
 from naturelm_core.engine import Engine, Priority
-from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data
+from tests.conftest import PacedModel
+from tests.sweep_helpers import WATKINS_LABELS, ToneBackend, item_predictions, spec_dict, write_sweep_data
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def test_spec_from_dict_takes_presets_and_custom_prompts_and_its_id_depends_on_a
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"alphas": [0.0, 1.5]}, r"outside \[0, 1\]"),
+        ({"alphas": [0.0, 1.5]}, r"must lie in \[0, 1\]"),
         ({"alphas": []}, "empty"),
         ({"alphas": [0.5, 0.5]}, "twice"),
         ({"prompts": ["common", "common"]}, "unique"),
@@ -307,7 +311,7 @@ def test_disk_full_mid_sweep_is_a_clear_error_earlier_rows_stay_intact_and_resum
             appends["rows"] += bytes(data).count(b"\n")
         return real_write(fd, data)
 
-    monkeypatch.setattr(runs.os, "write", write)
+    monkeypatch.setattr(durable.os, "write", write)
     engine = Engine(tiny_model, max_batch_rows=6).start()
     try:
         with pytest.raises(RunsStorageError, match=r"disk is full.*rows written before are intact"):
@@ -345,26 +349,11 @@ def test_a_sweep_already_running_elsewhere_is_not_run_twice(engine, data_dir, tm
 # -- the queue ----------------------------------------------------------------------------------
 
 
-class SlowModel:
-    """The tiny model, made to take a while per batch so a sweep is still running when a user asks something."""
-
-    def __init__(self, model, seconds: float) -> None:
-        self.model = model
-        self.seconds = seconds
-
-    def encode_audio(self, windows):
-        return self.model.encode_audio(windows)
-
-    def generate_from_embeddings(self, *args, **kwargs):
-        time.sleep(self.seconds)
-        return self.model.generate_from_embeddings(*args, **kwargs)
-
-
 def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_served(tiny_model, data_dir, tmp_path):
     first = SweepSpec.from_dict(spec_dict(data_dir, name="first", limit=4))
     second = SweepSpec.from_dict(spec_dict(data_dir, name="second", limit=4, alphas=[0.25]))
     third = SweepSpec.from_dict(spec_dict(data_dir, name="third", limit=2))
-    engine = Engine(SlowModel(tiny_model, 0.05), max_batch_rows=2, max_wait_ms=0).start()
+    engine = Engine(PacedModel(tiny_model, 0.05), max_batch_rows=2, max_wait_ms=0).start()
     events: list[tuple[str, str, int]] = []
     first_running = threading.Event()
 
@@ -394,7 +383,7 @@ def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_serv
     order = [sweep_id for sweep_id, _, _ in events]
     last_of_first = len(order) - 1 - order[::-1].index(first.sweep_id)
     assert order.index(second.sweep_id) > last_of_first  # the second started only after the first finished
-    statuses = {s.sweep_id: s for s in runs.list_sweeps(tmp_path)}
+    statuses = {s.sweep_id: s for s in list_sweeps(tmp_path)}
     assert statuses[first.sweep_id].state is SweepState.COMPLETE and statuses[first.sweep_id].done == 24
     assert statuses[second.sweep_id].state is SweepState.COMPLETE and statuses[second.sweep_id].done == 8
     assert statuses[third.sweep_id].state is SweepState.CANCELLED
@@ -404,27 +393,8 @@ def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_serv
 # -- decoding on the prefetch threads -----------------------------------------------------------
 
 
-class ToneBackend:
-    """Answers at once with the dominant frequency of the window: fast, yet each answer depends on the audio."""
-
-    inflight_rows = 2
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    def submit_group(self, rows, settings):
-        futures = []
-        for windows, _prompt, _alpha in rows:
-            spectrum = np.abs(np.fft.rfft(windows[-1]))
-            future: Future = Future()
-            future.set_result(f"{np.argmax(spectrum) * 16_000 / len(windows[-1]):.0f}")
-            futures.append(future)
-        self.rows += len(rows)
-        return futures
-
-
 class SlowDecode:
-    """sweep.model_window made slow (as a long file would be), counting calls and how many run at once."""
+    """The runner's model_window made slow (as a long file would be), counting calls and how many run at once."""
 
     def __init__(self, seconds: float, unusable: frozenset[str] = frozenset()) -> None:
         self.seconds = seconds
@@ -454,7 +424,7 @@ def prefetch_threads() -> list[threading.Thread]:
 def test_recordings_are_decoded_in_parallel_so_a_fast_backend_is_not_kept_waiting(data_dir, tmp_path, monkeypatch):
     """12 recordings with 1 row each and 0.15 s of decoding apiece: one thread needs 1.8 s, four about a quarter."""
     decode = SlowDecode(0.15)
-    monkeypatch.setattr(sweep_module, "model_window", decode)
+    monkeypatch.setattr(runner, "model_window", decode)
     spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common"], alphas=[1.0]))
     backend = ToneBackend()
     started = time.perf_counter()
@@ -478,7 +448,7 @@ def test_any_number_of_decode_workers_writes_the_same_rows_and_skips_the_same_re
     lines[4:4] = ["broken.wav,tone 0", "missing.wav,tone 0"]
     (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(lines) + "\n")
     # bird03 decodes but its window cannot be made: skipped at once rather than at the end of the data set.
-    monkeypatch.setattr(sweep_module, "model_window", SlowDecode(0.01, unusable=frozenset({"bird03.flac"})))
+    monkeypatch.setattr(runner, "model_window", SlowDecode(0.01, unusable=frozenset({"bird03.flac"})))
     spec = SweepSpec.from_dict(
         {"name": "garden", "source": "recordings", "path": str(tmp_path), "subsets": ["garden"]}
         | {"prompts": ["common"], "alphas": [0.0, 1.0], "num_beams": 1, "max_new_tokens": 4}
@@ -502,7 +472,7 @@ def test_any_number_of_decode_workers_writes_the_same_rows_and_skips_the_same_re
 
 def test_a_cancel_stops_decoding_and_a_resume_decodes_only_unanswered_recordings(data_dir, tmp_path, monkeypatch):
     decode = SlowDecode(0.02)
-    monkeypatch.setattr(sweep_module, "model_window", decode)
+    monkeypatch.setattr(runner, "model_window", decode)
     spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common"], alphas=[1.0]))
     cancel = threading.Event()
 

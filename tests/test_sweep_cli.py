@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.runs import SweepFolder, SweepState
-from evaluation.sweep import EXIT_BAD_INPUT, EXIT_COMPLETE, SweepSpec, main, run_sweep
+from evaluation.sweep import SweepFolder, SweepSpec, SweepState, run_sweep
+from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main
 from naturelm_core.engine import Engine
 from tests.sweep_helpers import item_predictions, spec_dict, write_sweep_data
 
@@ -92,7 +92,7 @@ def test_bad_spec_exits_2_with_one_line_before_loading_any_model(tmp_path, data_
     bad = _write_spec(tmp_path, data_dir, alphas=[0.0, 3.0])
     assert main([str(bad), "--model", str(tmp_path / "no-model-here")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "outside [0, 1]" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "must lie in [0, 1]" in err and err.count("\n") == 1
     missing_data = _write_spec(tmp_path, tmp_path / "no-data", name="nodata")
     assert main([str(missing_data)]) == EXIT_BAD_INPUT
     assert "no-data" in capsys.readouterr().err

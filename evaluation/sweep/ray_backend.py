@@ -1,10 +1,12 @@
 """Sweeps on a Ray cluster: a pool of actors, one model each, answering the rows a local sweep would.
 
-Only generation moves. The driver (evaluation.sweep.SweepRunner) still reads the data, decides
-what is left to do and alone writes results.jsonl, so the file, resume and metrics are those of a
-local sweep, and a restarted driver resumes like one. Work is handed out a recording at a time
-(all its prompt x alpha rows in one call), so each recording is encoded once, by one actor, whose
-own Engine keeps the embedding cached and batches rows across the recordings it holds.
+Only generation moves. The driver (evaluation.sweep.runner.SweepRunner) still reads the data,
+decides what is left to do, checks each prompt against the context of the actors' model (one actor
+reports it when the pool starts) and alone writes results.jsonl, so the file, resume, metrics and
+refusals are those of a local sweep, and a restarted driver resumes like one. Work is handed out a
+recording at a time (all its prompt x alpha rows in one call), so each recording is encoded once,
+by one actor, whose own Engine keeps the embedding cached and batches rows across the recordings it
+holds.
 
 An actor that dies (node lost, out of memory, killed) is replaced and its recordings go to the
 actors still alive; a recording that kills MAX_SHARD_ATTEMPTS actors fails its rows instead of
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -33,9 +36,10 @@ import numpy as np
 
 import evaluation
 import naturelm_core
-from evaluation.sweep import SWEEP_REQUEST_TIMEOUT_S, Row
+from evaluation.icl import ContextBudget
+from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
 from naturelm_core.config import PUBLISHED_REPO_ID
-from naturelm_core.engine import EngineError, GenerationSettings
+from naturelm_core.requests import EngineError, GenerationSettings, Priority
 
 try:
     import ray
@@ -80,6 +84,7 @@ class ModelSource:
             )
 
     def load(self) -> Any:
+        # The model code imports torch: it is loaded in the actors only, never on the driver.
         from naturelm_core.loading import load_model
 
         if not self.demo:
@@ -105,9 +110,7 @@ class SweepActor:
 
     def ready(self) -> dict[str, Any]:
         """Load the model (a load error reaches the driver as itself) and say where this actor runs."""
-        import os
-
-        from naturelm_core.engine import Engine
+        from naturelm_core.engine import Engine  # imports torch: where a model runs, not on the driver
 
         if self.engine is None:
             self.engine = Engine(self.model_source.load(), max_batch_rows=self.max_batch_rows).start()
@@ -118,8 +121,6 @@ class SweepActor:
         self, windows: list[np.ndarray], rows: list[tuple[list[int], str, float]], settings: GenerationSettings
     ) -> list[tuple[bool, str]]:
         """(True, answer) or (False, why) per row; rows name their windows by index, so a recording travels once."""
-        from naturelm_core.engine import Priority
-
         outcomes: list[tuple[bool, str] | asyncio.Future] = []
         for indices, prompt, alpha in rows:
             try:
@@ -148,6 +149,10 @@ class SweepActor:
 
     def stats(self) -> dict[str, int]:
         return asdict(self.engine.stats) if self.engine is not None else {}
+
+    def context_budget(self) -> ContextBudget | None:
+        """The model's own context (its tokenizer and limit), for the driver to check prompts against."""
+        return ContextBudget.of_model(self.engine.model)
 
 
 @dataclass
@@ -260,6 +265,7 @@ class RayBackend:
         self.start_timeout_s = start_timeout_s
         self.init_options = init_options or {}
         self.stats = PoolStats()
+        self._budget: ContextBudget | None = None
         self._actor_class: Any = None
         self._connected_here = False
         self._live: list[_Worker] = []
@@ -283,6 +289,8 @@ class RayBackend:
             self._actor_class = ray.remote(SweepActor).options(max_restarts=0, max_task_retries=0, **resources)
             self._live = [self._spawn() for _ in range(count)]
             infos = ray.get([worker.handle.ready.remote() for worker in self._live], timeout=self.start_timeout_s)
+            # Every actor loads the same model, so one actor's context is the pool's.
+            self._budget = ray.get(self._live[0].handle.context_budget.remote(), timeout=self.start_timeout_s)
         except GetTimeoutError:
             self.stop()
             raise RayBackendError(
@@ -332,6 +340,10 @@ class RayBackend:
     def inflight_rows(self) -> int:
         """Two batches per actor, so each has its next batch queued while it generates."""
         return 2 * self.max_batch_rows * max(1, self.num_actors or 1)
+
+    def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
+        """The actors' model's context, reported when the pool started; None before start()."""
+        return None if self._budget is None else self._budget.with_limit(max_context_tokens)
 
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
         windows: list[np.ndarray] = []

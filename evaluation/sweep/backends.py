@@ -1,0 +1,81 @@
+"""Where a sweep's rows are answered: the SweepBackend protocol, and EngineBackend on this process's Engine.
+
+The runner alone reads the data, checks every prompt against the backend's context and writes
+results.jsonl, whatever the backend, so the file, resume, metrics and refusals do not depend on where
+the answers were computed (evaluation.sweep.ray_backend computes them on a Ray cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from evaluation.icl import ContextBudget
+from naturelm_core.requests import GenerationSettings, Priority
+
+if TYPE_CHECKING:
+    from naturelm_core.engine import Engine
+
+# Sweep rows may wait behind interactive users for a long time; that is not a failure.
+SWEEP_REQUEST_TIMEOUT_S = 24 * 3600.0
+
+# One row to answer: an audio window per `<AudioHere>` of the prompt, the prompt, the alpha.
+Row = tuple[list[np.ndarray], str, float]
+
+
+@runtime_checkable
+class SweepBackend(Protocol):
+    """Answers a sweep's rows: this process's Engine, or workers elsewhere (evaluation.sweep.ray_backend)."""
+
+    @property
+    def inflight_rows(self) -> int:
+        """Rows to keep queued so that every worker has its next batch ready."""
+        ...
+
+    def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
+        """The context of the model that answers (`max_context_tokens` in place of its own limit, if given).
+
+        The runner checks each prompt against it before submitting, so a prompt too long is refused
+        the same way wherever it would run. None only where no NatureLM stands behind the backend
+        (a stand-in in tests): there is nothing to check against.
+        """
+        ...
+
+    def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
+        """Queue the rows of one recording together (one worker, one encode); each Future resolves to the answer."""
+        ...
+
+
+class EngineBackend:
+    """The local backend: rows go to the shared Engine at sweep priority, behind interactive users."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def inflight_rows(self) -> int:
+        return 2 * self.engine.max_batch_rows
+
+    def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
+        return ContextBudget.of_model(self.engine.model, max_context_tokens)
+
+    def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
+        return [
+            self.engine.submit(
+                windows,
+                prompt,
+                alpha,
+                settings=settings,
+                priority=Priority.SWEEP,
+                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
+                block=True,
+            )
+            for windows, prompt, alpha in rows
+        ]
+
+
+def as_backend(engine: Engine | SweepBackend) -> SweepBackend:
+    return engine if isinstance(engine, SweepBackend) else EngineBackend(engine)

@@ -729,8 +729,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
     import threading
 
     from benchmarks.sweep_decoding import write_recordings
-    from evaluation.runs import SweepFolder
-    from evaluation.sweep import SweepQueue, SweepSpec
+    from evaluation.sweep import SweepFolder, SweepQueue, SweepSpec
     from naturelm_core.engine import default_batch_rows
     from naturelm_core.explore import answer_recording
 

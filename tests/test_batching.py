@@ -251,3 +251,30 @@ def test_interactive_and_inline_batches_are_never_paused():
     finally:
         threaded.stop()
     assert model.order == ["answered ['scan']", "answered ['one']"]
+
+
+def test_cancel_stops_a_sweep_within_the_batch_in_flight(tiny_model, tmp_path):
+    """Rows already queued are withdrawn: only the batch a worker holds when Cancel comes is still written."""
+    from evaluation.sweep import SweepFolder, SweepState
+    from tests.conftest import PacedModel
+
+    data = tmp_path / "data"
+    write_sweep_data(data)
+    spec = SweepSpec.from_dict(spec_dict(data))  # 12 recordings x 6 rows
+    cancel = threading.Event()
+    done_at_cancel: list[int] = []
+
+    def on_progress(status):
+        if status.done >= 6 and not cancel.is_set():
+            done_at_cancel.append(status.done)
+            cancel.set()
+
+    engine = Engine(PacedModel(tiny_model, 0.2), max_batch_rows=6, max_wait_ms=0).start()
+    try:
+        status = run_sweep(engine, spec, tmp_path / "runs", cancel=cancel, on_progress=on_progress)
+    finally:
+        engine.stop()
+    written = SweepFolder(tmp_path / "runs", spec.sweep_id).results.read()
+    assert status.state is SweepState.CANCELLED and len(written) == status.done
+    assert status.done - done_at_cancel[0] <= 6  # queued: 12 rows more (2 batches), all answered before the fix
+    assert engine.stats.rows_generated == len(written)

@@ -54,6 +54,7 @@ class EngineBackend:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.caller = engine.new_caller()  # one sweep is one caller: the engine shares batches fairly between callers
 
     @property
     def inflight_rows(self) -> int:
@@ -72,6 +73,7 @@ class EngineBackend:
                 priority=Priority.SWEEP,
                 timeout_s=SWEEP_REQUEST_TIMEOUT_S,
                 block=True,
+                caller=self.caller,
             )
             for windows, prompt, alpha in rows
         ]

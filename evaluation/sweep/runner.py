@@ -70,7 +70,8 @@ class _InFlight:
 
     def wait(self) -> None:
         for future in self.futures:
-            future.exception()  # waits without raising; SweepRunner._write_finished reads the outcome
+            if not future.cancelled():
+                future.exception()  # waits without raising; SweepRunner._write_finished reads the outcome
 
 
 class SweepRunner:
@@ -167,6 +168,8 @@ class SweepRunner:
                 break
             self._submit_subset(subset, settings)
         while self._inflight:
+            if self.cancelled():
+                self._withdraw_queued()
             self._write_finished()
         if self.status.done == self.status.total:
             skipped = self.status.skipped_samples
@@ -241,7 +244,7 @@ class SweepRunner:
         for index, future in enumerate(futures):
             future.add_done_callback(lambda _, i=index, f=flight: f.finished.setdefault(i, time.monotonic()))
         self._inflight.append(flight)
-        while sum(len(f.items) for f in self._inflight) > self.max_inflight_rows:
+        while sum(len(f.items) for f in self._inflight) > self.max_inflight_rows and not self.cancelled():
             self._write_finished()
 
     def _rows(self, plan: SubsetPlan, items: list[WorkItem], window: np.ndarray) -> list[Row]:
@@ -282,7 +285,7 @@ class SweepRunner:
         failed = 0
         for flight in group:
             for index, (item, future) in enumerate(zip(flight.items, flight.futures, strict=True)):
-                if item.key in self._done or item.key in written:
+                if item.key in self._done or item.key in written or future.cancelled():
                     continue  # an item answered twice (a backend that retried it) still gets one row
                 error = future.exception()
                 if error is not None:
@@ -298,6 +301,18 @@ class SweepRunner:
         self._session_done += len(records)
         self._failed_groups_in_a_row = self._failed_groups_in_a_row + 1 if failed and not records else 0
         self._publish()
+
+    def _withdraw_queued(self) -> None:
+        """On cancel, take back every recording none of whose rows a worker has started: the sweep stops
+        after the batch in flight instead of answering (and writing) everything already queued.
+
+        A recording is withdrawn whole or not at all, so results hold whole samples where no race intervenes
+        (a row claimed between the check and its cancel is answered and written; resume is by item either way).
+        """
+        for flight in self._inflight:
+            if not any(f.running() or f.done() for f in flight.futures):
+                for future in flight.futures:
+                    future.cancel()
 
     def _failing(self) -> bool:
         return self._failed_groups_in_a_row >= MAX_FAILED_GROUPS_IN_A_ROW

@@ -26,7 +26,17 @@ from evaluation.sweep.durable import RunsStorageError
 from evaluation.sweep.plan import SweepPlan
 from evaluation.sweep.runner import run_sweep
 from evaluation.sweep.spec import SweepSpec, SweepSpecError
-from evaluation.sweep.store import SweepFolder, SweepLockedError, SweepState, SweepStatus, default_runs_dir
+from evaluation.sweep.store import (
+    RESULTS_FILE,
+    SPEC_FILE,
+    STATUS_FILE,
+    SweepFolder,
+    SweepLockedError,
+    SweepState,
+    SweepStatus,
+    default_runs_dir,
+    load_spec,
+)
 from naturelm_core.config import PUBLISHED_REPO_ID
 
 if TYPE_CHECKING:
@@ -82,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        plans = [_plan(load_spec_file(path, args.data_path, args.limit)) for path in args.specs]
+        plans = [
+            (_plan(load_spec_file(path, args.data_path, args.limit)), args.runs_dir or _own_runs_dir(path))
+            for path in args.specs
+        ]
     except (SweepSpecError, DatasetError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)
     engine = _start_ray_backend(args) if args.ray is not None else _start_engine(args)
@@ -94,11 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous_handler = signal.signal(signal.SIGINT, lambda *_: _request_stop(cancel, previous_handler))
     exit_code = EXIT_COMPLETE
     try:
-        for plan in plans:
+        for plan, runs_dir in plans:
             if cancel.is_set():
                 exit_code = EXIT_INCOMPLETE
                 break
-            exit_code = max(exit_code, _run_with_progress(engine, plan, args.runs_dir, cancel))
+            exit_code = max(exit_code, _run_with_progress(engine, plan, runs_dir, cancel))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
@@ -112,7 +125,17 @@ def load_spec_file(path: Path, data_path: str | None = None, limit: int | None =
         return spec_from_yaml(path, data_path=data_path, limit=limit)
     if data_path is not None or limit is not None:
         raise SweepSpecError(f"--data-path and --limit apply to YAML configs; the JSON spec {path} names its own")
+    runs_dir = _own_runs_dir(path)
+    if runs_dir is not None:  # a sweep's own spec: resume that sweep, under its id, wherever the command runs from
+        return load_spec(runs_dir, path.parent.name)
     return SweepSpec.from_json_file(path)
+
+
+def _own_runs_dir(path: Path) -> Path | None:
+    """The runs folder of the sweep whose spec.json `path` is (it has begun: a status or results file), else None."""
+    if path.name == SPEC_FILE and any((path.parent / f).is_file() for f in (STATUS_FILE, RESULTS_FILE)):
+        return path.parent.parent
+    return None
 
 
 def _plan(spec: SweepSpec) -> SweepPlan:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class DataSource(StrEnum):
 
 
 # Fields whose values decide the answers; the sweep id hashes these, so scoring options can change freely.
+PATH_FIELDS = ("path", "labels_csv", "mapping_file")
 ANSWER_FIELDS = (
     "source",
     "path",
@@ -87,8 +88,14 @@ class SweepSpec:
     mapping_file: str | None = None
     species: tuple[Species, ...] = ()
     max_context_tokens: int | None = None
+    # The folder a spec was read back from: its id stays that folder's, however the paths were written.
+    saved_as: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        for key in PATH_FIELDS:  # absolute, so that spec.json resolves the same from the app, the CLI, any folder
+            value = getattr(self, key)
+            if value and not Path(value).expanduser().is_absolute():
+                object.__setattr__(self, key, str(Path(value).expanduser().resolve()))
         if not isinstance(self.name, str) or not self.name.strip():
             raise SweepSpecError("a sweep needs a non-empty name")
         if not self.subsets or not all(isinstance(s, str) and s.strip() for s in self.subsets):
@@ -128,6 +135,8 @@ class SweepSpec:
     @property
     def sweep_id(self) -> str:
         """`<slug of the name>-<hash of the answer-deciding fields>`: the same spec always resumes the same sweep."""
+        if self.saved_as is not None:
+            return self.saved_as
         answer_fields = {key: value for key, value in self.to_dict().items() if key in ANSWER_FIELDS}
         digest = hashlib.sha256(json.dumps(answer_fields, sort_keys=True).encode()).hexdigest()[:10]
         slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:40].strip("-") or "sweep"
@@ -170,7 +179,7 @@ class SweepSpec:
         """
         if not isinstance(data, dict):
             raise SweepSpecError(f"a sweep spec is a JSON object, got {type(data).__name__}")
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f for f in cls.__dataclass_fields__} - {"saved_as"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SweepSpecError(f"unknown spec field(s) {unknown}; known fields: {sorted(known)}")
@@ -188,7 +197,7 @@ class SweepSpec:
         values["prompts"] = tuple(_parse_prompt(p) for p in _as_list(values["prompts"], "prompts"))
         values["alphas"] = tuple(_as_list(values["alphas"], "alphas"))
         base = Path(base_dir) if base_dir is not None else Path.cwd()
-        for key in ("path", "labels_csv", "mapping_file"):
+        for key in PATH_FIELDS:
             if values.get(key):
                 values[key] = str((base / Path(values[key]).expanduser()).resolve())
         if values.get("window_s") is not None:

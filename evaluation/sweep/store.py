@@ -14,7 +14,9 @@ paper's layout share (it stays outside this package, which imports the scorer).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 import re
 import time
@@ -34,7 +36,7 @@ from evaluation.sweep.durable import (
     storage_error,
 )
 from evaluation.sweep.plan import ItemKey, item_key
-from evaluation.sweep.spec import SweepSpec, SweepSpecError
+from evaluation.sweep.spec import PATH_FIELDS, SweepSpec, SweepSpecError
 
 RUNS_DIR_ENV = "NATURELM_RUNS_DIR"
 SPACES_DATA_DIR = Path("/data")
@@ -285,10 +287,28 @@ def prepare_folder(runs_dir: str | os.PathLike[str] | None, spec: SweepSpec) -> 
 
 
 def load_spec(runs_dir: str | os.PathLike[str] | None, sweep_id: str) -> SweepSpec:
+    """The spec of the sweep in runs/<sweep_id>/, keeping that id (a resume continues this folder).
+
+    Specs written before paths were stored absolute may hold a path relative to the working folder
+    of the app that wrote them (`runs/_uploads/...`): such a path is looked up beside the spec, then
+    beside the runs folder, then in the working folder, and the first that exists is taken.
+    """
     folder = SweepFolder(runs_dir if runs_dir is not None else default_runs_dir(), sweep_id)
     if not folder.exists():
         raise SweepSpecError(f"no sweep {sweep_id!r} in {folder.runs_dir}")
-    return SweepSpec.from_json_file(folder.spec_path)
+    try:
+        data = json.loads(folder.spec_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SweepSpecError(f"the spec of sweep {sweep_id!r} cannot be read: {error}") from None
+    if isinstance(data, dict):
+        bases = (folder.spec_path.parent, Path(folder.runs_dir).resolve().parent, Path.cwd())
+        for key in PATH_FIELDS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                found = next((base / value for base in bases if (base / value).exists()), bases[0] / value)
+                data[key] = str(found.resolve())
+    spec = SweepSpec.from_dict(data, base_dir=folder.spec_path.parent)
+    return dataclasses.replace(spec, saved_as=sweep_id)
 
 
 def load_results(runs_dir: str | os.PathLike[str] | None, sweep_id: str) -> list[ResultRow]:

@@ -17,6 +17,7 @@ import io
 import math
 import numbers
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -190,6 +191,19 @@ def windows(
     A new window starts every `hop_s` until one reaches the end of the audio, so no window ever
     covers only audio its predecessor already covered (10.0 s with 10 s windows is one window).
     """
+    return list(iter_windows(waveform, window_s, hop_s, sample_rate))
+
+
+def iter_windows(
+    waveform: np.ndarray,
+    window_s: float = WINDOW_SECONDS,
+    hop_s: float = WINDOW_SECONDS,
+    sample_rate: int = SAMPLE_RATE,
+) -> Iterator[Window]:
+    """`windows()` one at a time: an hour cut at a 1 s hop is 3600 padded copies, which need not coexist.
+
+    The arguments are checked at the call, not at the first window.
+    """
     samples = np.asarray(waveform, dtype=np.float32)
     if samples.ndim != 1:
         raise InvalidAudioSourceError(f"windows() needs a 1-D mono waveform, got shape {samples.shape}")
@@ -199,16 +213,23 @@ def windows(
         raise InvalidSampleRateError(f"sample_rate must be positive, got {sample_rate!r}")
     window_len = _seconds_to_samples(window_s, sample_rate, "window_s")
     hop_len = _seconds_to_samples(hop_s, sample_rate, "hop_s")
-    starts = [0]
-    while starts[-1] + window_len < samples.size and starts[-1] + hop_len < samples.size:
-        starts.append(starts[-1] + hop_len)
-    result = []
-    for start in starts:
+    return _cut(samples, window_len, hop_len, sample_rate)
+
+
+def window_count(n_samples: int, window_len: int, hop_len: int) -> int:
+    """How many windows `windows()` cuts from `n_samples` (lengths in samples): the first, then one per hop
+    while the previous window and hop both end before the audio does."""
+    reach = max(window_len, hop_len)
+    return 1 + max(0, -(-(n_samples - reach) // hop_len))
+
+
+def _cut(samples: np.ndarray, window_len: int, hop_len: int, sample_rate: int) -> Iterator[Window]:
+    for index in range(window_count(samples.size, window_len, hop_len)):
+        start = index * hop_len
         padded = np.zeros(window_len, dtype=np.float32)
         chunk = samples[start : start + window_len]
         padded[: chunk.size] = chunk
-        result.append(Window(start / sample_rate, (start + chunk.size) / sample_rate, padded))
-    return result
+        yield Window(start / sample_rate, (start + chunk.size) / sample_rate, padded)
 
 
 def describe_audio(path: str | os.PathLike) -> dict[str, Any]:

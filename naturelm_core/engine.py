@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from naturelm_core.alphas import validate_alphas
+from naturelm_core.alphas import GridPoint, PointLike, check_grid_point
 from naturelm_core.batch_limits import BatchLimits
 from naturelm_core.cache import AudioEmbeddingCache, content_key
 from naturelm_core.requests import EngineBusy, EngineError, GenerationSettings, Priority, RequestTimeout
@@ -50,7 +50,7 @@ class GenerativeModel(Protocol):
         self,
         audio_embeds: list[list[torch.Tensor]],
         prompts: Sequence[str],
-        alphas: Sequence[float],
+        alphas: Sequence[GridPoint],
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
@@ -68,11 +68,11 @@ class BatchShape(NamedTuple):
 
 @dataclass
 class Request:
-    """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha."""
+    """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha or merge recipe."""
 
     windows: list[np.ndarray]
     prompt: str
-    alpha: float
+    alpha: GridPoint  # checked and canonical (naturelm_core.alphas): a float, or a MergeRecipe
     settings: GenerationSettings
     priority: Priority
     deadline: float
@@ -263,7 +263,7 @@ class Engine:
         self,
         windows: Sequence[np.ndarray],
         prompt: str,
-        alpha: float,
+        alpha: PointLike,
         settings: GenerationSettings | None = None,
         priority: Priority = Priority.INTERACTIVE,
         timeout_s: float | None = None,
@@ -275,16 +275,19 @@ class Engine:
 
         `windows` holds one 16 kHz mono window per `<AudioHere>` in the prompt. Validation happens
         here so a bad alpha fails the caller at once instead of poisoning a batch of other users.
+        `alpha` is a float, a `MergeRecipe` or its JSON dict, checked against the model's layers and
+        LoRA rank where the model can say (`NatureLM.check_grid_point`).
         Rows of one `caller` (see `new_caller`; by default each row is its own caller) keep their order.
         """
-        validate_alphas([alpha], 1, allow_extrapolation=allow_extrapolation)
+        check = getattr(self.model, "check_grid_point", None)
+        alpha = check(alpha, allow_extrapolation) if check else check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
         self.start()
         request = Request(
             windows=[np.ascontiguousarray(w, dtype=np.float32) for w in windows],
             prompt=prompt,
-            alpha=float(alpha),
+            alpha=alpha,
             settings=settings or GenerationSettings(),
             priority=priority,
             deadline=time.monotonic() + (timeout_s or self.default_timeout_s),
@@ -296,13 +299,13 @@ class Engine:
         self.stats.requests += 1
         return request.future
 
-    def answer(self, windows: Sequence[np.ndarray], prompt: str, alpha: float, **kwargs: Any) -> str:
+    def answer(self, windows: Sequence[np.ndarray], prompt: str, alpha: PointLike, **kwargs: Any) -> str:
         """Blocking convenience for one row."""
         return self.answer_many([(windows, prompt, alpha)], **kwargs)[0]
 
     def answer_many(
         self,
-        rows: Sequence[tuple[Sequence[np.ndarray], str, float]],
+        rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
         **kwargs: Any,
     ) -> list[str]:
         """Submit rows together so the worker can batch them (an alpha scan is one call, one caller)."""

@@ -133,6 +133,7 @@ def load_model(
         shapes = {name: tuple(checkpoint.get_slice(name).get_shape()) for name in checkpoint.keys()}  # noqa: SIM118
         report = load_published_state(model, shapes, checkpoint.get_tensor)
     model.load_report = report
+    model.compute_spectral_bases()
     logger.info("loaded %s with %s on %s (%s): %s", source, llama_source, device, dtype, report.summary())
     return model.eval()
 

@@ -1,8 +1,9 @@
 """NatureLM-audio: the audio encoder, Llama with LoRA, and generation where every row has its own alpha.
 
-The model holds no alpha. Each call validates its alphas, installs them (one per row, repeated per
-beam) for exactly the duration of that call, and the LoRA layers refuse to run outside such a call;
-see naturelm_core.alpha for why this makes cross-request leaks impossible.
+The model holds no alpha. Each call validates its rows' alphas or merge recipes (naturelm_core.recipes:
+wherever an alpha is accepted, a recipe is too, as a `MergeRecipe` or its JSON dict), installs them
+(per row, repeated per beam) for exactly the duration of that call, and the LoRA layers refuse to run
+outside such a call; see naturelm_core.alpha for why this makes cross-request leaks impossible.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import Tensor, nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from naturelm_core.alpha import install_row_alphas
-from naturelm_core.alphas import validate_alphas
+from naturelm_core.alpha import RowMerge, RowScaledDropout, install_row_alphas
+from naturelm_core.alphas import GridPoint, PointLike, check_grid_point, validate_alphas
 from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
 from naturelm_core.prompting import PaddedBatch, assemble_batch, tokenize_prompt
+from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.static_decoding import StaticCacheDecoder, StaticDecoding, StaticDecodingUnsupported
 from naturelm_core.tensor_search import tensor_beam_search, tensor_greedy_search
 
 logger = logging.getLogger(__name__)
 
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_TARGET_MODULES = MERGE_MODULES
 WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
 PROMPT_CACHE_SIZE = 1024  # distinct prompts whose token pieces are kept
 # Generation options a caller may pass, with the only values our decoding loop implements (None: any float).
@@ -114,7 +116,7 @@ class NatureLM(nn.Module):
         self,
         audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
         prompts: Sequence[str] | str,
-        alphas: Sequence[float] | float,
+        alphas: Sequence[PointLike] | PointLike,
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
@@ -122,6 +124,8 @@ class NatureLM(nn.Module):
     ) -> list[str]:
         """One answer per audio row (a path, or a 16 kHz mono float32 array of at most one 10 s window).
 
+        `alphas`: one per row, or one for all: a float, a `MergeRecipe` or a recipe's JSON dict, in any
+        mix, e.g. [0.5, {"layers": "linear:0.2:1"}, MergeRecipe(alpha=0.8, rank=8)].
         A shorter clip is zero-padded to 10 s and clamped to [-1, 1], as upstream's processor does.
         """
         if isinstance(audio, str | os.PathLike | np.ndarray):
@@ -137,7 +141,7 @@ class NatureLM(nn.Module):
         self,
         audio_embeds: Sequence[Sequence[Tensor]],
         prompts: Sequence[str] | str,
-        alphas: Sequence[float] | float,
+        alphas: Sequence[PointLike] | PointLike,
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
@@ -155,7 +159,7 @@ class NatureLM(nn.Module):
         self,
         audio_embeds: Sequence[Sequence[Tensor]],
         prompts: Sequence[str] | str,
-        alphas: Sequence[float] | float,
+        alphas: Sequence[PointLike] | PointLike,
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
@@ -173,22 +177,20 @@ class NatureLM(nn.Module):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         length_penalty = _length_penalty(gen)
-        rows = len(audio_embeds)
-        alpha_values = validate_alphas(alphas, rows, allow_extrapolation)
+        merge = self.row_merge(alphas, len(audio_embeds), allow_extrapolation)
         batch = self.build_inputs(audio_embeds, prompts)
-        item_alphas = torch.tensor(alpha_values, device=self.device)
-        row_alphas = item_alphas.repeat_interleave(num_beams)
+        row_merge = merge.repeat_rows(num_beams)
         if self.uses_static_cache:
-            # Every row's alpha lives in the static state; the LoRA layers' own alpha path is not used, so the
+            # Every row's merge lives in the static state; the LoRA layers' own alpha path is not used, so the
             # search runs outside `row_alphas.applied` and may nest another generation (`between_steps`).
             try:
-                decoder = self.static_decoding.decoder(self.llm, batch, row_alphas, num_beams, max_new_tokens)
+                decoder = self.static_decoding.decoder(self.llm, batch, row_merge, num_beams, max_new_tokens)
             except StaticDecodingUnsupported as error:
                 logger.warning("static-cache decoding is off for this model: %s", error)
                 self.decode_with_static_cache = False
             else:
                 return self._search(decoder, num_beams, max_new_tokens, length_penalty, between_steps)
-        with self.row_alphas.applied(row_alphas):
+        with self.row_alphas.applied(row_merge):
             decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
             return self._search(decoder, num_beams, max_new_tokens, length_penalty)
 
@@ -229,14 +231,37 @@ class NatureLM(nn.Module):
         self,
         audio_embeds: Sequence[Sequence[Tensor]],
         prompts: Sequence[str] | str,
-        alphas: Sequence[float] | float,
+        alphas: Sequence[PointLike] | PointLike,
         allow_extrapolation: bool = False,
     ) -> Tensor:
         """Logits [B, V] (float32, or float64 for a float64 model) of each row's first generated position."""
-        alpha_values = validate_alphas(alphas, len(audio_embeds), allow_extrapolation)
+        merge = self.row_merge(alphas, len(audio_embeds), allow_extrapolation)
         batch = self.build_inputs(audio_embeds, prompts)
-        with self.row_alphas.applied(torch.tensor(alpha_values, device=self.device)):
+        with self.row_alphas.applied(merge):
             return CachedDecoder(self.llm, batch).prefill()
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the LLM: the length of a recipe's `layers` list."""
+        return self.llm.config.num_hidden_layers
+
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False) -> GridPoint:
+        """One alpha or recipe checked against this model (its layers and LoRA rank); plain recipes become floats."""
+        return check_grid_point(value, allow_extrapolation, self.num_layers, self.config.lora_rank)
+
+    def row_merge(
+        self, alphas: Sequence[PointLike] | PointLike, rows: int, allow_extrapolation: bool = False
+    ) -> RowMerge:
+        """The checked merge of `rows` rows (one alpha or recipe per row, or one for all) as tensors."""
+        points = validate_alphas(alphas, rows, allow_extrapolation, self.num_layers, self.config.lora_rank)
+        return RowMerge.from_points(points, self.num_layers, self.config.lora_rank, self.device)
+
+    def compute_spectral_bases(self) -> None:
+        """Compute every LoRA projection's singular basis now (load_model does, once the weights are in) rather
+        than at the first spectral recipe; each is recomputed only should its LoRA weights change."""
+        for module in self.llm.modules():
+            if isinstance(module, RowScaledDropout):
+                module.basis.maps()
 
     def build_inputs(self, audio_embeds: Sequence[Sequence[Tensor]], prompts: Sequence[str] | str) -> PaddedBatch:
         """The left-padded LLM inputs of a batch: templated prompts with audio spliced at the placeholders."""

@@ -9,10 +9,18 @@ that buffer: the same graph serves every alpha and every mix of alphas, with no 
 no recompilation.
 
 The forward pass is Llama's decoder written out (as in transformers' modeling_llama.py) over the
-model's own weights, with the LoRA term computed as NatureLM's per-row alpha path computes it
+model's own weights, with the LoRA term computed as NatureLM's per-row path computes it
 (`RowScaledDropout`): B(A(x * alpha)) * s. One function serves the prompt (all positions, causal)
 and the decode steps. On the CPU it runs eagerly, which is how the tests prove it computes what
 transformers computes.
+
+Merge recipes (naturelm_core.recipes) ride in the same buffers: a state holds one scale per item,
+layer and rank column (alpha * layers[l] * modules[m]; a plain alpha's is the alpha), applied to the
+rank-r products as the alpha always was, by one multiply. A batch with a spectral row runs a second
+variant of the graphs, captured the first time a state meets one: each projection's rank-r product
+also goes through its singular basis (naturelm_core.spectral) at the spectral rows' weights, zero on
+the other rows, whose numbers are therefore exactly those of the plain variant. Changing recipes
+only changes buffer contents: no graph is captured again and no weight is written.
 
 The beams of one item share its prompt, so the cache holds each item's prompt once (left-padded to
 `prompt_capacity` columns), then its beams' generated tokens interleaved: column
@@ -28,6 +36,7 @@ prefilled by a graph too; large ones (sweeps, compute-bound) eagerly, over the b
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,8 +47,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from naturelm_core import rotary_store, swiglu
-from naturelm_core.alpha import ADAPTER_NAME
+from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
+from naturelm_core.recipes import MERGE_MODULES
+from naturelm_core.spectral import SpectralBasis, weigh_directions
 
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
@@ -63,8 +74,8 @@ def item_capacity(items: int, beams: int) -> int:
     return math.ceil(row_capacity(items * beams) / beams)
 
 
-def _lora_parts(module: nn.Module) -> tuple[nn.Linear, Tensor, Tensor, float]:
-    """(base layer, A weight, B weight, scale) of a peft LoRA projection the static path can run."""
+def _lora_parts(module: nn.Module) -> tuple[nn.Linear, Tensor, Tensor, float, SpectralBasis]:
+    """(base layer, A weight, B weight, scale, singular basis) of a peft LoRA projection the static path can run."""
     if not isinstance(module, LoraLayer):
         raise StaticDecodingUnsupported(f"{type(module).__name__} is not a LoRA layer")
     if module.merged or module.disable_adapters or ADAPTER_NAME in getattr(module, "lora_variant", {}):
@@ -75,7 +86,10 @@ def _lora_parts(module: nn.Module) -> tuple[nn.Linear, Tensor, Tensor, float]:
     lora_a, lora_b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
     if lora_a.dtype != base.weight.dtype or base.bias is not None:
         raise StaticDecodingUnsupported("LoRA in another dtype than its layer, or a biased projection")
-    return base, lora_a, lora_b, float(module.scaling[ADAPTER_NAME])
+    merge = module.lora_dropout[ADAPTER_NAME]
+    if not isinstance(merge, RowScaledDropout):
+        raise StaticDecodingUnsupported("LoRA without per-row merges (naturelm_core.alpha.install_row_alphas)")
+    return base, lora_a, lora_b, float(module.scaling[ADAPTER_NAME]), merge.basis
 
 
 class _Layer:
@@ -87,37 +101,41 @@ class _Layer:
     decode step at the sweep batch, 18 µs at one row (benchmarks/decode_parts.py). It is re-copied
     whenever a source weight changed in place (its version counter moved), so weights loaded in place
     are always seen, and never otherwise: a generation at a new alpha writes no weight.
+
+    With them, the r x r maps into and out of each projection's singular basis (naturelm_core.spectral),
+    block-diagonal for q, k, v like their B: a few hundred kilobytes per layer, read only by spectral rows.
     """
 
     def __init__(self, layer: nn.Module) -> None:
         attention = layer.self_attn
         self.input_layernorm = layer.input_layernorm
         self.post_attention_layernorm = layer.post_attention_layernorm
-        q, k, v, o = (
-            _lora_parts(attention.q_proj),
-            _lora_parts(attention.k_proj),
-            _lora_parts(attention.v_proj),
-            _lora_parts(attention.o_proj),
-        )
+        q, k, v, o = (_lora_parts(getattr(attention, name)) for name in MERGE_MODULES)
         self._weights = tuple(part[0].weight for part in (q, k, v))
         self._lora_a = tuple(part[1] for part in (q, k, v))
         self._lora_b = tuple(part[2] for part in (q, k, v))
+        self._bases = tuple(part[4] for part in (q, k, v, o))
         self.widths = tuple(weight.shape[0] for weight in self._weights)
+        self.ranks = tuple(part[1].shape[0] for part in (q, k, v, o))  # rank columns: [q | k | v | o]
         weight = self._weights[0]
-        ranks = [a.shape[0] for a in self._lora_a]
-        self.qkv = torch.empty(sum(self.widths) + sum(ranks), weight.shape[1], dtype=weight.dtype, device=weight.device)
-        self.lora_b_qkv = torch.zeros(sum(self.widths), sum(ranks), dtype=weight.dtype, device=weight.device)
-        scales = [torch.full((r,), part[3], device=weight.device) for r, part in zip(ranks, (q, k, v), strict=True)]
+        rank_qkv = sum(self.ranks[:3])
+        self.qkv = torch.empty(sum(self.widths) + rank_qkv, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        self.lora_b_qkv = torch.zeros(sum(self.widths), rank_qkv, dtype=weight.dtype, device=weight.device)
+        scales = [torch.full((part[1].shape[0],), part[3], device=weight.device) for part in (q, k, v)]
         self.scaling_qkv = None if {q[3], k[3], v[3]} == {1.0} else torch.cat(scales)  # NatureLM's are all 1
+        self.o, self.lora_a_o, self.lora_b_o, self.scaling_o = o[0].weight, o[1], o[2], o[3]
+        maps = {"dtype": torch.promote_types(weight.dtype, torch.float32), "device": weight.device}
+        self.into_qkv, self.out_of_qkv = (torch.zeros(rank_qkv, rank_qkv, **maps) for _ in range(2))
+        self.into_o, self.out_of_o = (torch.zeros(self.ranks[3], self.ranks[3], **maps) for _ in range(2))
         self._versions: tuple[int, ...] = ()
         self.refresh()
-        self.o, self.lora_a_o, self.lora_b_o, self.scaling_o = o[0].weight, o[1], o[2], o[3]
         self.gate, self.up, self.down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-copy the fused matrices if a source weight was written since the last copy."""
-        sources = (*self._weights, *self._lora_a, *self._lora_b)
+        """Re-copy the fused matrices and maps, in place (graphs hold their addresses), if a source weight was
+        written since the last copy."""
+        sources = (*self._weights, *self._lora_a, *self._lora_b, self.lora_a_o, self.lora_b_o)
         versions = tuple(tensor._version for tensor in sources)
         if versions == self._versions:
             return
@@ -126,23 +144,41 @@ class _Layer:
         for lora_b in self._lora_b:
             self.lora_b_qkv[row : row + lora_b.shape[0], column : column + lora_b.shape[1]] = lora_b
             row, column = row + lora_b.shape[0], column + lora_b.shape[1]
+        (into_q, out_of_q), (into_k, out_of_k), (into_v, out_of_v), (into_o, out_of_o) = (b.maps() for b in self._bases)
+        self.into_qkv.copy_(torch.block_diag(into_q, into_k, into_v))
+        self.out_of_qkv.copy_(torch.block_diag(out_of_q, out_of_k, out_of_v))
+        self.into_o.copy_(into_o)
+        self.out_of_o.copy_(out_of_o)
         self._versions = versions
 
-    def attention_inputs(self, x: Tensor, alphas: Tensor) -> Tensor:
-        """[q | k | v] with their LoRA terms: base(x) + B((A x) * alpha) * s, LoRA B added inside the product.
+    def attention_inputs(self, x: Tensor, scales: Tensor, spectral_scales: Tensor | None) -> Tensor:
+        """[q | k | v] with their LoRA terms: base(x) + B((A x) * scale) * s, LoRA B added inside the product.
 
-        NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; alpha is applied
-        here to the rank-r product instead, a tiny kernel instead of a full-width one.
+        NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; the scale is applied
+        here to the rank-r product instead, a tiny kernel instead of a full-width one. `scales` [items, 1,
+        rank columns] (see `DecodeState`); `spectral_scales` likewise for spectral rows, None when the
+        batch has none.
         """
         projected = nn.functional.linear(x, self.qkv)
-        width = self.lora_b_qkv.shape[0]
-        low_rank = _scaled(projected[:, width:], alphas, self.scaling_qkv)
+        width, rank = self.lora_b_qkv.shape
+        down = projected[:, width:]
+        low_rank = _scaled(down, scales[..., :rank], self.scaling_qkv)
+        if spectral_scales is not None:
+            spectral = spectral_scales[..., :rank]
+            low_rank.add_(_spectral(down, spectral, self.into_qkv, self.out_of_qkv, self.scaling_qkv))
         return projected[:, :width].addmm_(low_rank, self.lora_b_qkv.t())
 
-    def attention_output(self, attended: Tensor, alphas: Tensor, residual: Tensor) -> Tensor:
+    def attention_output(
+        self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor
+    ) -> Tensor:
         """residual += o(attended) + its LoRA term, in place: an out-of-place sum first copies the residual."""
-        down = _scaled(nn.functional.linear(attended, self.lora_a_o), alphas, self.scaling_o)
-        return residual.addmm_(attended, self.o.t()).addmm_(down, self.lora_b_o.t())
+        rank = self.lora_a_o.shape[0]
+        down = nn.functional.linear(attended, self.lora_a_o)
+        low_rank = _scaled(down, scales[..., -rank:], self.scaling_o)
+        if spectral_scales is not None:
+            spectral = spectral_scales[..., -rank:]
+            low_rank.add_(_spectral(down, spectral, self.into_o, self.out_of_o, self.scaling_o))
+        return residual.addmm_(attended, self.o.t()).addmm_(low_rank, self.lora_b_o.t())
 
     def mlp(self, x: Tensor, residual: Tensor, fused_swiglu: bool) -> Tensor:
         """residual += down(silu(gate(x)) * up(x)), Llama's SwiGLU, in place. (One fused gate/up product
@@ -151,14 +187,30 @@ class _Layer:
         return residual.addmm_(swiglu.silu_mul(gate, up, fused_swiglu), self.down.t())
 
 
-def _scaled(down: Tensor, alphas: Tensor, scaling: Tensor | float | None) -> Tensor:
-    """Each row's rank-r LoRA product times its alpha (in float32, as alphas are) and the LoRA scale.
+def _scaled(down: Tensor, scales: Tensor, scaling: Tensor | float | None) -> Tensor:
+    """Each row's rank-r LoRA product times its scale (in float32, as scales are) and the LoRA scale.
 
-    Without a scale it is one kernel: the float32 product is rounded once into the output's dtype.
+    `down` [items x tokens, r], `scales` [items, 1, r]: one scale per item and rank column, broadcast
+    over the item's tokens. Without a LoRA scale it is one kernel: the float32 product is rounded once
+    into the output's dtype.
     """
+    per_item = down.unflatten(0, (scales.shape[0], -1))  # [items, tokens, r], a view
     if isinstance(scaling, Tensor) or (scaling is not None and scaling != 1.0):
-        return (down * alphas * scaling).to(down.dtype)
-    return torch.mul(down, alphas, out=torch.empty(down.shape, dtype=down.dtype, device=down.device))
+        return (per_item * scales * scaling).to(down.dtype).flatten(0, 1)
+    out = torch.empty(per_item.shape, dtype=down.dtype, device=down.device)
+    return torch.mul(per_item, scales, out=out).flatten(0, 1)
+
+
+def _spectral(
+    down: Tensor, spectral_scales: Tensor, into: Tensor, out_of: Tensor, scaling: Tensor | float | None
+) -> Tensor:
+    """Spectral rows' LoRA products through the singular basis, weighed by their scale times w; exactly zero
+    on other rows (their `spectral_scales` are 0), so adding it leaves those rows' numbers as they were."""
+    per_item = down.unflatten(0, (spectral_scales.shape[0], -1))  # [items, tokens, r]
+    weighed = weigh_directions(per_item, spectral_scales, into, out_of).flatten(0, 1)
+    if isinstance(scaling, Tensor) or (scaling is not None and scaling != 1.0):
+        return weighed * scaling
+    return weighed
 
 
 def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
@@ -192,6 +244,9 @@ class LlamaStep:
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.layers = [_Layer(layer) for layer in llm.model.layers[: config.num_hidden_layers]]
+        self.lora_ranks = self.layers[0].ranks
+        if any(layer.ranks != self.lora_ranks for layer in self.layers):
+            raise StaticDecodingUnsupported("LoRA ranks differ between layers")
         self.cudnn_gqa = _cudnn_gqa_works(self.weight, self.num_heads, self.num_kv_heads, self.head_dim)
         self.fused_rotary = rotary_store.fused_kernel_works(
             self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
@@ -276,14 +331,15 @@ class LlamaStep:
             self.head_dim,
             self.fused_rotary,
         )
-        alphas = state.alphas[:items, None].expand(items, length).reshape(-1, 1)
         for index, layer in enumerate(self.layers):
-            qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), alphas)
+            scales = state.scales[:items, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
+            spectral_scales = state.spectral_scales[:items, index, None] if state.spectral else None
+            qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), scales, spectral_scales)
             keys, values = state.keys[index, :items], state.values[index, :items]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             attended = self._attention(query, keys, values, bias, queries_as_rows)
-            hidden = layer.attention_output(attended, alphas, hidden)
+            hidden = layer.attention_output(attended, scales, spectral_scales, hidden)
             hidden = layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden), hidden, self.fused_swiglu)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
@@ -366,6 +422,10 @@ class DecodeState:
     """Every buffer a forward pass reads or writes, for one shape: (items, beams, prompt capacity, new tokens).
 
     Column `prompt_capacity + t * beams + b` of an item's cache holds beam b's generated token t.
+    Each item's merge: `scales` [items, layers, rank columns q | k | v | o], every column of projection m
+    at alpha * layers[l] * modules[m], and `spectral_scales` the same times the direction's weight w_i
+    for spectral items; each zero on the other kind of item. `spectral`: whether the loaded generation
+    has a spectral item (the graph variant it runs).
     """
 
     def __init__(self, step: LlamaStep, items: int, beams: int, prompt_capacity: int, max_new_tokens: int) -> None:
@@ -390,7 +450,10 @@ class DecodeState:
         self.positions = torch.zeros(items, device=device, dtype=torch.long)
         self.columns = prompt_capacity + torch.arange(beams, device=device)
         self.tokens = torch.zeros(self.rows, device=device, dtype=torch.long)
-        self.alphas = torch.zeros(items, device=device, dtype=torch.float32)
+        self.ranks = step.lora_ranks
+        self.scales = torch.zeros(items, len(step.layers), sum(self.ranks), device=device, dtype=torch.float32)
+        self.spectral_scales = torch.zeros_like(self.scales)
+        self.spectral = False
         vocab = step.lm_head.weight.shape[0]
         self.projected = torch.empty(self.rows, vocab - vocab % 8 + 8, device=device, dtype=dtype)
         self.logits = torch.empty(self.rows, vocab, device=device, dtype=torch.promote_types(dtype, torch.float32))
@@ -411,7 +474,7 @@ class DecodeState:
             self.prompt_capacity + min(self.max_new_tokens, (b + 1) * window_block) * self.beams for b in range(blocks)
         ]
 
-    def load(self, batch: PaddedBatch, item_alphas: Tensor) -> None:
+    def load(self, batch: PaddedBatch, item_merge: RowMerge) -> None:
         """Start a generation: each item's prompt right-aligned in the prompt columns, nothing generated."""
         items, prompt_length = batch.attention_mask.shape
         start = self.prompt_capacity - prompt_length
@@ -425,8 +488,13 @@ class DecodeState:
         self.positions[:items] = batch.position_ids[:, -1] + 1
         self.columns.copy_(self.prompt_capacity + torch.arange(self.beams, device=self.columns.device))
         self.tokens.zero_()
-        self.alphas.zero_()
-        self.alphas[:items] = item_alphas
+        scales, spectral_scales = _rank_columns(item_merge, self.ranks)
+        self.scales.zero_()
+        self.scales[:items] = scales
+        self.spectral_scales.zero_()
+        if spectral_scales is not None:
+            self.spectral_scales[:items] = spectral_scales
+        self.spectral = spectral_scales is not None
 
     def reorder(self, rows: Tensor, generated: int) -> None:
         """Row i continues beam rows[i], a beam of its own item: only that item's generated columns move."""
@@ -439,8 +507,23 @@ class DecodeState:
             tokens.copy_(torch.gather(tokens, 4, source_beam.expand_as(tokens)))
 
 
+def _rank_columns(merge: RowMerge, ranks: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+    """Per item and layer, the scale of every rank column (see `DecodeState`): plain items' (a copy of their
+    scale, so a plain alpha's numbers are unchanged), and spectral items' (None when there are none)."""
+    scales = merge.scales.repeat_interleave(torch.tensor(ranks, device=merge.scales.device), dim=2)
+    if merge.spectral is None:
+        return scales, None
+    weights = torch.cat([merge.spectra[:, :rank] for rank in ranks], dim=1)  # [items, rank columns]
+    spectral = merge.spectral[:, None, None]
+    return scales.masked_fill(spectral, 0.0), (scales * weights[:, None, :]).masked_fill(~spectral, 0.0)
+
+
 class _Runner:
-    """A state plus how to run it: CUDA graphs replayed on the GPU, the plain forward elsewhere."""
+    """A state plus how to run it: CUDA graphs replayed on the GPU, the plain forward elsewhere.
+
+    Graphs come in two variants, plain and spectral (`DecodeState.spectral`); each is captured the
+    first time the state runs it, and replayed for every later generation, whatever its recipes.
+    """
 
     def __init__(
         self, step: LlamaStep, state: DecodeState, window_block: int, use_graphs: bool, small_prefill_tokens: int
@@ -449,16 +532,26 @@ class _Runner:
         self.state = state
         self.windows = state.windows(window_block)
         self.window_block = window_block
+        self.use_graphs = use_graphs
         # A small prompt batch is prefilled over the whole capacity by a graph; a large one eagerly.
         self.prefill_by_graph = state.items * state.prompt_capacity <= small_prefill_tokens
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
-        self.prefill_graph: tuple[torch.cuda.CUDAGraph, Tensor] | None = None
-        if use_graphs:
-            self._capture(prefill=self.prefill_by_graph)
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by (window, spectral)
+        self.prefill_graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by spectral
+        self.captured: set[bool] = set()  # variants whose graphs exist
+        self.pool: tuple | None = None  # one memory pool for all of them: their outputs live in the state
+
+    def prepare(self, spectral: bool) -> bool:
+        """Set the variant the next generation runs; capture its graphs if it is the first to. True if it did."""
+        self.state.spectral = spectral
+        if not self.use_graphs or spectral in self.captured:
+            return False
+        self._capture(prefill=self.prefill_by_graph)
+        self.captured.add(spectral)
+        return True
 
     def _capture(self, prefill: bool) -> None:
-        """Capture the graphs; should cuDNN attention or our Triton kernels refuse to be captured, capture
-        without them (the torch versions compute the same)."""
+        """Capture the graphs of the state's variant; should cuDNN attention or our Triton kernels refuse to
+        be captured, capture without them (the torch versions compute the same)."""
         while True:
             try:
                 self._capture_graphs(prefill)
@@ -466,7 +559,9 @@ class _Runner:
             except torch.OutOfMemoryError:  # not the kernels' fault: the engine retries with fewer rows
                 raise
             except RuntimeError:
-                self.graphs, self.prefill_graph = {}, None
+                variant = self.state.spectral
+                self.graphs = {key: graph for key, graph in self.graphs.items() if key[1] != variant}
+                self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
                 elif self.step.fused_rotary or self.step.fused_swiglu:
@@ -477,7 +572,8 @@ class _Runner:
     def _capture_graphs(self, prefill: bool) -> None:
         """Warm up on a side stream (library handles, kernel choices), then capture one graph per window
         and, for small batches, one for the prefill. Warm-up mutates the state; every generation reloads it."""
-        pool = torch.cuda.graph_pool_handle()
+        variant = self.state.spectral
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _attention_kernels():
@@ -487,9 +583,10 @@ class _Runner:
                 self.step.decode(self.state, window)
         torch.cuda.current_stream().wait_stream(side)
         if prefill:
-            self.prefill_graph = self._graph(pool, lambda: self.step.prefill(self.state))
+            self.prefill_graphs[variant] = self._graph(self.pool, lambda: self.step.prefill(self.state))
         for window in self.windows:
-            self.graphs[window] = self._graph(pool, lambda window=window: self.step.decode(self.state, window))
+            decode = functools.partial(self.step.decode, self.state, window)
+            self.graphs[window, variant] = self._graph(self.pool, decode)
 
     @staticmethod
     def _graph(pool: tuple, run: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
@@ -498,29 +595,29 @@ class _Runner:
             logits = run()
         return graph, logits
 
-    def prefill(self, batch: PaddedBatch, item_alphas: Tensor) -> Tensor:
+    def prefill(self, batch: PaddedBatch, item_merge: RowMerge) -> Tensor:
         """Load the prompts and run them, once per item; logits [items x beams, V] of each row's first new token."""
         items, prompt_length = batch.attention_mask.shape
-        self.state.load(batch, item_alphas)
+        self.state.load(batch, item_merge)
+        graph = self.prefill_graphs.get(self.state.spectral)
         if not self.prefill_by_graph:
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
                 logits = self.step.prefill(self.state, items=items, length=prompt_length)
-        elif self.prefill_graph is None:
+        elif graph is None:
             logits = self.step.prefill(self.state)[:items]
         else:
-            graph, logits = self.prefill_graph
-            graph.replay()
-            logits = logits[:items]
+            graph[0].replay()
+            logits = graph[1][:items]
         return logits.repeat_interleave(self.state.beams, dim=0)
 
     def run(self, generated: int) -> Tensor:
         """The decode step that writes generated token number `generated` (0-based) of every beam."""
         window = self.windows[generated // self.window_block]
-        if not self.graphs:
+        graph = self.graphs.get((window, self.state.spectral))
+        if graph is None:
             return self.step.decode(self.state, window)
-        graph, logits = self.graphs[window]
-        graph.replay()
-        return logits
+        graph[0].replay()
+        return graph[1]
 
 
 def _attention_kernels():
@@ -551,7 +648,7 @@ class StaticDecoding:
         self._runners: OrderedDict[tuple[int, int, int, int], _Runner] = OrderedDict()
         self._step: LlamaStep | None = None
         self._fingerprint: tuple[int, ...] = ()
-        self.captures = 0  # states whose graphs were captured: a benchmark proves alphas cause none
+        self.captures = 0  # graph sets captured (per state and variant): a benchmark proves alphas cause none
 
     def __deepcopy__(self, memo: dict) -> StaticDecoding:
         """A copied model starts with no states: graphs point at the original's weights."""
@@ -579,19 +676,27 @@ class StaticDecoding:
 
     @torch.no_grad()
     def decoder(
-        self, llm: PreTrainedModel, batch: PaddedBatch, row_alphas: Tensor, repeats: int, max_new_tokens: int
+        self,
+        llm: PreTrainedModel,
+        batch: PaddedBatch,
+        row_alphas: RowMerge | Tensor,
+        repeats: int,
+        max_new_tokens: int,
     ) -> StaticCacheDecoder:
         """A decoder for one generation over `batch` (one row per item), each item repeated `repeats` times.
 
-        `row_alphas` holds one alpha per decoded row (item-major, repeated per beam); the beams of an
-        item share its prompt, hence its alpha.
+        `row_alphas` holds each decoded row's merge (item-major, repeated per beam), or one plain alpha
+        per row [rows]; the beams of an item share its prompt, hence its merge.
         """
         step = self._llama_step(llm)
         step.refresh()
         items, prompt_length = batch.attention_mask.shape
         rows = items * repeats
-        if row_alphas.shape != (rows,):
-            raise ValueError(f"expected {rows} row alphas (items x repeats), got shape {tuple(row_alphas.shape)}")
+        merge = row_alphas if isinstance(row_alphas, RowMerge) else RowMerge.from_alphas(row_alphas, len(step.layers))
+        if merge.rows != rows:
+            raise ValueError(f"expected {rows} row alphas (items x repeats), got {merge.rows}")
+        if merge.spectra is not None and merge.spectra.shape[1] < max(step.lora_ranks):
+            raise ValueError(f"{merge.spectra.shape[1]} spectral weights per row for LoRA ranks {step.lora_ranks}")
         prompt_capacity = self.prompt_block * math.ceil(prompt_length / self.prompt_block)
         key = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
         runner = self._runners.get(key)
@@ -599,12 +704,11 @@ class StaticDecoding:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            state = DecodeState(step, *key)
-            runner = _Runner(step, state, self.window_block, use_graphs, self.small_prefill_tokens)
-            self.captures += bool(runner.graphs)
-            self._runners[key] = runner
+            runner = _Runner(step, DecodeState(step, *key), self.window_block, use_graphs, self.small_prefill_tokens)
+        self.captures += runner.prepare(spectral=merge.spectral is not None)
+        self._runners[key] = runner
         self._runners.move_to_end(key)
-        return StaticCacheDecoder(runner, batch, row_alphas[::repeats], rows)
+        return StaticCacheDecoder(runner, batch, merge.take(slice(None, None, repeats)), rows)
 
     def _llama_step(self, llm: PreTrainedModel) -> LlamaStep:
         """The step for `llm`, rebuilt (and every graph dropped) when the model or a weight's address changed."""
@@ -622,16 +726,16 @@ class StaticCacheDecoder:
     (the search loops do). `reorder` expects beam search's rows: each row continues a beam of its own item.
     """
 
-    def __init__(self, runner: _Runner, batch: PaddedBatch, item_alphas: Tensor, rows: int) -> None:
+    def __init__(self, runner: _Runner, batch: PaddedBatch, item_merge: RowMerge, rows: int) -> None:
         self.runner = runner
         self.batch = batch
-        self.item_alphas = item_alphas
+        self.item_merge = item_merge
         self.rows = rows
         self.generated = 0
 
     @torch.no_grad()
     def prefill(self) -> Tensor:
-        return self.runner.prefill(self.batch, self.item_alphas)
+        return self.runner.prefill(self.batch, self.item_merge)
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:

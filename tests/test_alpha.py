@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from naturelm_core.alpha import RowAlphas
+from naturelm_core.alpha import RowAlphas, RowMerge
 from naturelm_core.alphas import validate_alphas
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.loading import load_model
@@ -212,6 +212,20 @@ def test_rows_are_scaled_by_their_own_alpha_and_must_match_in_number():
         assert scaled[:, 0, 0].tolist() == [0.0, 0.5, 2.0]
         with pytest.raises(RuntimeError, match="4 rows but 3 alphas"):
             row_alphas.scale_rows(torch.ones(4, 2))
+
+
+def test_each_layer_and_projection_reads_its_own_scale():
+    row_alphas = RowAlphas(capacity=2, num_layers=2, num_modules=4)
+    scales = torch.arange(16, dtype=torch.float32).view(2, 2, 4)  # [rows, layers, modules]
+    with row_alphas.applied(RowMerge(scales)):
+        assert row_alphas.scale_rows(torch.ones(2, 3), layer=1, module=2)[:, 0].tolist() == [6.0, 14.0]
+    with row_alphas.applied(torch.tensor([0.5, 0.25])):  # plain alphas: the same in every layer and projection
+        assert row_alphas.scale_rows(torch.ones(2, 3), layer=1, module=3)[:, 0].tolist() == [0.5, 0.25]
+    with (
+        pytest.raises(ValueError, match="for a model of 2 layers x 4 modules"),
+        row_alphas.applied(RowMerge(scales[:, :1])),
+    ):
+        pass
 
 
 def test_calls_cannot_nest_in_one_thread():

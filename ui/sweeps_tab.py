@@ -3,7 +3,7 @@
 Everything the tab shows is read back from the runs folder, so a reloaded page (or a sweep run
 headless) shows the same table, progress and figures. Every ~2 s one handler looks at the runs
 folder once (`SweepsService.snapshot`) and each section redraws only what changed since the page
-last showed it (the `seen` state); before, two handlers on the timer listed the folder twice.
+last showed it (the `seen` state).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from ui.errors import user_facing
 from ui.sweeps_compare import compare_section, wire_compare
 from ui.sweeps_files import files_section, wire_files
 from ui.sweeps_new import new_sweep_section, wire_new_sweep
-from ui.sweeps_paper_figures import paper_figures_section, refresh_paper_figures, wire_paper_figures
-from ui.sweeps_presets import paper_experiments_section, refresh_presets, wire_paper_experiments
-from ui.sweeps_runs import refresh_runs, runs_section, wire_runs
+from ui.sweeps_paper_figures import PaperFigures, paper_figures_section, refresh_paper_figures, wire_paper_figures
+from ui.sweeps_presets import PaperExperiments, paper_experiments_section, refresh_presets, wire_paper_experiments
+from ui.sweeps_runs import Runs, refresh_runs, runs_section, wire_runs
 from ui.sweeps_service import SweepsService
 from ui.text import ZERO_GPU_SWEEPS, sweeps_intro, view_choices
 
@@ -58,11 +58,24 @@ def sweeps_tab(service: SweepsService) -> None:
     for event in started:
         event.then(refresh_choices, None, choosers, api_visibility="private")
 
-    limit = form.fields["limit"]
+    _wire_refresh(service, timer, seen, choosers, runs, paper, figures, form.fields["limit"])
+
+
+def _wire_refresh(
+    service: SweepsService,
+    timer: gr.Timer,
+    seen: gr.State,
+    choosers: list[Any],
+    runs: Runs,
+    paper: PaperExperiments,
+    figures: PaperFigures,
+    limit: gr.Number,
+) -> None:
+    """The tab's one timer: one look at the runs folder, then each section's changes (a dict of updates)."""
 
     @user_facing
     def refresh(values: dict[Any, Any]) -> dict[Any, Any]:
-        """Every ~2 s: one look at the runs folder, and only what changed on disk is sent (no redraws)."""
+        """Every ~2 s: only what changed on disk since the page last showed it is sent (no redraws)."""
         seen_now = dict(values[seen] or {})
         snapshot = service.snapshot()
         updates = refresh_runs(service, runs, choosers, snapshot, values, seen_now)

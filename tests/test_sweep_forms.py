@@ -1,4 +1,5 @@
-"""The Sweeps tab's form and view logic without a browser: alpha grids, kept uploads, the sweeps table, imports."""
+"""The Sweeps tab's form and view logic without a browser: alpha grids, kept uploads, the sweeps table, imports,
+and the service between the tab and evaluation."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from evaluation.backend_choice import SweepBackends
 from evaluation.reference import MappingError
 from evaluation.runs import SweepState, SweepStatus
-from evaluation.sweep import DataSource
+from evaluation.sweep import DataSource, SweepQueue
 from evaluation.sweep_forms import SweepForm, SweepFormError, check_spec_data, spec_from_form
 from evaluation.sweep_uploads import IMPORT_PREFIX, UPLOADS_DIR, UploadError, import_paper_uploads, persist_uploads
 from naturelm_core.alphas import AlphaError
 from tests.sweep_helpers import WATKINS_LABELS, write_sweep_data
-from ui.sweeps_service import read_snapshot
+from ui.sweeps_service import RunsSnapshot, SweepsService, SweepsUnavailable, read_snapshot
 from ui.tables import sweeps_table
 from ui.text import format_duration, view_choices
 
@@ -163,3 +165,27 @@ def test_a_labels_csv_naming_recordings_that_were_not_uploaded_is_refused(tmp_pa
     )
     with pytest.raises(SweepFormError, match=r"not uploaded: \['b.wav'\]"):
         check_spec_data(spec_from_form(form, tmp_path / "runs"))
+
+
+def test_on_zero_gpu_the_sweeps_service_refuses_every_start_before_touching_the_runs_folder(tmp_path):
+    runs = tmp_path / "runs"
+    service = SweepsService(SweepBackends(SweepQueue(None, runs), source="tiny"), zero_gpu=True)
+    form = SweepForm(**BASE_FORM)
+    for start in (
+        lambda: service.start(form),
+        lambda: service.run_preset("closed-set-2", form),
+        lambda: service.run_fork_config("config.yml", form),
+        lambda: service.resume("a-sweep"),
+    ):
+        with pytest.raises(SweepsUnavailable, match="dedicated GPU"):
+            start()
+    assert not runs.exists()
+
+
+def test_a_fresh_page_shows_the_running_sweep_else_the_newest():
+    newest = SweepStatus("new-1", "new", SweepState.COMPLETE, created_at=3.0)
+    running = SweepStatus("run-2", "run", SweepState.RUNNING, created_at=2.0)
+    older = SweepStatus("old-3", "old", SweepState.CANCELLED, created_at=1.0)
+    assert RunsSnapshot((newest, running, older), ()).default_selection() == "run-2"
+    assert RunsSnapshot((newest, older), ()).default_selection() == "new-1"
+    assert RunsSnapshot((), ("imported-1",)).default_selection() is None

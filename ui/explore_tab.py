@@ -78,8 +78,9 @@ def _recording_section() -> gr.Audio:
     def describe(audio_path: str | None) -> tuple[str, Any]:
         if not audio_path:
             return "", None
+        info = describe_audio(audio_path)
         waveform, duration_s = load_audio(audio_path)  # decoded length; mp3 headers can overstate it
-        return audio_info_markdown(describe_audio(audio_path), duration_s), spectrogram_figure(waveform)
+        return audio_info_markdown(info, duration_s), spectrogram_figure(waveform)
 
     audio.change(describe, audio, [audio_info, spectrogram], api_visibility="private")
     return audio

@@ -1,463 +1,65 @@
-"""Figures and tables of a sweep, recomputed from its results rows and their scores.
+"""Compatibility names for the sweep figures, now split by job: numbers in evaluation.sweep_metrics,
+figures and the answers table in ui.sweep_figures.
 
-Everything here is a pure function of (rows, scores): the Sweeps tab refreshes them while a sweep
-runs, a finished sweep, an imported folder in the paper's layout and an exported copy all give the
-same figures, and tests read the traces back to check their values.
-
-- metric vs alpha, one line per (dataset, prompt): accuracy, weighted or macro F1
-- the trade-off curve (the paper's Figure 4): combined-prompt accuracy against the mean accuracy
-  of the individual (common- and scientific-name) prompts, one point per alpha, labelled with it
-- the error breakdown vs alpha: stacked shares of correct / in-set confusion / out of set / abstention
-- the per-sample table: each sample's answers across alphas, filterable by dataset, prompt, correctness
-- an overlay of several sweeps' metric-vs-alpha curves
-- for the paper's presets: one panel per data set, bars per prompt at chosen alphas, and the
-  majority-class and random baselines of a closed set
+Why it still exists: evaluation.presets (the paper's figures of each preset) and two test modules
+import these names from here, and they are outside the UI redesign. Once presets.py imports
+ui.sweep_figures and evaluation.sweep_metrics directly, this module goes.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from evaluation.sweep_metrics import (
+    FRAME_COLUMNS,
+    INDIVIDUAL_KINDS,
+    METRIC_LABELS,
+    PlotInputError,
+    class_baselines,
+    label_counts,
+    metrics_frame,
+    tradeoff_points,
+)
+from ui.sweep_figures import (
+    ALPHA_AXIS_TITLE,
+    BAR_COLOURS,
+    BASELINE_DASHES,
+    CORRECT_FILTERS,
+    OUTCOME_COLOURS,
+    OUTCOME_LABELS,
+    SWEEP_DASHES,
+    add_baselines,
+    alpha_bars_figure,
+    alpha_column,
+    answers_table,
+    error_breakdown_figure,
+    metric_vs_alpha_figure,
+    metric_vs_alpha_panels,
+    overlay_figure,
+    tradeoff_figure,
+)
 
-import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
-from plotly.colors import qualitative
-from plotly.subplots import make_subplots
-
-from evaluation.prompts import PromptKind
-from evaluation.scoring import GroupScore, Outcome
-
-METRIC_LABELS = {"accuracy": "accuracy", "f1_weighted": "weighted F1", "f1_macro": "macro F1"}
-OUTCOME_LABELS = {
-    Outcome.CORRECT: "correct",
-    Outcome.IN_SET_CONFUSION: "in-set confusion",
-    Outcome.OUT_OF_SET: "out of set",
-    Outcome.ABSTENTION: "abstention",
-}
-OUTCOME_COLOURS = {
-    Outcome.CORRECT: "#2ca02c",
-    Outcome.IN_SET_CONFUSION: "#ff7f0e",
-    Outcome.OUT_OF_SET: "#d62728",
-    Outcome.ABSTENTION: "#7f7f7f",
-}
-INDIVIDUAL_KINDS = (PromptKind.COMMON, PromptKind.SCIENTIFIC)
-CORRECT_FILTERS = ("always", "never", "sometimes")
-ALPHA_AXIS_TITLE = "alpha (0 = Llama-3.1-8B-Instruct, 1 = NatureLM-audio)"
-FRAME_COLUMNS = ["dataset", "prompt", "kind", "alpha", "n", *METRIC_LABELS, *(o.value for o in Outcome)]
-SWEEP_DASHES = ("solid", "dash", "dot", "dashdot")
-
-
-class PlotInputError(ValueError):
-    """A figure was asked for something the scores do not hold (an unknown metric, prompt or filter)."""
-
-
-def metrics_frame(scores: Sequence[GroupScore]) -> pd.DataFrame:
-    """One row per (dataset, prompt, alpha): n, accuracy, F1s and the share of each outcome."""
-    records = []
-    for score in scores:
-        metrics = score.metrics
-        record = {
-            "dataset": score.dataset,
-            "prompt": score.prompt_name,
-            "kind": score.kind.value,
-            "alpha": score.alpha,
-            "n": metrics.n,
-            "accuracy": metrics.accuracy,
-            "f1_weighted": metrics.f1_weighted,
-            "f1_macro": metrics.f1_macro,
-        }
-        record.update({outcome.value: metrics.rate(outcome) for outcome in Outcome})
-        records.append(record)
-    frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
-    return frame.sort_values(["dataset", "prompt", "alpha"], ignore_index=True)
-
-
-def _check_metric(metric: str) -> str:
-    if metric not in METRIC_LABELS:
-        raise PlotInputError(f"unknown metric {metric!r}; choose one of {sorted(METRIC_LABELS)}")
-    return METRIC_LABELS[metric]
-
-
-def _prompt_colours(frames: Sequence[pd.DataFrame]) -> dict[str, str]:
-    """The same colour for a prompt in every figure and every overlaid sweep."""
-    prompts = sorted({prompt for frame in frames for prompt in frame["prompt"]})
-    palette = qualitative.Plotly
-    return {prompt: palette[i % len(palette)] for i, prompt in enumerate(prompts)}
-
-
-def _curve_name(dataset: str, prompt: str, several_datasets: bool) -> str:
-    return f"{dataset} · {prompt}" if several_datasets else prompt
-
-
-def _add_metric_curves(
-    figure: go.Figure,
-    frame: pd.DataFrame,
-    metric: str,
-    colours: Mapping[str, str],
-    prefix: str = "",
-    dash: str = "solid",
-) -> None:
-    several = frame["dataset"].nunique() > 1
-    for (dataset, prompt), group in frame.groupby(["dataset", "prompt"], sort=True):
-        group = group.sort_values("alpha")
-        figure.add_trace(
-            go.Scatter(
-                x=group["alpha"].tolist(),
-                y=group[metric].tolist(),
-                customdata=group["n"].tolist(),
-                mode="lines+markers",
-                name=prefix + _curve_name(dataset, prompt, several),
-                line={"color": colours[prompt], "dash": dash},
-                meta={"dataset": dataset, "prompt": prompt},
-                hovertemplate="alpha %{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
-            )
-        )
-
-
-def _alpha_layout(figure: go.Figure, title: str, yaxis_title: str) -> go.Figure:
-    figure.update_layout(
-        title=title,
-        xaxis_title=ALPHA_AXIS_TITLE,
-        yaxis_title=yaxis_title,
-        yaxis_range=[0, 1.02],
-        legend={"orientation": "h", "y": -0.25},
-        height=380,
-    )
-    return figure
-
-
-def metric_vs_alpha_figure(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
-    """One line per (dataset, prompt) of `metric` (accuracy, f1_weighted or f1_macro) against alpha."""
-    label = _check_metric(metric)
-    figure = go.Figure()
-    _add_metric_curves(figure, frame, metric, _prompt_colours([frame]))
-    return _alpha_layout(figure, f"{label} vs alpha", label)
-
-
-def overlay_figure(frames: Mapping[str, pd.DataFrame], metric: str = "accuracy") -> go.Figure:
-    """Several sweeps' curves in one figure: colour = prompt, dash = sweep; trace names start with the sweep."""
-    label = _check_metric(metric)
-    colours = _prompt_colours(list(frames.values()))
-    figure = go.Figure()
-    for index, (sweep, frame) in enumerate(frames.items()):
-        _add_metric_curves(figure, frame, metric, colours, f"{sweep} · ", SWEEP_DASHES[index % len(SWEEP_DASHES)])
-    return _alpha_layout(figure, f"{label} vs alpha: {' vs '.join(frames)}", label)
-
-
-def tradeoff_points(
-    frame: pd.DataFrame,
-    metric: str = "accuracy",
-    combined: str | None = None,
-    individual: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Per dataset and alpha: the mean `metric` of the individual prompts and the combined prompt's.
-
-    By default the combined prompt is the one whose text asks for "scientific name ... colon ...
-    common name" and the individual ones are the common- and scientific-name prompts (as in the
-    paper); name them explicitly for custom prompts. Alphas missing from any of them are left out.
-    """
-    _check_metric(metric)
-    rows = []
-    for dataset, group in frame.groupby("dataset", sort=True):
-        combined_name, individual_names = _tradeoff_prompts(group, combined, individual)
-        if combined_name is None or not individual_names:
-            continue
-        table = group.pivot_table(index="alpha", columns="prompt", values=metric, aggfunc="first")
-        needed = [combined_name, *individual_names]
-        if not set(needed) <= set(table.columns):
-            continue
-        table = table[needed].dropna()
-        for alpha, values in table.iterrows():
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "alpha": float(alpha),
-                    "individual_mean": float(values[individual_names].mean()),
-                    "combined": float(values[combined_name]),
-                }
-            )
-    return pd.DataFrame.from_records(rows, columns=["dataset", "alpha", "individual_mean", "combined"])
-
-
-def _tradeoff_prompts(
-    group: pd.DataFrame, combined: str | None, individual: Sequence[str] | None
-) -> tuple[str | None, list[str]]:
-    kinds = dict(zip(group["prompt"], group["kind"], strict=False))
-    if combined is None:
-        combined = next((p for p in sorted(kinds) if kinds[p] == PromptKind.COMBINED.value), None)
-    if individual is None:
-        individual = [p for p in sorted(kinds) if kinds[p] in {k.value for k in INDIVIDUAL_KINDS}]
-    unknown = [p for p in [combined, *individual] if p is not None and p not in kinds]
-    if unknown:
-        raise PlotInputError(f"no scores for prompt(s) {unknown}; the sweep has {sorted(kinds)}")
-    return combined, [p for p in individual if p != combined]
-
-
-def tradeoff_figure(
-    frame: pd.DataFrame,
-    metric: str = "accuracy",
-    combined: str | None = None,
-    individual: Sequence[str] | None = None,
-) -> go.Figure:
-    """The paper's Figure 4: x = mean of the individual prompts, y = the combined prompt, points labelled by alpha.
-
-    The dashed diagonal marks where asking both names at once costs nothing.
-    """
-    label = _check_metric(metric)
-    points = tradeoff_points(frame, metric, combined, individual)
-    figure = go.Figure()
-    for dataset, group in points.groupby("dataset", sort=True):
-        group = group.sort_values("alpha")
-        figure.add_trace(
-            go.Scatter(
-                x=group["individual_mean"].tolist(),
-                y=group["combined"].tolist(),
-                text=[f"{alpha:g}" for alpha in group["alpha"]],
-                customdata=group["alpha"].tolist(),
-                mode="lines+markers+text",
-                textposition="top center",
-                name=str(dataset),
-                hovertemplate="alpha %{customdata}<br>individual %{x:.3f}<br>combined %{y:.3f}<extra></extra>",
-            )
-        )
-    figure.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dash", "color": "#999999"})
-    if points.empty:
-        figure.add_annotation(
-            text="needs a combined prompt and at least one common- or scientific-name prompt",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-        )
-    figure.update_layout(
-        title=f"Trade-off: combined prompt vs individual prompts ({label}), labelled by alpha",
-        xaxis_title=f"mean {label} of the individual prompts",
-        yaxis_title=f"{label} of the combined prompt",
-        xaxis_range=[0, 1.02],
-        yaxis_range=[0, 1.02],
-        height=420,
-    )
-    return figure
-
-
-def error_breakdown_figure(frame: pd.DataFrame, dataset: str | None = None, prompt: str | None = None) -> go.Figure:
-    """Stacked bars per alpha: the share of correct, in-set confusion, out-of-set and abstention answers.
-
-    For one (dataset, prompt); by default the first of each in sorted order.
-    """
-    dataset = dataset if dataset is not None else _first(frame, "dataset")
-    selected = frame[frame["dataset"] == dataset]
-    prompt = prompt if prompt is not None else _first(selected, "prompt")
-    selected = selected[selected["prompt"] == prompt].sort_values("alpha")
-    if selected.empty and not frame.empty:
-        raise PlotInputError(f"no scores for dataset {dataset!r} and prompt {prompt!r}")
-    figure = go.Figure()
-    for outcome in Outcome:
-        figure.add_trace(
-            go.Bar(
-                x=[f"{alpha:g}" for alpha in selected["alpha"]],
-                y=selected[outcome.value].tolist(),
-                name=OUTCOME_LABELS[outcome],
-                marker_color=OUTCOME_COLOURS[outcome],
-                meta={"outcome": outcome.value},
-                hovertemplate="alpha %{x}<br>%{y:.1%}<extra>" + OUTCOME_LABELS[outcome] + "</extra>",
-            )
-        )
-    figure.update_layout(
-        barmode="stack",
-        title=f"Where the answers go: {dataset} · {prompt}"
-        if dataset is not None
-        else "Where the answers go (no answers yet)",
-        xaxis_title=ALPHA_AXIS_TITLE,
-        yaxis_title="share of answers",
-        yaxis_range=[0, 1],
-        yaxis_tickformat=".0%",
-        height=380,
-    )
-    return figure
-
-
-def _first(frame: pd.DataFrame, column: str) -> str | None:
-    values = sorted(frame[column].unique())
-    return values[0] if values else None
-
-
-def answers_table(
-    scores: Sequence[GroupScore],
-    dataset: str | None = None,
-    prompt: str | None = None,
-    correct: str | None = None,
-) -> pd.DataFrame:
-    """One row per (dataset, sample, prompt): its label, how many alphas got it right, and the answer at each alpha.
-
-    Answer cells read "✓ text" or "✗ text". `correct` keeps samples answered correctly at
-    "always" every alpha, "never" any, or "sometimes" some but not all (where merging changes the outcome).
-    """
-    if correct is not None and correct not in CORRECT_FILTERS:
-        raise PlotInputError(f"correct must be one of {CORRECT_FILTERS} or None, got {correct!r}")
-    alphas = sorted({score.alpha for score in scores})
-    cells: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
-    for score in scores:
-        if (dataset is not None and score.dataset != dataset) or (prompt is not None and score.prompt_name != prompt):
-            continue
-        for answer in score.answers:
-            row = cells[(score.dataset, answer.id, score.prompt_name)]
-            row.setdefault("label", answer.label)
-            hit = answer.outcome is Outcome.CORRECT
-            row[alpha_column(score.alpha)] = f"{'✓' if hit else '✗'} {answer.prediction}"
-            row["n_correct"] = int(row.get("n_correct", 0)) + hit
-            row["n_alphas"] = int(row.get("n_alphas", 0)) + 1
-    records = [{"dataset": d, "id": i, "prompt": p, **values} for (d, i, p), values in cells.items()]
-    columns = ["dataset", "id", "prompt", "label", "n_correct", "n_alphas", *map(alpha_column, alphas)]
-    table = pd.DataFrame.from_records(records, columns=columns)
-    if correct == "always":
-        table = table[table["n_correct"] == table["n_alphas"]]
-    elif correct == "never":
-        table = table[table["n_correct"] == 0]
-    elif correct == "sometimes":
-        table = table[(table["n_correct"] > 0) & (table["n_correct"] < table["n_alphas"])]
-    return table.sort_values(["dataset", "prompt", "id"], ignore_index=True)
-
-
-def alpha_column(alpha: float) -> str:
-    return f"alpha={alpha:g}"
-
-
-# ----------------------------------------------------------------------------------------------
-# The paper's figures: panels per data set, bars, closed-set baselines
-
-BASELINE_DASHES = {"majority class": "dash", "random": "dashdot"}
-BAR_COLOURS = qualitative.Set2
-
-
-def metric_vs_alpha_panels(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
-    """One panel per data set, one line per prompt (the paper's Figure 2 layout); a prompt keeps its colour."""
-    label = _check_metric(metric)
-    datasets = sorted(frame["dataset"].unique()) or [""]
-    figure = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets, shared_yaxes=True)
-    colours = _prompt_colours([frame])
-    in_legend: set[str] = set()
-    for column, dataset in enumerate(datasets, start=1):
-        for prompt, group in frame[frame["dataset"] == dataset].groupby("prompt", sort=True):
-            group = group.sort_values("alpha")
-            figure.add_trace(
-                go.Scatter(
-                    x=group["alpha"].tolist(),
-                    y=group[metric].tolist(),
-                    customdata=group["n"].tolist(),
-                    mode="lines+markers",
-                    name=prompt,
-                    legendgroup=prompt,
-                    showlegend=prompt not in in_legend,
-                    line={"color": colours[prompt]},
-                    meta={"dataset": dataset, "prompt": prompt},
-                    hovertemplate="alpha %{x}<br>" + label + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
-                ),
-                row=1,
-                col=column,
-            )
-            in_legend.add(prompt)
-        figure.update_xaxes(title_text="alpha", row=1, col=column)
-    figure.update_yaxes(range=[0, 1.02], title_text=label, row=1, col=1)
-    figure.update_layout(title=f"{label} vs alpha", legend={"orientation": "h", "y": -0.25}, height=380)
-    return figure
-
-
-def alpha_bars_figure(
-    frame: pd.DataFrame,
-    metric: str = "accuracy",
-    alphas: Sequence[float] | None = None,
-    prompts: Sequence[str] | None = None,
-) -> go.Figure:
-    """Bars of `metric` per (dataset, prompt), one colour per alpha (the paper's Figures 1 and 9).
-
-    `alphas` picks the grid points to show (default: all); points the sweep lacks are left out.
-    `prompts` orders the bars as the paper does (default: by name); prompts not listed come last.
-    """
-    label = _check_metric(metric)
-    wanted = sorted(frame["alpha"].unique()) if alphas is None else [float(a) for a in alphas]
-    selected = frame[frame["alpha"].round(6).isin([round(a, 6) for a in wanted])]
-    several = selected["dataset"].nunique() > 1
-    rank = {name: position for position, name in enumerate(prompts or ())}
-    figure = go.Figure()
-    for index, (alpha, group) in enumerate(selected.groupby("alpha", sort=True)):
-        group = group.assign(rank=group["prompt"].map(rank).fillna(len(rank)))
-        group = group.sort_values(["dataset", "rank", "prompt"])
-        figure.add_trace(
-            go.Bar(
-                x=[_curve_name(d, p, several) for d, p in zip(group["dataset"], group["prompt"], strict=True)],
-                y=group[metric].tolist(),
-                text=[f"{value:.2f}" for value in group[metric]],
-                textposition="outside",
-                name=f"alpha={alpha:g}",
-                marker_color=BAR_COLOURS[index % len(BAR_COLOURS)],
-                meta={"alpha": float(alpha)},
-                hovertemplate="%{x}<br>" + label + " %{y:.3f}<extra>alpha " + f"{alpha:g}</extra>",
-            )
-        )
-    if selected.empty:
-        shown = ", ".join(f"{a:g}" for a in wanted)
-        figure.add_annotation(text=f"no answers yet at alpha {shown}", showarrow=False, x=0.5, y=0.5)
-    figure.update_layout(
-        barmode="group",
-        title=f"{label} per prompt",
-        yaxis_title=label,
-        yaxis_range=[0, 1.1],
-        legend={"orientation": "h", "y": -0.25},
-        height=380,
-    )
-    return figure
-
-
-def label_counts(scores: Sequence[GroupScore]) -> dict[str, dict[str, int]]:
-    """Per data set, how many samples carry each label, read from its most complete (prompt, alpha) group."""
-    fullest: dict[str, GroupScore] = {}
-    for score in scores:
-        if score.dataset not in fullest or len(score.answers) > len(fullest[score.dataset].answers):
-            fullest[score.dataset] = score
-    return {dataset: dict(Counter(a.label for a in score.answers)) for dataset, score in fullest.items()}
-
-
-def class_baselines(counts: Mapping[str, int], metric: str = "accuracy") -> dict[str, float]:
-    """What always answering the most frequent class, and answering uniformly at random, score (expected values).
-
-    The lines the paper draws on its closed-set figures. Per class c with n_c of N samples and K
-    classes, uniform guessing gets TP = n_c / K, so F1_c = 2 n_c / (N + K n_c); the majority class m
-    gets F1_m = 2 n_m / (N + n_m) and every other class 0. Macro F1 averages over classes,
-    weighted F1 weighs each class by n_c / N.
-    """
-    _check_metric(metric)
-    n = np.array([count for count in counts.values() if count > 0], dtype=float)
-    if n.size == 0:
-        raise PlotInputError("baselines need at least one labelled sample")
-    total, classes = n.sum(), n.size
-    if metric == "accuracy":
-        return {"majority class": float(n.max() / total), "random": 1.0 / classes}
-    majority = np.zeros(classes)
-    top = int(n.argmax())
-    majority[top] = 2 * n[top] / (total + n[top])
-    uniform = 2 * n / (total + classes * n)
-    weights = n / total if metric == "f1_weighted" else np.full(classes, 1.0 / classes)
-    return {"majority class": float(weights @ majority), "random": float(weights @ uniform)}
-
-
-def add_baselines(figure: go.Figure, baselines: Mapping[str, float]) -> go.Figure:
-    """Grey horizontal lines across the figure's x values (alphas or bar categories), named in the legend."""
-    xs = [x for trace in figure.data for x in (trace.x if trace.x is not None else ())]
-    if not xs:
-        return figure
-    numeric = all(isinstance(x, int | float) for x in xs)
-    ends = [min(xs), max(xs)] if numeric else [next(iter(dict.fromkeys(xs))), list(dict.fromkeys(xs))[-1]]
-    for name, value in baselines.items():
-        figure.add_trace(
-            go.Scatter(
-                x=ends,
-                y=[value, value],
-                mode="lines",
-                name=f"{name} baseline",
-                line={"color": "#888888", "dash": BASELINE_DASHES.get(name, "dot")},
-                meta={"baseline": name},
-                hovertemplate=f"{name} baseline {value:.3f}<extra></extra>",
-            )
-        )
-    return figure
+__all__ = [
+    "ALPHA_AXIS_TITLE",
+    "BAR_COLOURS",
+    "BASELINE_DASHES",
+    "CORRECT_FILTERS",
+    "FRAME_COLUMNS",
+    "INDIVIDUAL_KINDS",
+    "METRIC_LABELS",
+    "OUTCOME_COLOURS",
+    "OUTCOME_LABELS",
+    "SWEEP_DASHES",
+    "PlotInputError",
+    "add_baselines",
+    "alpha_bars_figure",
+    "alpha_column",
+    "answers_table",
+    "class_baselines",
+    "error_breakdown_figure",
+    "label_counts",
+    "metric_vs_alpha_figure",
+    "metric_vs_alpha_panels",
+    "metrics_frame",
+    "overlay_figure",
+    "tradeoff_figure",
+    "tradeoff_points",
+]

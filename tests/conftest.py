@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +61,63 @@ class PacedModel:
     def generate_from_embeddings(self, *args, **kwargs):
         time.sleep(self.seconds)
         return self.model.generate_from_embeddings(*args, **kwargs)
+
+
+# --- the served app and its client, shared by the UI tests ---
+
+
+@dataclass
+class ServedApp:
+    """The app launched on a free loopback port: its Blocks, engine, sweep queue, runs folder and URL."""
+
+    blocks: Any
+    engine: Any
+    queue: Any
+    runs_dir: Path
+    url: str
+
+    def client(self) -> Any:
+        """A new gradio_client.Client of the app (one per thread when clients run concurrently)."""
+        import gradio_client
+
+        return gradio_client.Client(self.url, verbose=False)
+
+    def close(self) -> None:
+        self.blocks.close()
+        self.queue.close()
+        self.engine.stop()
+
+
+@pytest.fixture(scope="module")
+def launch_app(tiny_model, tiny_checkpoint, tmp_path_factory):
+    """launch_app(model=None, max_batch_rows=32, max_wait_ms=20) -> ServedApp, served as `python app.py --demo`
+    serves it; everything launched is closed after the test module.
+
+    `model` wraps the tiny model (e.g. to pace its batches); the header always names the tiny model.
+    Each app gets its own runs folder, so sweeps of one test module never show in another's.
+    """
+    from app import build_app
+    from evaluation.sweep import SweepQueue
+    from naturelm_core.engine import Engine
+    from naturelm_core.startup import ServedModel
+    from tests.app_launch import free_port
+
+    launched: list[ServedApp] = []
+
+    def launch(model: Any = None, max_batch_rows: int = 32, max_wait_ms: int = 20) -> ServedApp:
+        runs_dir = tmp_path_factory.mktemp("runs")
+        engine = Engine(model or tiny_model, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms)
+        queue = SweepQueue(engine, runs_dir)
+        served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
+        blocks = build_app(served, engine, queue)
+        blocks.queue(default_concurrency_limit=16).launch(
+            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
+        )
+        launched.append(ServedApp(blocks, engine, queue, runs_dir, blocks.local_url))
+        return launched[-1]
+
+    try:
+        yield launch
+    finally:
+        for served_app in reversed(launched):
+            served_app.close()

@@ -11,34 +11,19 @@ import soundfile as sf
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from app import build_app  # noqa: E402  (after the importorskip)
 from naturelm_core.audio import load_audio  # noqa: E402
-from naturelm_core.engine import Engine  # noqa: E402
-from naturelm_core.startup import ServedModel  # noqa: E402
-from tests.app_launch import free_port  # noqa: E402
 
 PROMPT = "What is the common name for the focal species in the audio?"
 
 
 @pytest.fixture(scope="module")
-def served_app(tiny_model, tiny_checkpoint):
-    served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
-    engine = Engine(tiny_model, max_batch_rows=32, max_wait_ms=20)
-    app = build_app(served, engine)
-    app.queue(default_concurrency_limit=16).launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
-    )
-    try:
-        yield app, engine
-    finally:
-        app.close()
-        engine.stop()
+def served_app(launch_app):
+    return launch_app()
 
 
 @pytest.fixture(scope="module")
 def client(served_app):
-    app, _ = served_app
-    return gradio_client.Client(app.local_url, verbose=False)
+    return served_app.client()
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +58,22 @@ def test_alpha_scan_endpoint_equals_the_model_at_each_alpha(client, tiny_model, 
     assert answers == _direct(tiny_model, recording, alphas)
 
 
+def test_the_alpha_scan_reads_ranges_as_the_sweeps_tab_does(client, tiny_model, recording):
+    table = client.predict(gradio_client.handle_file(recording), PROMPT, "0:1:0.5", api_name="/alpha_scan")
+    alphas = [float(row[0]) for row in table["data"]]
+    assert alphas == [0.0, 0.5, 1.0]
+    assert [row[1] for row in table["data"]] == _direct(tiny_model, recording, alphas)
+    with pytest.raises(Exception, match="start:stop:step") as caught:
+        client.predict(gradio_client.handle_file(recording), PROMPT, "0:1", api_name="/alpha_scan")
+    assert "Traceback" not in str(caught.value)
+
+
 def test_sixteen_concurrent_clients_each_get_their_own_alpha(served_app, tiny_model, recording):
-    app, _ = served_app
     alphas = [round(random.Random(i).uniform(0, 1), 3) for i in range(16)]
     expected = {a: _direct(tiny_model, recording, [a], num_beams=1, max_new_tokens=16)[0] for a in alphas}
 
     def ask(alpha: float) -> str:
-        own_client = gradio_client.Client(app.local_url, verbose=False)
+        own_client = served_app.client()
         return own_client.predict(gradio_client.handle_file(recording), PROMPT, alpha, 1, 16, api_name="/explore")
 
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -15,11 +15,8 @@ import soundfile as sf
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-from app import build_app  # noqa: E402  (after the importorskip)
-from naturelm_core.audio import load_audio  # noqa: E402
-from naturelm_core.engine import Engine  # noqa: E402
-from naturelm_core.startup import DEMO_BANNER, ServedModel  # noqa: E402
-from tests.app_launch import free_port  # noqa: E402
+from naturelm_core.audio import load_audio  # noqa: E402  (after the importorskip)
+from naturelm_core.startup import DEMO_BANNER  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (CI runs as root), no GPU, and nothing that phones home: the test must work offline.
@@ -46,16 +43,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_model, tiny_checkpoint):
-    served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
-    engine = Engine(tiny_model, max_batch_rows=8, max_wait_ms=5)
-    app = build_app(served, engine)
-    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield app.local_url
-    finally:
-        app.close()
-        engine.stop()
+def app_url(launch_app):
+    return launch_app(max_batch_rows=8, max_wait_ms=5).url
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The Sweeps tab's form and view logic without a browser: alpha grids, kept uploads, the sweeps table, imports."""
+"""The Sweeps tab's form and view logic without a browser: alpha grids, kept uploads, the sweeps table, imports,
+and the service between the tab and evaluation."""
 
 from __future__ import annotations
 
@@ -10,44 +11,44 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from evaluation.backend_choice import SweepBackends
 from evaluation.reference import MappingError
 from evaluation.runs import SweepState, SweepStatus
-from evaluation.sweep import DataSource
-from evaluation.sweep_forms import (
-    IMPORT_PREFIX,
-    UPLOADS_DIR,
-    SweepForm,
-    SweepFormError,
-    check_spec_data,
-    format_duration,
-    import_paper_uploads,
-    parse_alpha_text,
-    persist_uploads,
-    spec_from_form,
-    sweeps_table,
-    view_choices,
-)
+from evaluation.sweep import DataSource, SweepQueue
+from evaluation.sweep_forms import SweepForm, SweepFormError, check_spec_data, spec_from_form
+from evaluation.sweep_uploads import IMPORT_PREFIX, UPLOADS_DIR, UploadError, import_paper_uploads, persist_uploads
+from naturelm_core.alphas import AlphaError
 from tests.sweep_helpers import WATKINS_LABELS, write_sweep_data
+from ui.sweeps_service import RunsSnapshot, SweepsService, SweepsUnavailable, read_snapshot
+from ui.tables import sweeps_table
+from ui.text import format_duration, view_choices
+
+BASE_FORM = {"name": "s", "source": "beans-zero", "subsets": ["watkins"], "presets": ["common"]}
 
 
-def test_alpha_text_takes_values_and_inclusive_ranges_without_float_noise():
-    assert parse_alpha_text("0:1:0.1") == tuple(i / 10 for i in range(11))
-    assert parse_alpha_text("0, 0.3:0.5:0.1; 1, 0.4") == (0.0, 0.3, 0.4, 0.5, 1.0)
-    assert 0.3 in parse_alpha_text("0:1:0.1")  # not 0.30000000000000004
+def _form_alphas(text: str, runs_dir: Path) -> tuple[float, ...]:
+    """The alpha grid the form's alphas field gives (naturelm_core.alphas' grammar)."""
+    return spec_from_form(SweepForm(**BASE_FORM, alphas=text), runs_dir).alphas
+
+
+def test_alpha_text_takes_values_and_inclusive_ranges_without_float_noise(tmp_path):
+    assert _form_alphas("0:1:0.1", tmp_path) == tuple(i / 10 for i in range(11))
+    assert _form_alphas("0, 0.3:0.5:0.1; 1, 0.4", tmp_path) == (0.0, 0.3, 0.4, 0.5, 1.0)
+    assert 0.3 in _form_alphas("0:1:0.1", tmp_path)  # not 0.30000000000000004
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [("", "empty"), ("a", "not a number"), ("0:1", "start:stop:step"), ("1:0:0.1", "start <= stop"), ("nan", "finite")],
 )
-def test_bad_alpha_text_names_the_problem(text, message):
-    with pytest.raises(SweepFormError, match=message):
-        parse_alpha_text(text)
+def test_bad_alpha_text_names_the_problem(text, message, tmp_path):
+    with pytest.raises(AlphaError, match=message):
+        _form_alphas(text, tmp_path)
 
 
-def test_alpha_grids_too_fine_to_sweep_are_refused():
-    with pytest.raises(SweepFormError, match="more than the 101"):
-        parse_alpha_text("0:1:0.001")
+def test_alpha_grids_too_fine_to_sweep_are_refused(tmp_path):
+    with pytest.raises(AlphaError, match="more than the 101"):
+        _form_alphas("0:1:0.001", tmp_path)
 
 
 def test_uploads_are_kept_by_content_so_the_same_upload_resumes_the_same_sweep(tmp_path):
@@ -64,7 +65,7 @@ def test_uploads_are_kept_by_content_so_the_same_upload_resumes_the_same_sweep(t
     assert persist_uploads([str(second), str(csv)], root / UPLOADS_DIR, rename={str(csv): "labels.csv"}) == kept
     second.write_bytes(b"two")
     assert persist_uploads([str(second), str(csv)], root / UPLOADS_DIR, rename={str(csv): "labels.csv"}) != kept
-    with pytest.raises(SweepFormError, match="share the name"):
+    with pytest.raises(UploadError, match="share the name"):
         persist_uploads([str(first), str(second)], root / UPLOADS_DIR)
 
     def form() -> SweepForm:
@@ -85,7 +86,7 @@ def test_uploads_are_kept_by_content_so_the_same_upload_resumes_the_same_sweep(t
 
 
 def test_number_fields_zero_means_no_limit_and_fractions_are_refused(tmp_path):
-    base = {"name": "s", "source": "beans-zero", "subsets": ["watkins"], "presets": ["common"]}
+    base = BASE_FORM
     spec = spec_from_form(SweepForm(**base, limit=0, top_k_classes=None), tmp_path)
     assert (spec.limit, spec.top_k_classes) == (None, None)
     assert spec_from_form(SweepForm(**base, limit=25, top_k_classes=5), tmp_path).limit == 25
@@ -120,8 +121,8 @@ def test_an_import_keeps_only_paper_files_and_zip_members_cannot_escape(tmp_path
     assert key.startswith(IMPORT_PREFIX + "field-test-")
     assert [p.name for p in folder.iterdir()] == ["beans_zero_eval_garden_query0_lora050.jsonl"]
     assert not (tmp_path / "beans_zero_eval_garden_query0_lora050.jsonl").exists()
-    assert (f"imported · {folder.name}", key) in view_choices(runs)
-    with pytest.raises(SweepFormError, match="none of the uploads"):
+    assert (f"imported · {folder.name}", key) in view_choices(read_snapshot(runs))
+    with pytest.raises(UploadError, match="none of the uploads"):
         notes = tmp_path / "notes.txt"
         notes.write_text("hello")
         import_paper_uploads([str(notes)], runs)
@@ -164,3 +165,27 @@ def test_a_labels_csv_naming_recordings_that_were_not_uploaded_is_refused(tmp_pa
     )
     with pytest.raises(SweepFormError, match=r"not uploaded: \['b.wav'\]"):
         check_spec_data(spec_from_form(form, tmp_path / "runs"))
+
+
+def test_on_zero_gpu_the_sweeps_service_refuses_every_start_before_touching_the_runs_folder(tmp_path):
+    runs = tmp_path / "runs"
+    service = SweepsService(SweepBackends(SweepQueue(None, runs), source="tiny"), zero_gpu=True)
+    form = SweepForm(**BASE_FORM)
+    for start in (
+        lambda: service.start(form),
+        lambda: service.run_preset("closed-set-2", form),
+        lambda: service.run_fork_config("config.yml", form),
+        lambda: service.resume("a-sweep"),
+    ):
+        with pytest.raises(SweepsUnavailable, match="dedicated GPU"):
+            start()
+    assert not runs.exists()
+
+
+def test_a_fresh_page_shows_the_running_sweep_else_the_newest():
+    newest = SweepStatus("new-1", "new", SweepState.COMPLETE, created_at=3.0)
+    running = SweepStatus("run-2", "run", SweepState.RUNNING, created_at=2.0)
+    older = SweepStatus("old-3", "old", SweepState.CANCELLED, created_at=1.0)
+    assert RunsSnapshot((newest, running, older), ()).default_selection() == "run-2"
+    assert RunsSnapshot((newest, older), ()).default_selection() == "new-1"
+    assert RunsSnapshot((), ("imported-1",)).default_selection() is None

@@ -13,15 +13,13 @@ from evaluation.prompts import COMBINED, COMMON, SCIENTIFIC
 from evaluation.reference import LabelMapping
 from evaluation.results import ResultRow
 from evaluation.scoring import score_rows
-from evaluation.sweep_plots import (
-    PlotInputError,
+from evaluation.sweep_metrics import PlotInputError, metrics_frame, tradeoff_points
+from ui.sweep_figures import (
     answers_table,
     error_breakdown_figure,
     metric_vs_alpha_figure,
-    metrics_frame,
     overlay_figure,
     tradeoff_figure,
-    tradeoff_points,
 )
 
 SCIENTIFIC_NAMES = {

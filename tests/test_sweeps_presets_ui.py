@@ -17,18 +17,14 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-import app as app_module  # noqa: E402  (after the importorskip)
-from evaluation.presets import PRESETS  # noqa: E402
+from evaluation.presets import PRESETS  # noqa: E402  (after the importorskip)
 from evaluation.results import read_results  # noqa: E402
 from evaluation.runs import SweepFolder  # noqa: E402
 from evaluation.scoring import score_rows  # noqa: E402
-from evaluation.sweep import SweepQueue  # noqa: E402
-from evaluation.sweep_forms import PAPER_METRIC, RATE_UNKNOWN, format_duration  # noqa: E402
-from evaluation.sweep_plots import class_baselines  # noqa: E402
+from evaluation.sweep_metrics import class_baselines  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
-from naturelm_core.engine import Engine  # noqa: E402
-from naturelm_core.startup import ServedModel  # noqa: E402
-from tests.app_launch import free_port  # noqa: E402
+from ui.sweep_display import PAPER_METRIC  # noqa: E402
+from ui.text import RATE_UNKNOWN, format_duration  # noqa: E402
 
 SPECIES = ["Spotted Elachura", "Dall's Porpoise", "Rare Bird"]
 TOP_2 = SPECIES[:2]
@@ -81,23 +77,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model, tiny_checkpoint, tmp_path_factory):
+def served(launch_app):
     """(client, runs dir, the /presets answer on a runs folder where no sweep has run yet)."""
-    runs_dir = tmp_path_factory.mktemp("runs")
-    engine = Engine(tiny_model, max_batch_rows=16, max_wait_ms=20)
-    queue = SweepQueue(engine, runs_dir)
-    model = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
-    blocks = app_module.build_app(model, engine, queue)
-    blocks.queue(default_concurrency_limit=16).launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
-    )
-    try:
-        client = gradio_client.Client(blocks.local_url, verbose=False)
-        yield client, runs_dir, client.predict(LIMIT, api_name="/presets")
-    finally:
-        blocks.close()
-        queue.close()
-        engine.stop()
+    app = launch_app(max_batch_rows=16)
+    client = app.client()
+    return client, app.runs_dir, client.predict(LIMIT, api_name="/presets")
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +256,7 @@ def test_a_yaml_with_species_and_top_k_species_is_refused_with_a_clear_message(c
     [
         (None, "", {}, "choose a paper experiment"),
         ("fig-11", "", {}, "fig-11 is not in the list of choices"),
-        (PRESET, "0, 1.5", {}, r"outside \[0, 1\]"),
+        (PRESET, "0, 1.5", {}, r"must lie in \[0, 1\]"),
         (PRESET, "", {"source": "recordings"}, "names BEANS-Zero data sets"),
         (PRESET, "", {"local_path": "/no/such/folder"}, "does not exist"),
     ],

@@ -30,12 +30,11 @@ from evaluation.results import read_results  # noqa: E402
 from evaluation.runs import SweepFolder  # noqa: E402
 from evaluation.scoring import score_rows  # noqa: E402
 from evaluation.sweep import SweepQueue  # noqa: E402
-from evaluation.sweep_forms import ALL  # noqa: E402
 from naturelm_core.audio import load_audio  # noqa: E402
-from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
 from tests.app_launch import free_port  # noqa: E402
 from tests.sweep_helpers import write_sweep_data  # noqa: E402
+from ui.sweep_display import ALL  # noqa: E402
 
 PROMPTS = ["common", "scientific", "combined"]
 ALPHAS = [0.0, 1.0]
@@ -103,21 +102,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model, tiny_checkpoint, tmp_path_factory):
+def served(tiny_model, launch_app):
     """The app with its own runs folder: (client, runs dir, paced model, url)."""
-    runs_dir = tmp_path_factory.mktemp("runs")
     paced = PacedModel(tiny_model, BATCH_PAUSE_S)
-    engine = Engine(paced, max_batch_rows=6, max_wait_ms=20)
-    queue = SweepQueue(engine, runs_dir)
-    model = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
-    blocks = app_module.build_app(model, engine, queue)
-    _launch(blocks)
-    try:
-        yield gradio_client.Client(blocks.local_url, verbose=False), runs_dir, paced, blocks.local_url
-    finally:
-        blocks.close()
-        queue.close()
-        engine.stop()
+    app = launch_app(paced, max_batch_rows=6)
+    return app.client(), app.runs_dir, paced, app.url
 
 
 @pytest.fixture(scope="module")
@@ -442,7 +431,7 @@ def test_resume_runs_where_run_on_says_and_refuses_a_ray_choice_without_an_addre
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"alphas": "0, 1.5"}, r"outside \[0, 1\]"),
+        ({"alphas": "0, 1.5"}, r"must lie in \[0, 1\]"),
         ({"alphas": "0:1:0"}, "positive step"),
         ({"alphas": "zero"}, "not a number"),
         ({"presets": [], "custom_prompts": ""}, "at least one"),

@@ -1,7 +1,7 @@
-"""Plotly figures for the app: the recording's spectrogram and the alpha-scan chart.
+"""The Explore tab's figures: the recording's spectrogram and the alpha-scan chart.
 
-Figures are built from plain data (arrays, summary rows) so tests can read their traces back and
-check values, and the UI only places them.
+Figures are built from plain data (a waveform, naturelm_core.explore.scan_summary's rows) so tests
+can read their traces back and check values, and the tab only places them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,345 @@
+"""The Sweeps tab's figures and answers table, drawn from a sweep's scores (numbers: evaluation.sweep_metrics).
+
+Everything here is a pure function of the scores: the tab refreshes them while a sweep runs, and a
+finished sweep, an imported folder in the paper's layout and an exported copy give the same figures;
+tests read the traces back to check their values. Plotly only, no gradio, so evaluation.presets can
+still draw the paper's figures through evaluation.sweep_plots.
+
+- metric vs alpha, one line per (dataset, prompt): accuracy, weighted or macro F1
+- the trade-off curve (the paper's Figure 4): combined-prompt accuracy against the mean accuracy
+  of the individual (common- and scientific-name) prompts, one point per alpha, labelled with it
+- the error breakdown vs alpha: stacked shares of correct / in-set confusion / out of set / abstention
+- the per-sample table: each sample's answers across alphas, filterable by dataset, prompt, correctness
+- an overlay of several sweeps' metric-vs-alpha curves
+- for the paper's presets: one panel per data set, bars per prompt at chosen alphas, and the
+  majority-class and random baselines of a closed set
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from evaluation.scoring import GroupScore, Outcome
+from evaluation.sweep_metrics import METRIC_LABELS, PlotInputError, check_metric, tradeoff_points
+from naturelm_core.alphas import format_alpha, format_grid, grid_key
+
+OUTCOME_LABELS = {
+    Outcome.CORRECT: "correct",
+    Outcome.IN_SET_CONFUSION: "in-set confusion",
+    Outcome.OUT_OF_SET: "out of set",
+    Outcome.ABSTENTION: "abstention",
+}
+OUTCOME_COLOURS = {
+    Outcome.CORRECT: "#2ca02c",
+    Outcome.IN_SET_CONFUSION: "#ff7f0e",
+    Outcome.OUT_OF_SET: "#d62728",
+    Outcome.ABSTENTION: "#7f7f7f",
+}
+CORRECT_FILTERS = ("always", "never", "sometimes")
+ALPHA_AXIS_TITLE = "alpha (0 = Llama-3.1-8B-Instruct, 1 = NatureLM-audio)"
+SWEEP_DASHES = ("solid", "dash", "dot", "dashdot")
+BASELINE_DASHES = {"majority class": "dash", "random": "dashdot"}
+BAR_COLOURS = qualitative.Set2
+
+
+def _prompt_colours(frames: Sequence[pd.DataFrame]) -> dict[str, str]:
+    """The same colour for a prompt in every figure and every overlaid sweep."""
+    prompts = sorted({prompt for frame in frames for prompt in frame["prompt"]})
+    palette = qualitative.Plotly
+    return {prompt: palette[i % len(palette)] for i, prompt in enumerate(prompts)}
+
+
+def _curve_name(dataset: str, prompt: str, several_datasets: bool) -> str:
+    return f"{dataset} · {prompt}" if several_datasets else prompt
+
+
+def _add_metric_curves(
+    figure: go.Figure,
+    frame: pd.DataFrame,
+    metric: str,
+    colours: Mapping[str, str],
+    prefix: str = "",
+    dash: str = "solid",
+) -> None:
+    several = frame["dataset"].nunique() > 1
+    for (dataset, prompt), group in frame.groupby(["dataset", "prompt"], sort=True):
+        group = group.sort_values("alpha")
+        figure.add_trace(
+            go.Scatter(
+                x=group["alpha"].tolist(),
+                y=group[metric].tolist(),
+                customdata=group["n"].tolist(),
+                mode="lines+markers",
+                name=prefix + _curve_name(dataset, prompt, several),
+                line={"color": colours[prompt], "dash": dash},
+                meta={"dataset": dataset, "prompt": prompt},
+                hovertemplate="alpha %{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+            )
+        )
+
+
+def _alpha_layout(figure: go.Figure, title: str, yaxis_title: str) -> go.Figure:
+    figure.update_layout(
+        title=title,
+        xaxis_title=ALPHA_AXIS_TITLE,
+        yaxis_title=yaxis_title,
+        yaxis_range=[0, 1.02],
+        legend={"orientation": "h", "y": -0.25},
+        height=380,
+    )
+    return figure
+
+
+def metric_vs_alpha_figure(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """One line per (dataset, prompt) of `metric` (accuracy, f1_weighted or f1_macro) against alpha."""
+    label = check_metric(metric)
+    figure = go.Figure()
+    _add_metric_curves(figure, frame, metric, _prompt_colours([frame]))
+    return _alpha_layout(figure, f"{label} vs alpha", label)
+
+
+def overlay_figure(frames: Mapping[str, pd.DataFrame], metric: str = "accuracy") -> go.Figure:
+    """Several sweeps' curves in one figure: colour = prompt, dash = sweep; trace names start with the sweep."""
+    label = check_metric(metric)
+    colours = _prompt_colours(list(frames.values()))
+    figure = go.Figure()
+    for index, (sweep, frame) in enumerate(frames.items()):
+        _add_metric_curves(figure, frame, metric, colours, f"{sweep} · ", SWEEP_DASHES[index % len(SWEEP_DASHES)])
+    return _alpha_layout(figure, f"{label} vs alpha: {' vs '.join(frames)}", label)
+
+
+def tradeoff_figure(
+    frame: pd.DataFrame,
+    metric: str = "accuracy",
+    combined: str | None = None,
+    individual: Sequence[str] | None = None,
+) -> go.Figure:
+    """The paper's Figure 4: x = mean of the individual prompts, y = the combined prompt, points labelled by alpha.
+
+    The dashed diagonal marks where asking both names at once costs nothing.
+    """
+    label = check_metric(metric)
+    points = tradeoff_points(frame, metric, combined, individual)
+    figure = go.Figure()
+    for dataset, group in points.groupby("dataset", sort=True):
+        group = group.sort_values("alpha")
+        figure.add_trace(
+            go.Scatter(
+                x=group["individual_mean"].tolist(),
+                y=group["combined"].tolist(),
+                text=[format_alpha(alpha) for alpha in group["alpha"]],
+                customdata=group["alpha"].tolist(),
+                mode="lines+markers+text",
+                textposition="top center",
+                name=str(dataset),
+                hovertemplate="alpha %{customdata}<br>individual %{x:.3f}<br>combined %{y:.3f}<extra></extra>",
+            )
+        )
+    figure.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dash", "color": "#999999"})
+    if points.empty:
+        figure.add_annotation(
+            text="needs a combined prompt and at least one common- or scientific-name prompt",
+            showarrow=False,
+            x=0.5,
+            y=0.5,
+        )
+    figure.update_layout(
+        title=f"Trade-off: combined prompt vs individual prompts ({label}), labelled by alpha",
+        xaxis_title=f"mean {label} of the individual prompts",
+        yaxis_title=f"{label} of the combined prompt",
+        xaxis_range=[0, 1.02],
+        yaxis_range=[0, 1.02],
+        height=420,
+    )
+    return figure
+
+
+def error_breakdown_figure(frame: pd.DataFrame, dataset: str | None = None, prompt: str | None = None) -> go.Figure:
+    """Stacked bars per alpha: the share of correct, in-set confusion, out-of-set and abstention answers.
+
+    For one (dataset, prompt); by default the first of each in sorted order.
+    """
+    dataset = dataset if dataset is not None else _first(frame, "dataset")
+    selected = frame[frame["dataset"] == dataset]
+    prompt = prompt if prompt is not None else _first(selected, "prompt")
+    selected = selected[selected["prompt"] == prompt].sort_values("alpha")
+    if selected.empty and not frame.empty:
+        raise PlotInputError(f"no scores for dataset {dataset!r} and prompt {prompt!r}")
+    figure = go.Figure()
+    for outcome in Outcome:
+        figure.add_trace(
+            go.Bar(
+                x=[format_alpha(alpha) for alpha in selected["alpha"]],
+                y=selected[outcome.value].tolist(),
+                name=OUTCOME_LABELS[outcome],
+                marker_color=OUTCOME_COLOURS[outcome],
+                meta={"outcome": outcome.value},
+                hovertemplate="alpha %{x}<br>%{y:.1%}<extra>" + OUTCOME_LABELS[outcome] + "</extra>",
+            )
+        )
+    figure.update_layout(
+        barmode="stack",
+        title=f"Where the answers go: {dataset} · {prompt}"
+        if dataset is not None
+        else "Where the answers go (no answers yet)",
+        xaxis_title=ALPHA_AXIS_TITLE,
+        yaxis_title="share of answers",
+        yaxis_range=[0, 1],
+        yaxis_tickformat=".0%",
+        height=380,
+    )
+    return figure
+
+
+def _first(frame: pd.DataFrame, column: str) -> str | None:
+    values = sorted(frame[column].unique())
+    return values[0] if values else None
+
+
+def answers_table(
+    scores: Sequence[GroupScore],
+    dataset: str | None = None,
+    prompt: str | None = None,
+    correct: str | None = None,
+) -> pd.DataFrame:
+    """One row per (dataset, sample, prompt): its label, how many alphas got it right, and the answer at each alpha.
+
+    Answer cells read "✓ text" or "✗ text". `correct` keeps samples answered correctly at
+    "always" every alpha, "never" any, or "sometimes" some but not all (where merging changes the outcome).
+    """
+    if correct is not None and correct not in CORRECT_FILTERS:
+        raise PlotInputError(f"correct must be one of {CORRECT_FILTERS} or None, got {correct!r}")
+    alphas = sorted({score.alpha for score in scores})
+    cells: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
+    for score in scores:
+        if (dataset is not None and score.dataset != dataset) or (prompt is not None and score.prompt_name != prompt):
+            continue
+        for answer in score.answers:
+            row = cells[(score.dataset, answer.id, score.prompt_name)]
+            row.setdefault("label", answer.label)
+            hit = answer.outcome is Outcome.CORRECT
+            row[alpha_column(score.alpha)] = f"{'✓' if hit else '✗'} {answer.prediction}"
+            row["n_correct"] = int(row.get("n_correct", 0)) + hit
+            row["n_alphas"] = int(row.get("n_alphas", 0)) + 1
+    records = [{"dataset": d, "id": i, "prompt": p, **values} for (d, i, p), values in cells.items()]
+    columns = ["dataset", "id", "prompt", "label", "n_correct", "n_alphas", *map(alpha_column, alphas)]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    if correct == "always":
+        table = table[table["n_correct"] == table["n_alphas"]]
+    elif correct == "never":
+        table = table[table["n_correct"] == 0]
+    elif correct == "sometimes":
+        table = table[(table["n_correct"] > 0) & (table["n_correct"] < table["n_alphas"])]
+    return table.sort_values(["dataset", "prompt", "id"], ignore_index=True)
+
+
+def alpha_column(alpha: float) -> str:
+    """The answers table's column of one grid point ('alpha=0.3')."""
+    return f"alpha={format_alpha(alpha)}"
+
+
+def metric_vs_alpha_panels(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """One panel per data set, one line per prompt (the paper's Figure 2 layout); a prompt keeps its colour."""
+    label = check_metric(metric)
+    datasets = sorted(frame["dataset"].unique()) or [""]
+    figure = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets, shared_yaxes=True)
+    colours = _prompt_colours([frame])
+    in_legend: set[str] = set()
+    for column, dataset in enumerate(datasets, start=1):
+        for prompt, group in frame[frame["dataset"] == dataset].groupby("prompt", sort=True):
+            group = group.sort_values("alpha")
+            figure.add_trace(
+                go.Scatter(
+                    x=group["alpha"].tolist(),
+                    y=group[metric].tolist(),
+                    customdata=group["n"].tolist(),
+                    mode="lines+markers",
+                    name=prompt,
+                    legendgroup=prompt,
+                    showlegend=prompt not in in_legend,
+                    line={"color": colours[prompt]},
+                    meta={"dataset": dataset, "prompt": prompt},
+                    hovertemplate="alpha %{x}<br>" + label + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+                ),
+                row=1,
+                col=column,
+            )
+            in_legend.add(prompt)
+        figure.update_xaxes(title_text="alpha", row=1, col=column)
+    figure.update_yaxes(range=[0, 1.02], title_text=label, row=1, col=1)
+    figure.update_layout(title=f"{label} vs alpha", legend={"orientation": "h", "y": -0.25}, height=380)
+    return figure
+
+
+def alpha_bars_figure(
+    frame: pd.DataFrame,
+    metric: str = "accuracy",
+    alphas: Sequence[float] | None = None,
+    prompts: Sequence[str] | None = None,
+) -> go.Figure:
+    """Bars of `metric` per (dataset, prompt), one colour per alpha (the paper's Figures 1 and 9).
+
+    `alphas` picks the grid points to show (default: all); points the sweep lacks are left out.
+    `prompts` orders the bars as the paper does (default: by name); prompts not listed come last.
+    """
+    label = check_metric(metric)
+    wanted = sorted(frame["alpha"].unique()) if alphas is None else [float(a) for a in alphas]
+    selected = frame[frame["alpha"].map(grid_key).isin([grid_key(a) for a in wanted])]
+    several = selected["dataset"].nunique() > 1
+    rank = {name: position for position, name in enumerate(prompts or ())}
+    figure = go.Figure()
+    for index, (alpha, group) in enumerate(selected.groupby("alpha", sort=True)):
+        group = group.assign(rank=group["prompt"].map(rank).fillna(len(rank)))
+        group = group.sort_values(["dataset", "rank", "prompt"])
+        figure.add_trace(
+            go.Bar(
+                x=[_curve_name(d, p, several) for d, p in zip(group["dataset"], group["prompt"], strict=True)],
+                y=group[metric].tolist(),
+                text=[f"{value:.2f}" for value in group[metric]],
+                textposition="outside",
+                name=f"alpha={format_alpha(alpha)}",
+                marker_color=BAR_COLOURS[index % len(BAR_COLOURS)],
+                meta={"alpha": float(alpha)},
+                hovertemplate="%{x}<br>" + label + " %{y:.3f}<extra>alpha " + f"{format_alpha(alpha)}</extra>",
+            )
+        )
+    if selected.empty:
+        shown = format_grid(wanted)
+        figure.add_annotation(text=f"no answers yet at alpha {shown}", showarrow=False, x=0.5, y=0.5)
+    figure.update_layout(
+        barmode="group",
+        title=f"{label} per prompt",
+        yaxis_title=label,
+        yaxis_range=[0, 1.1],
+        legend={"orientation": "h", "y": -0.25},
+        height=380,
+    )
+    return figure
+
+
+def add_baselines(figure: go.Figure, baselines: Mapping[str, float]) -> go.Figure:
+    """Grey horizontal lines across the figure's x values (alphas or bar categories), named in the legend."""
+    xs = [x for trace in figure.data for x in (trace.x if trace.x is not None else ())]
+    if not xs:
+        return figure
+    numeric = all(isinstance(x, int | float) for x in xs)
+    ends = [min(xs), max(xs)] if numeric else [next(iter(dict.fromkeys(xs))), list(dict.fromkeys(xs))[-1]]
+    for name, value in baselines.items():
+        figure.add_trace(
+            go.Scatter(
+                x=ends,
+                y=[value, value],
+                mode="lines",
+                name=f"{name} baseline",
+                line={"color": "#888888", "dash": BASELINE_DASHES.get(name, "dot")},
+                meta={"baseline": name},
+                hovertemplate=f"{name} baseline {value:.3f}<extra></extra>",
+            )
+        )
+    return figure

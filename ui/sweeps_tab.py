@@ -1,0 +1,89 @@
+"""The Sweeps tab: its sections laid out in page order, wired once every widget exists, and one refresh timer.
+
+Everything the tab shows is read back from the runs folder, so a reloaded page (or a sweep run
+headless) shows the same table, progress and figures. Every ~2 s one handler looks at the runs
+folder once (`SweepsService.snapshot`) and each section redraws only what changed since the page
+last showed it (the `seen` state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ui.errors import user_facing
+from ui.sweeps_compare import compare_section, wire_compare
+from ui.sweeps_files import files_section, wire_files
+from ui.sweeps_new import new_sweep_section, wire_new_sweep
+from ui.sweeps_paper_figures import PaperFigures, paper_figures_section, refresh_paper_figures, wire_paper_figures
+from ui.sweeps_presets import PaperExperiments, paper_experiments_section, refresh_presets, wire_paper_experiments
+from ui.sweeps_runs import Runs, refresh_runs, runs_section, wire_runs
+from ui.sweeps_service import SweepsService
+from ui.text import ZERO_GPU_SWEEPS, sweeps_intro, view_choices
+
+SWEEP_REFRESH_S = 2.0
+
+
+def sweeps_tab(service: SweepsService) -> None:
+    """The tab, inside the caller's Blocks. Sweeps run on the app's own queue unless New sweep's Run on picks
+    a Ray cluster (evaluation.backend_choice)."""
+    with gr.Tab("Sweeps", elem_id="sweeps-tab"):
+        gr.Markdown(sweeps_intro(service.runs_dir))
+        if service.zero_gpu:
+            gr.Markdown(f"⚠️ **{ZERO_GPU_SWEEPS}**", elem_id="sweeps-zero-gpu")
+        form = new_sweep_section(service.zero_gpu)
+        paper = paper_experiments_section(service.zero_gpu, service.snapshot().rate, form.fields["limit"].value)
+        runs = runs_section(service.zero_gpu)
+        figures = paper_figures_section()
+        compare = compare_section()
+        files = files_section()
+        seen = gr.State({})
+        timer = gr.Timer(SWEEP_REFRESH_S)
+
+    choosers = [runs.selected, compare.a, compare.b]
+    started = [
+        wire_new_sweep(service, form, runs.selected),
+        *wire_paper_experiments(service, paper, form, runs.selected),
+        wire_files(service, files, runs, form.message),
+    ]
+    wire_runs(service, runs, form, choosers, seen)
+    wire_paper_figures(service, figures, runs)
+    wire_compare(service, compare, runs)
+
+    def refresh_choices() -> list[Any]:
+        """After a start or an import: the new sweep in every chooser."""
+        return [gr.update(choices=view_choices(service.snapshot()))] * len(choosers)
+
+    for event in started:
+        event.then(refresh_choices, None, choosers, api_visibility="private")
+
+    _wire_refresh(service, timer, seen, choosers, runs, paper, figures, form.fields["limit"])
+
+
+def _wire_refresh(
+    service: SweepsService,
+    timer: gr.Timer,
+    seen: gr.State,
+    choosers: list[Any],
+    runs: Runs,
+    paper: PaperExperiments,
+    figures: PaperFigures,
+    limit: gr.Number,
+) -> None:
+    """The tab's one timer: one look at the runs folder, then each section's changes (a dict of updates)."""
+
+    @user_facing
+    def refresh(values: dict[Any, Any]) -> dict[Any, Any]:
+        """Every ~2 s: only what changed on disk since the page last showed it is sent (no redraws)."""
+        seen_now = dict(values[seen] or {})
+        snapshot = service.snapshot()
+        updates = refresh_runs(service, runs, choosers, snapshot, values, seen_now)
+        updates |= refresh_presets(paper, limit, snapshot, values, seen_now)
+        updates |= refresh_paper_figures(service, figures, runs, values, seen_now)
+        return {**updates, seen: seen_now}
+
+    inputs = {*runs.view_inputs, limit, paper.choice, figures.metric, seen}
+    outputs = [runs.table, *choosers, runs.progress, *runs.figures, runs.dataset_filter, runs.prompt_filter]
+    outputs += [paper.table, paper.rate, paper.info, *figures.outputs, seen]
+    timer.tick(refresh, inputs=inputs, outputs=outputs, api_visibility="private", show_progress="hidden")

@@ -189,7 +189,11 @@ class NatureLM(nn.Module):
                 logger.warning("static-cache decoding is off for this model: %s", error)
                 self.decode_with_static_cache = False
             else:
-                return self._search(decoder, num_beams, max_new_tokens, length_penalty, between_steps)
+                decoder.between_steps = between_steps
+                try:
+                    return self._search(decoder, num_beams, max_new_tokens, length_penalty, between_steps)
+                finally:
+                    decoder.release()
         with self.row_alphas.applied(row_merge):
             decoder = CachedDecoder(self.llm, batch.repeat_rows(num_beams))
             return self._search(decoder, num_beams, max_new_tokens, length_penalty)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -56,6 +57,7 @@ PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of simila
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
 SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
+PAUSE_PREFILL_TOKENS = 4096  # a prefill that may pause for a waiting user does so after about this many tokens
 
 
 class StaticDecodingUnsupported(RuntimeError):
@@ -282,19 +284,24 @@ class LlamaStep:
         return logits
 
     @torch.no_grad()
-    def prefill(self, state: DecodeState, items: int | None = None, length: int | None = None) -> Tensor:
-        """The prompts of the first `items` items, causal over their last `length` prompt columns (default:
-        all), keys and values written there. Logits [items, V] of each item's first new token."""
-        items = state.items if items is None else items
+    def prefill(
+        self, state: DecodeState, items: int | None = None, length: int | None = None, first: int = 0
+    ) -> Tensor:
+        """The prompts of `items` items from item `first` (default: all), causal over their last `length` prompt
+        columns (default: all), keys and values written there. Logits [items, V] of each item's first new token,
+        in rows first.. of the state's logits."""
+        items = state.items - first if items is None else items
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
+        chosen = slice(first, first + items)
         return self._forward(
             state,
-            hidden=state.prompt_embeds[:items, start:].flatten(0, 1).clone(),  # summed into in place
-            positions=state.prompt_positions[:items, start:],
+            hidden=state.prompt_embeds[chosen, start:].flatten(0, 1).clone(),  # summed into in place
+            positions=state.prompt_positions[chosen, start:],
             columns=state.prompt_columns[start:],
-            visible=state.mask[:items, None, start : state.prompt_capacity] & state.causal[start:, start:],
+            visible=state.mask[chosen, None, start : state.prompt_capacity] & state.causal[start:, start:],
             keys_from=start,
             every_token=False,
+            first=first,
         )
 
     def _forward(
@@ -306,13 +313,15 @@ class LlamaStep:
         visible: Tensor,
         keys_from: int,
         every_token: bool,
+        first: int = 0,
     ) -> Tensor:
         """The decoder layers over `hidden` [items x length, H] (the residual stream, summed into in place)
         at `positions` [items, length], writing keys and values to `columns`, attending to columns
         [keys_from, keys_from + visible's last dimension) where `visible` [items, length, columns]
-        allows it. Logits of every token, or of each item's last. No host synchronisation: it can be
-        captured."""
+        allows it. Logits of every token, or of each item's last, for the items from item `first`. No host
+        synchronisation: it can be captured."""
         items, length = positions.shape
+        chosen = slice(first, first + items)
         keys_to = keys_from + visible.shape[-1]
         bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
             ~visible[:, None], torch.finfo(hidden.dtype).min
@@ -332,10 +341,10 @@ class LlamaStep:
             self.fused_rotary,
         )
         for index, layer in enumerate(self.layers):
-            scales = state.scales[:items, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
-            spectral_scales = state.spectral_scales[:items, index, None] if state.spectral else None
+            scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
+            spectral_scales = state.spectral_scales[chosen, index, None] if state.spectral else None
             qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), scales, spectral_scales)
-            keys, values = state.keys[index, :items], state.values[index, :items]
+            keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             attended = self._attention(query, keys, values, bias, queries_as_rows)
@@ -343,7 +352,7 @@ class LlamaStep:
             hidden = layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden), hidden, self.fused_swiglu)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
-        return self._lm_head(_rms_norm(self.norm, hidden), state)
+        return self._lm_head(_rms_norm(self.norm, hidden), state, first)
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, queries_as_rows: bool) -> Tensor:
         """Grouped-query attention of query [items, heads, length, d]; output [items x length, heads x d].
@@ -369,7 +378,7 @@ class LlamaStep:
         attended = attended.view(items, self.num_kv_heads, groups, length, self.head_dim).permute(0, 3, 1, 2, 4)
         return attended.reshape(items * length, -1)
 
-    def _lm_head(self, hidden: Tensor, state: DecodeState) -> Tensor:
+    def _lm_head(self, hidden: Tensor, state: DecodeState, first: int = 0) -> Tensor:
         """Logits [rows, V] in float32 (at least), in the state's own buffers: every graph of a state
         writes the same memory (a graph's own output would stay allocated for its lifetime: 270 MB per
         attention window at the sweep batch). The product goes to rows padded to 8-aligned columns:
@@ -377,13 +386,13 @@ class LlamaStep:
         runs at a seventh of its speed."""
         rows, vocab = hidden.shape[0], self.lm_head.weight.shape[0]
         aligned = vocab - vocab % 8
-        logits = state.projected[:rows, :vocab]
+        logits = state.projected[first : first + rows, :vocab]
         torch.mm(hidden, self.lm_head.weight[:aligned].t(), out=logits[:, :aligned])
         if aligned < vocab:
             torch.mm(hidden, self.lm_head.weight[aligned:].t(), out=logits[:, aligned:])
         if self.lm_head.bias is not None:
             logits += self.lm_head.bias
-        return state.logits[:rows].copy_(logits)
+        return state.logits[first : first + rows].copy_(logits)
 
     def fingerprint(self) -> tuple[int, ...]:
         """Addresses of every weight: a captured graph is only valid while none of them moved."""
@@ -595,14 +604,27 @@ class _Runner:
             logits = run()
         return graph, logits
 
-    def prefill(self, batch: PaddedBatch, item_merge: RowMerge) -> Tensor:
-        """Load the prompts and run them, once per item; logits [items x beams, V] of each row's first new token."""
+    def prefill(
+        self, batch: PaddedBatch, item_merge: RowMerge, between_chunks: Callable[[], None] | None = None
+    ) -> Tensor:
+        """Load the prompts and run them, once per item; logits [items x beams, V] of each row's first new token.
+
+        With `between_chunks`, a large prefill runs in chunks of about PAUSE_PREFILL_TOKENS tokens and calls
+        it between them: a sweep batch's prefill (about 230 ms at 176 items on an H100) is the longest stretch
+        a waiting user would otherwise sit through. Each item's prefill is independent of the others'.
+        """
         items, prompt_length = batch.attention_mask.shape
         self.state.load(batch, item_merge)
         graph = self.prefill_graphs.get(self.state.spectral)
         if not self.prefill_by_graph:
+            chunk = items if between_chunks is None else max(1, PAUSE_PREFILL_TOKENS // prompt_length)
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
-                logits = self.step.prefill(self.state, items=items, length=prompt_length)
+                for first in range(0, items, chunk):
+                    if first:
+                        between_chunks()
+                    count = min(chunk, items - first)
+                    self.step.prefill(self.state, items=count, length=prompt_length, first=first)
+            logits = self.state.logits[:items]
         elif graph is None:
             logits = self.step.prefill(self.state)[:items]
         else:
@@ -645,7 +667,10 @@ class StaticDecoding:
         self.prompt_block = prompt_block
         self.window_block = window_block
         self.small_prefill_tokens = small_prefill_tokens
-        self._runners: OrderedDict[tuple[int, int, int, int], _Runner] = OrderedDict()
+        # Keyed by (shape, slot): a generation paused for another one of the same shape (the engine answering a
+        # user inside a sweep batch) must not have its state reloaded under it, so the second takes slot 1.
+        self._runners: OrderedDict[tuple[tuple[int, int, int, int], int], _Runner] = OrderedDict()
+        self._in_use: set[tuple[tuple[int, int, int, int], int]] = set()
         self._step: LlamaStep | None = None
         self._fingerprint: tuple[int, ...] = ()
         self.captures = 0  # graph sets captured (per state and variant): a benchmark proves alphas cause none
@@ -664,7 +689,7 @@ class StaticDecoding:
     @property
     def shapes(self) -> list[tuple[int, int, int, int]]:
         """(item capacity, beams, prompt capacity, new tokens) of the states held, least recently used first."""
-        return list(self._runners)
+        return [shape for shape, _ in self._runners]
 
     def clear(self) -> None:
         self.drop_states()
@@ -698,17 +723,21 @@ class StaticDecoding:
         if merge.spectra is not None and merge.spectra.shape[1] < max(step.lora_ranks):
             raise ValueError(f"{merge.spectra.shape[1]} spectral weights per row for LoRA ranks {step.lora_ranks}")
         prompt_capacity = self.prompt_block * math.ceil(prompt_length / self.prompt_block)
-        key = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
+        shape = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
+        key = (shape, next(slot for slot in itertools.count() if (shape, slot) not in self._in_use))
         runner = self._runners.get(key)
         if runner is None:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            runner = _Runner(step, DecodeState(step, *key), self.window_block, use_graphs, self.small_prefill_tokens)
+            runner = _Runner(step, DecodeState(step, *shape), self.window_block, use_graphs, self.small_prefill_tokens)
         self.captures += runner.prepare(spectral=merge.spectral is not None)
         self._runners[key] = runner
         self._runners.move_to_end(key)
-        return StaticCacheDecoder(runner, batch, merge.take(slice(None, None, repeats)), rows)
+        self._in_use.add(key)
+        return StaticCacheDecoder(
+            runner, batch, merge.take(slice(None, None, repeats)), rows, lambda: self._in_use.discard(key)
+        )
 
     def _llama_step(self, llm: PreTrainedModel) -> LlamaStep:
         """The step for `llm`, rebuilt (and every graph dropped) when the model or a weight's address changed."""
@@ -726,16 +755,25 @@ class StaticCacheDecoder:
     (the search loops do). `reorder` expects beam search's rows: each row continues a beam of its own item.
     """
 
-    def __init__(self, runner: _Runner, batch: PaddedBatch, item_merge: RowMerge, rows: int) -> None:
+    def __init__(
+        self,
+        runner: _Runner,
+        batch: PaddedBatch,
+        item_merge: RowMerge,
+        rows: int,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self.runner = runner
         self.batch = batch
         self.item_merge = item_merge
         self.rows = rows
         self.generated = 0
+        self.between_steps: Callable[[], None] | None = None
+        self.release = release  # the state is free for another generation of its shape once this is called
 
     @torch.no_grad()
     def prefill(self) -> Tensor:
-        return self.runner.prefill(self.batch, self.item_merge)
+        return self.runner.prefill(self.batch, self.item_merge, self.between_steps)
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:

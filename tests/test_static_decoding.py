@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from naturelm_core import static_decoding
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.loading import load_model
 from naturelm_core.static_decoding import (
@@ -221,28 +222,39 @@ def test_releasing_cached_states_frees_the_shapes_and_keeps_the_step(model, rows
     )
 
 
+@pytest.mark.parametrize("chunked_prefill", [False, True])
 @pytest.mark.parametrize("num_beams", [1, 2])
-def test_a_generation_paused_between_steps_for_another_one_gives_both_their_own_ids(model, rows, num_beams):
-    """The engine answers a waiting user inside a sweep batch: the nested generation (another shape,
-    other alphas) must leave the paused one's cache, alphas and search untouched, and vice versa."""
-    outer_alphas, inner_alphas = [0.0, 0.5, 1.0], [0.8]
-    alone_outer = _ids(model, rows, PROMPTS, outer_alphas, num_beams, static=True)
-    alone_inner = _ids(model, rows[:1], PROMPTS[1:2], inner_alphas, 1, static=True)
+@pytest.mark.parametrize("same_shape", [False, True])
+def test_a_generation_paused_for_another_one_gives_both_their_own_ids(
+    model, rows, num_beams, same_shape, chunked_prefill, monkeypatch
+):
+    """The engine answers a waiting user inside a sweep batch, between decode steps and (chunked) between
+    parts of the prefill: the nested generation must leave the paused one's cache, alphas and search untouched,
+    and vice versa, also when both have the same shape (a sweep's last, small batch) and would share a state."""
+    outer = (rows[:2], PROMPTS[1:2] * 2, [0.3, 0.6]) if same_shape else (rows, PROMPTS, [0.0, 0.5, 1.0])
+    inner = (rows[1:3], PROMPTS[1:2] * 2, [0.8, 0.1])
+    inner_beams = num_beams if same_shape else 1
+    decoding = StaticDecoding(small_prefill_tokens=0)  # prefill eagerly, as a sweep batch does
+    alone_outer = _ids(model, *outer, num_beams, static=True, decoding=decoding)
+    alone_inner = _ids(model, *inner, inner_beams, static=True, decoding=decoding)
+    if chunked_prefill:
+        monkeypatch.setattr(static_decoding, "PAUSE_PREFILL_TOKENS", 1)  # one item per chunk
     nested: list[list[list[int]]] = []
 
     def answer_a_user() -> None:
-        nested.append(model.generate_ids_from_embeddings(rows[:1], PROMPTS[1:2], inner_alphas, 1, MAX_NEW_TOKENS))
+        nested.append(model.generate_ids_from_embeddings(*inner, inner_beams, MAX_NEW_TOKENS))
 
     model.decode_with_static_cache = True
     try:
-        paused = model.generate_ids_from_embeddings(
-            rows, PROMPTS, outer_alphas, num_beams, MAX_NEW_TOKENS, between_steps=answer_a_user
-        )
+        paused = model.generate_ids_from_embeddings(*outer, num_beams, MAX_NEW_TOKENS, between_steps=answer_a_user)
     finally:
         model.decode_with_static_cache = None
-    assert len(nested) >= 2  # paused at every 4th of 12 steps (fewer only if all rows stopped early)
+    decode_pauses = 2  # at every 4th of 12 steps (these rows do not all stop early)
+    prefill_pauses = len(outer[0]) - 1 if chunked_prefill else 0
+    assert len(nested) >= prefill_pauses + decode_pauses
     assert paused == alone_outer
     assert all(ids == alone_inner for ids in nested)
+    assert decoding.shapes.count(decoding.shapes[-1]) == (2 if same_shape else 1)  # a second slot, only if shared
 
 
 def test_the_eager_path_never_pauses(model, rows):

@@ -673,6 +673,48 @@ def section_sweep(model: NatureLM, device: torch.device, args: argparse.Namespac
     return result
 
 
+def section_recipes(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Merge recipes per row (issue 18): the same sweep as `section_sweep`'s "ours" with 11 plain alphas, 11
+    layer ramps and 11 spectral recipes per recording, side by side; no graph capture and no weight write
+    once each variant's graphs exist; the SVD bases' memory."""
+    from naturelm_core.alpha import RowScaledDropout
+
+    start = time.perf_counter()
+    model.compute_spectral_bases()
+    sync(device)
+    bases_seconds = time.perf_counter() - start
+    bases_bytes = 0
+    for module in model.llm.modules():
+        if isinstance(module, RowScaledDropout):
+            bases_bytes += sum(m.numel() * m.element_size() for m in module.basis.maps())
+    rank = model.config.lora_rank
+    grids = {  # 11 distinct grid points each
+        "plain_alphas": SWEEP_ALPHAS,
+        "layer_ramps": [{"layers": f"linear:{a:g}:1"} for a in SWEEP_ALPHAS],
+        "spectral": [{"alpha": a, "rank": max(1, rank // 2)} for a in SWEEP_ALPHAS[1:]]
+        + [{"alpha": 1.0, "rank": max(1, rank // 4)}],
+    }
+    model.decode_with_static_cache = True
+    warm = recordings(REFERENCE_BATCH, seed=81)
+    shared = recordings(args.sweep_recordings, seed=82)
+    result: dict[str, Any] = {"svd_bases_mib": bases_bytes / 2**20, "svd_bases_seconds": bases_seconds}
+    try:
+        for grid in grids.values():
+            engine_sweep(model, warm, grid, args)  # warm-up: each variant's graphs for this batch shape
+        captures, writes = model.static_decoding.captures, _weight_versions(model)
+        for label, grid in grids.items():
+            seconds, (tokens, stats) = timed(device, lambda g=grid: engine_sweep(model, shared, g, args))
+            result[label] = {**_throughput(seconds, tokens), **stats}
+        result["graph_captures_during_recipe_changes"] = model.static_decoding.captures - captures
+        result["weight_writes"] = _weight_versions(model) - writes
+    finally:
+        model.decode_with_static_cache = None
+    plain = result["plain_alphas"]["answers_per_s"]
+    result["layer_ramps_vs_plain"] = result["layer_ramps"]["answers_per_s"] / plain
+    result["spectral_vs_plain"] = result["spectral"]["answers_per_s"] / plain
+    return result
+
+
 def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Whole sweeps from audio files (FLAC, 44.1 kHz, 10 s) through SweepRunner and the engine's own worker
     thread, recordings decoded on 1 thread or on the default pool while the GPU answers: with 1 answer
@@ -866,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
     parser.add_argument(
         "--sections",
-        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,profile,precision",
+        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,recipes,profile,precision",
     )
     args = parser.parse_args(argv)
 
@@ -895,6 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": lambda: section_sweep(model, device, args),
         "sweep_files": lambda: section_sweep_files(model, device, args),
         "app_path": lambda: section_app_path(model, device, args),
+        "recipes": lambda: section_recipes(model, device, args),
     }
     peaks = {}
     for name in args.sections.split(","):

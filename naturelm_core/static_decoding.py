@@ -493,9 +493,8 @@ class DecodeState:
         self.mask[:items, start : self.prompt_capacity] = batch.attention_mask.bool()
         self.prompt_positions[:items] = 0
         self.prompt_positions[:items, start:] = batch.position_ids
-        self.positions.zero_()
+        self.rewind()
         self.positions[:items] = batch.position_ids[:, -1] + 1
-        self.columns.copy_(self.prompt_capacity + torch.arange(self.beams, device=self.columns.device))
         self.tokens.zero_()
         scales, spectral_scales = _rank_columns(item_merge, self.ranks)
         self.scales.zero_()
@@ -504,6 +503,11 @@ class DecodeState:
         if spectral_scales is not None:
             self.spectral_scales[:items] = spectral_scales
         self.spectral = spectral_scales is not None
+
+    def rewind(self) -> None:
+        """Back to the first generated column, as `load` leaves it, without touching the prompts."""
+        self.columns.copy_(self.prompt_capacity + torch.arange(self.beams, device=self.columns.device))
+        self.positions.zero_()
 
     def reorder(self, rows: Tensor, generated: int) -> None:
         """Row i continues beam rows[i], a beam of its own item: only that item's generated columns move."""
@@ -583,6 +587,7 @@ class _Runner:
         and, for small batches, one for the prefill. Warm-up mutates the state; every generation reloads it."""
         variant = self.state.spectral
         self.pool = self.pool or torch.cuda.graph_pool_handle()
+        self.state.rewind()  # a state captured again (another variant) may sit at its last column: warm-up moves on
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _attention_kernels():
@@ -621,6 +626,7 @@ class _Runner:
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
                 for first in range(0, items, chunk):
                     if first:
+                        _catch_up(self.state.logits)  # or the host runs chunks ahead and the pause comes too late
                         between_chunks()
                     count = min(chunk, items - first)
                     self.step.prefill(self.state, items=count, length=prompt_length, first=first)
@@ -640,6 +646,13 @@ class _Runner:
             return self.step.decode(self.state, window)
         graph[0].replay()
         return graph[1]
+
+
+def _catch_up(on: Tensor) -> None:
+    """Wait for the device to finish what was queued: a pause point means something only when the host is not
+    several chunks ahead of the GPU (work a waiting user's request would queue behind)."""
+    if on.is_cuda:
+        torch.cuda.current_stream(on.device).synchronize()
 
 
 def _attention_kernels():

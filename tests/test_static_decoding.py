@@ -266,3 +266,15 @@ def test_the_eager_path_never_pauses(model, rows):
     finally:
         model.decode_with_static_cache = None
     assert again == ids and calls == []
+
+
+def test_a_used_state_rewinds_to_its_first_column_for_another_capture(model, rows):
+    """A state that met a spectral recipe after a full generation is captured again: its warm-up decodes must
+    start at the first generated column, or they index past the cache (a device-side assert on the GPU)."""
+    decoding = StaticDecoding(small_prefill_tokens=0)
+    _ids(model, rows, PROMPTS, ALPHAS, 2, static=True, decoding=decoding)
+    (state,) = [runner.state for runner in decoding._runners.values()]
+    fresh_columns = state.prompt_capacity + torch.arange(state.beams)
+    assert not torch.equal(state.columns, fresh_columns)  # left where the generation ended
+    state.rewind()
+    assert torch.equal(state.columns, fresh_columns) and not state.positions.any()

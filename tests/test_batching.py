@@ -196,9 +196,11 @@ def test_a_sweep_started_after_a_short_one_runs_full_batches(tiny_model, tmp_pat
         run_sweep(engine, short, tmp_path / "runs")
         assert recorder.sizes() == [1]
         recorder.batches.clear()
-        run_sweep(engine, SweepSpec.from_dict(spec_dict(data)), tmp_path / "runs")
+        seen = []
+        run_sweep(engine, SweepSpec.from_dict(spec_dict(data)), tmp_path / "runs", on_progress=seen.append)
     finally:
         engine.stop()
+    assert seen[-1].max_batch_rows == 12 and seen[-1].rows_per_batch >= 6  # what the Sweeps tab shows
     sizes = recorder.sizes()
     assert sum(sizes) == 72
     assert max(sizes) == 12 and sum(sizes) / len(sizes) >= 6, sizes
@@ -278,3 +280,15 @@ def test_cancel_stops_a_sweep_within_the_batch_in_flight(tiny_model, tmp_path):
     assert status.state is SweepState.CANCELLED and len(written) == status.done
     assert status.done - done_at_cancel[0] <= 6  # queued: 12 rows more (2 batches), all answered before the fix
     assert engine.stats.rows_generated == len(written)
+
+
+def test_the_sweeps_tab_shows_rows_per_batch_and_says_when_batches_are_small():
+    from evaluation.sweep import SweepState, SweepStatus
+    from ui.text import progress_html
+
+    running = SweepStatus("s-1", "s", SweepState.RUNNING, total=100, done=10, rate_per_s=5.0, eta_s=18.0)
+    running.rows_per_batch, running.max_batch_rows = 170.4, 176
+    assert "170 of at most 176 rows per batch" in progress_html(running)
+    assert "small batches" not in progress_html(running)
+    running.rows_per_batch = 1.0
+    assert "1 of at most 176 rows per batch (small batches" in progress_html(running)

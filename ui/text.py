@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ui.sweeps_service import MeasuredRate, Queued, RunsSnapshot
 
 RATE_UNKNOWN = "rate unknown until a sweep has run"
+SMALL_BATCH_SHARE = 0.5  # a running sweep whose batches average under this share of the maximum says so
 ZERO_GPU_SWEEPS = (
     "Sweeps need dedicated GPU hardware: on ZeroGPU a GPU is lent for one short call at a time, not for the hours "
     "a sweep runs. Run the app (or `python -m evaluation.sweep`) on a dedicated GPU; here you can still import a "
@@ -95,6 +96,10 @@ def progress_html(status: SweepStatus | None) -> str:
     if status.state is SweepState.RUNNING:
         rate = f"{status.rate_per_s:.2f} items/s" if status.rate_per_s else "measuring the rate"
         detail += f", {rate}, ETA {format_duration(status.eta_s)}"
+        if status.rows_per_batch is not None and status.max_batch_rows:
+            detail += f", {status.rows_per_batch:.0f} of at most {status.max_batch_rows} rows per batch"
+            if status.rows_per_batch < SMALL_BATCH_SHARE * status.max_batch_rows:
+                detail += " (small batches: reading the data cannot keep up, or GPU memory limits them)"
     if status.failed or status.skipped_samples:
         detail += f", {status.failed} failed, {status.skipped_samples} sample(s) skipped"
     message = f"<br><small>{html.escape(status.message)}</small>" if status.message else ""

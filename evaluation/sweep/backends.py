@@ -63,6 +63,11 @@ class EngineBackend:
     def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
         return ContextBudget.of_model(self.engine.model, max_context_tokens)
 
+    def batching(self) -> tuple[float | None, int]:
+        """(mean rows of the recent batches that carried sweep rows, the most a batch may take): a sweep shows
+        both, so a user sees when batching degrades. Optional for a backend; the runner asks with getattr."""
+        return self.engine.stats.sweep_rows_per_batch(), self.engine.max_batch_rows
+
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
         return [
             self.engine.submit(

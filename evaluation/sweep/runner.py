@@ -324,6 +324,9 @@ class SweepRunner:
         self._inflight.clear()
 
     def _publish(self) -> None:
+        batching = getattr(self.backend, "batching", None)
+        if batching is not None:
+            self.status.rows_per_batch, self.status.max_batch_rows = batching()
         elapsed = time.time() - self._session_start
         if self._session_done and elapsed > 0:
             self.status.rate_per_s = self._session_done / elapsed

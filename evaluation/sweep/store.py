@@ -110,6 +110,8 @@ class SweepStatus:
     finished_at: float | None = None
     message: str = ""
     pid: int | None = None
+    rows_per_batch: float | None = None  # mean rows of the recent engine batches that carried this sweep's rows
+    max_batch_rows: int | None = None
 
     @property
     def fraction(self) -> float:

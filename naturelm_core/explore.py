@@ -8,6 +8,7 @@ the engine's worker batches them. Plain numbers and text only: the UI draws and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,7 +16,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from naturelm_core.alphas import (
+    MERGE_MODULES,
+    GridPoint,
+    MergeRecipe,
+    check_alpha,
+    check_grid_point,
+    format_alpha,
+    parse_recipe_text,
+)
+from naturelm_core.audio import MAX_DURATION_S
 from naturelm_core.audio import windows as split_windows
+from naturelm_core.audio_stream import open_windows
+from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
+from naturelm_core.events import DEFAULT_ABSENT_ANSWERS
+from naturelm_core.recipes import RecipeError
 from naturelm_core.requests import GenerationSettings
 
 if TYPE_CHECKING:
@@ -37,7 +52,7 @@ class WindowAnswer:
 
 @dataclass(frozen=True)
 class ScanRow:
-    alpha: float
+    alpha: GridPoint  # a float, or a merge recipe where one was asked
     answers: tuple[WindowAnswer, ...]
 
     @property
@@ -75,7 +90,7 @@ def answer_recording(
     rows = [([w.samples], prompt, alpha) for alpha in alphas for w in parts]
     texts = iter(engine.answer_many(rows, settings=settings))
     return [
-        ScanRow(alpha=float(alpha), answers=tuple(WindowAnswer(w.start_s, w.end_s, next(texts)) for w in parts))
+        ScanRow(alpha=_as_point(alpha), answers=tuple(WindowAnswer(w.start_s, w.end_s, next(texts)) for w in parts))
         for alpha in alphas
     ]
 
@@ -102,3 +117,168 @@ def scan_summary(alphas: Sequence[float], answers: Sequence[str], expected_label
         summary.append(entry)
         previous = text
     return summary
+
+
+def _as_point(alpha: object) -> GridPoint:
+    return alpha if isinstance(alpha, MergeRecipe) else float(alpha)
+
+
+# --- the merge recipe that may replace the alpha slider (issue 18)
+
+
+def answer_point(alpha: float, recipe_text: str | None = None) -> GridPoint:
+    """What one answer is merged by: the slider's alpha, or the typed recipe when one is given.
+
+    Why the recipe wins: a researcher who typed one wants exactly it; the slider stays the default
+    so the plain `/explore` call is unchanged. The engine checks the recipe against the model's layers.
+    """
+    text = (recipe_text or "").strip()
+    if not text:
+        return check_alpha(alpha)
+    recipes = parse_recipe_text(text)
+    if len(recipes) != 1:
+        raise RecipeError(f"the merge recipe field takes one JSON object, got a list of {len(recipes)}")
+    return check_grid_point(recipes[0], name="merge recipe")
+
+
+# --- the recipe scan: one recording over a grid of two recipe knobs, in one batched call
+
+SCAN_KINDS = {
+    "ramp": "layer ramp: start a0 (first layer) x end a1 (last layer)",
+    "rank": "alpha x LoRA rank kept (top singular directions)",
+    "module_off": "alpha x one projection switched off",
+}
+MAX_RECIPE_SCAN_POINTS = 121
+
+
+@dataclass(frozen=True)
+class RecipeGrid:
+    """A two-knob grid: `points[i][j]` is merged by row knob `rows[i]` and column knob `columns[j]`."""
+
+    kind: str
+    row_name: str
+    column_name: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    points: tuple[tuple[GridPoint, ...], ...]
+
+    def flat(self) -> list[GridPoint]:
+        return [point for row in self.points for point in row]
+
+
+def parse_knob_values(text: str, name: str) -> list[float]:
+    """A comma-separated list of numbers for one knob ('0, 0.5, 1'); refused with the knob's name."""
+    values = []
+    for part in (text or "").replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise RecipeError(f"{name}: {part.strip()!r} is not a number; write e.g. 0, 0.5, 1") from None
+    if not values:
+        raise RecipeError(f"{name}: no values; write e.g. 0, 0.5, 1")
+    return list(dict.fromkeys(values))
+
+
+def recipe_grid(kind: str, first: Sequence[float], second: Sequence[float] = ()) -> RecipeGrid:
+    """The grid of merge points for one scan kind (see SCAN_KINDS), each point checked like any alpha.
+
+    ramp: rows a0 (the first layer's multiplier), columns a1 (the last layer's); rank: rows alpha,
+    columns the rank kept; module_off: rows alpha, columns 'none' then each projection set to 0
+    (`second` is unused). A plain recipe becomes its float, so the cells compare with the alpha scan.
+    """
+    if kind not in SCAN_KINDS:
+        raise RecipeError(f"unknown recipe scan {kind!r}; choose from {', '.join(SCAN_KINDS)}")
+    builders = {"ramp": _ramp_grid, "rank": _rank_grid, "module_off": _module_off_grid}
+    grid = builders[kind](list(first), list(second))
+    size = len(grid.rows) * len(grid.columns)
+    if size > MAX_RECIPE_SCAN_POINTS:
+        raise RecipeError(f"{size} grid points is more than the {MAX_RECIPE_SCAN_POINTS} one scan allows")
+    return grid
+
+
+def _checked(recipe: dict, row: str, column: str) -> GridPoint:
+    return check_grid_point(recipe, name=f"grid point ({row}, {column})")
+
+
+def _ramp_grid(starts: list[float], stops: list[float]) -> RecipeGrid:
+    points = tuple(
+        tuple(_checked({"layers": f"linear:{a0}:{a1}"}, f"a0 {a0:g}", f"a1 {a1:g}") for a1 in stops) for a0 in starts
+    )
+    return RecipeGrid("ramp", "a0 (first layer)", "a1 (last layer)", _labels(starts), _labels(stops), points)
+
+
+def _rank_grid(alphas: list[float], ranks: list[float]) -> RecipeGrid:
+    if any(rank != int(rank) or rank < 1 for rank in ranks):
+        raise RecipeError(f"ranks must be whole numbers from 1, got {', '.join(f'{r:g}' for r in ranks)}")
+    points = tuple(
+        tuple(_checked({"alpha": a, "rank": int(r)}, f"alpha {a:g}", f"rank {r:g}") for r in ranks) for a in alphas
+    )
+    return RecipeGrid("rank", "alpha", "rank kept", _labels(alphas), _labels(ranks), points)
+
+
+def _module_off_grid(alphas: list[float], _unused: list[float]) -> RecipeGrid:
+    columns = ("none", *MERGE_MODULES)
+    points = tuple(
+        tuple(
+            _checked({"alpha": a, "modules": {m: 0.0}} if m != "none" else {"alpha": a}, f"alpha {a:g}", m)
+            for m in columns
+        )
+        for a in alphas
+    )
+    return RecipeGrid("module_off", "alpha", "projection off", _labels(alphas), columns, points)
+
+
+def _labels(values: Sequence[float]) -> tuple[str, ...]:
+    return tuple(f"{value:g}" for value in values)
+
+
+def answer_recipe_grid(
+    engine: Engine, waveform: np.ndarray, prompt: str, grid: RecipeGrid, settings: GenerationSettings
+) -> list[list[str]]:
+    """Every grid point's answer (windows joined as `/explore` shows them), from ONE answer_recording call."""
+    rows = iter(answer_recording(engine, waveform, prompt, grid.flat(), settings))
+    return [[next(rows).text for _ in grid.columns] for _ in grid.rows]
+
+
+def recipe_scan_cells(grid: RecipeGrid, answers: Sequence[Sequence[str]], expected_label: str | None = None) -> dict:
+    """Plain numbers for the heatmap: colour = similarity to the expected label when given, else answer length."""
+    flat = [text for row in answers for text in row]
+    by_label = bool(expected_label and expected_label.strip())
+    summary = scan_summary(range(len(flat)), flat, expected_label if by_label else None)
+    values = [entry["label_similarity"] if by_label else entry["answer_chars"] for entry in summary]
+    width = len(grid.columns)
+    return {
+        "z": [values[i * width : (i + 1) * width] for i in range(len(grid.rows))],
+        "text": [list(row) for row in answers],
+        "recipes": [[format_alpha(point) for point in row] for row in grid.points],
+        "colour": "similarity to the expected label" if by_label else "answer length (chars)",
+    }
+
+
+# --- long recordings: what the page can show without decoding hours of audio
+
+PREVIEW_S = MAX_DURATION_S  # the spectrogram of a longer recording shows its first 10 minutes
+
+
+def parse_absent_answers(text: str | None) -> tuple[str, ...]:
+    """The "answers meaning nothing" list typed one per line or comma-separated; empty = the default list."""
+    names = [part.strip() for line in (text or "").splitlines() for part in line.split(",") if part.strip()]
+    return tuple(names) if names else DEFAULT_ABSENT_ANSWERS
+
+
+def preview_waveform(path: str | os.PathLike, max_s: float = PREVIEW_S) -> tuple[np.ndarray, float]:
+    """(the first `max_s` seconds at 16 kHz mono, the recording's duration from its header).
+
+    Why streamed: a 2-hour file would take gigabytes decoded whole; `open_windows` reads it window by
+    window with the same resampling as `load_audio`, and reading stops at `max_s`.
+    """
+    pieces = []
+    with open_windows(path, WINDOW_SECONDS, WINDOW_SECONDS) as stream:
+        for window in stream:
+            if window.start_s >= max_s:
+                break
+            pieces.append(window.samples[: round((window.end_s - window.start_s) * SAMPLE_RATE)])
+        duration_s = stream.duration_s
+    return np.concatenate(pieces), duration_s

@@ -101,3 +101,21 @@ def test_upload_slider_run_shows_the_models_answer(page, tiny_model, recording):
     [at_start] = tiny_model.generate([waveform], [prompt], [start_alpha], num_beams=2, max_new_tokens=100)
     assert direct != at_start, "this recording answers alike at both alphas, so the slider check would prove nothing"
     assert answer_box.input_value() == direct
+
+
+def test_an_example_loads_and_runs_and_detect_draws_a_timeline(page):
+    """The first example fills the recording and its prompt; Run answers; Detect draws the timeline."""
+    expect = playwright_sync.expect
+    page.reload()
+    example = page.locator("#examples").locator("tbody tr, button.gallery-item, .gallery-item").first
+    example.click()
+    expect(page.locator("#audio-info")).to_contain_text("mp3", timeout=TIMEOUT_MS)
+    expect(page.locator("#prompt textarea")).to_have_value(re.compile("common name"))
+    page.locator("#run").click()
+    expect(page.locator("#answer textarea")).not_to_have_value("", timeout=TIMEOUT_MS)
+    page.locator("#detect").click()
+    timeline = page.locator("#detect-timeline .js-plotly-plot", has_text=re.compile("Detection timeline"))
+    expect(timeline).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#detect-summary")).to_contain_text("window(s)", timeout=TIMEOUT_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "explore-detect.png", full_page=True)

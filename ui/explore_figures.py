@@ -1,4 +1,4 @@
-"""The Explore tab's figures: the recording's spectrogram and the alpha-scan chart.
+"""The Explore tab's figures: the spectrogram, the alpha-scan chart, the detection timeline, the recipe scan.
 
 Figures are built from plain data (a waveform, naturelm_core.explore.scan_summary's rows) so tests
 can read their traces back and check values, and the tab only places them.
@@ -12,10 +12,13 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import torchaudio
+from plotly.subplots import make_subplots
 
 from naturelm_core.config import SAMPLE_RATE
+from naturelm_core.events import Event
 
 SPECTROGRAM_MAX_FRAMES = 2000
+EVENT_HOVER = "%{y}<br>%{customdata[0]:.1f}-%{customdata[1]:.1f} s, alpha %{customdata[2]}<extra></extra>"
 
 
 def log_mel_spectrogram(waveform: np.ndarray, n_mels: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,5 +97,73 @@ def alpha_scan_figure(summary: Sequence[dict]) -> go.Figure:
         yaxis_title="answer length (chars)",
         height=320,
         legend={"orientation": "h", "y": -0.25},
+    )
+    return figure
+
+
+def detection_timeline_figure(
+    waveform: np.ndarray, events: Sequence[Event], duration_s: float, shown_s: float | None = None
+) -> go.Figure:
+    """The spectrogram over a timeline row of event bars, on one x axis in seconds, so each event sits
+    under the sound it names. `shown_s` is how much of a long recording the spectrogram covers."""
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
+    db, times, centres = log_mel_spectrogram(waveform)
+    figure.add_trace(
+        go.Heatmap(z=db, x=times, y=centres, colorscale="Viridis", showscale=False, name="log-mel"), row=1, col=1
+    )
+    for label in dict.fromkeys(event.label for event in events):
+        mine = [event for event in events if event.label == label]
+        figure.add_trace(
+            go.Bar(
+                x=[event.end_s - event.start_s for event in mine],
+                base=[event.start_s for event in mine],
+                y=[label] * len(mine),
+                orientation="h",
+                name=label,
+                customdata=[[event.start_s, event.end_s, event.alpha] for event in mine],
+                hovertemplate=EVENT_HOVER,
+            ),
+            row=2,
+            col=1,
+        )
+    partial = shown_s is not None and shown_s < duration_s
+    note = f" (spectrogram: first {shown_s / 60:g} min)" if partial else ""
+    figure.update_xaxes(range=[0.0, duration_s], row=2, col=1, title_text="time (s)")
+    figure.update_yaxes(title_text="frequency (Hz)", row=1, col=1)
+    figure.update_yaxes(title_text="events", automargin=True, row=2, col=1)
+    figure.update_layout(
+        title=f"Detection timeline{note}" + ("" if events else ": no events"),
+        height=420,
+        showlegend=False,
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+    )
+    return figure
+
+
+def recipe_scan_figure(
+    cells: dict, row_name: str, column_name: str, rows: Sequence[str], columns: Sequence[str]
+) -> go.Figure:
+    """A heatmap of the recipe scan (naturelm_core.explore.recipe_scan_cells): one cell per grid point,
+    the answer and the recipe on hover."""
+    custom = [
+        list(zip(text_row, recipe_row, strict=True))
+        for text_row, recipe_row in zip(cells["text"], cells["recipes"], strict=True)
+    ]
+    figure = go.Figure(
+        go.Heatmap(
+            z=cells["z"],
+            x=list(columns),
+            y=list(rows),
+            customdata=custom,
+            colorscale="Viridis",
+            colorbar={"title": cells["colour"]},
+            hovertemplate="%{customdata[1]}<br>%{customdata[0]}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=f"Recipe scan: colour = {cells['colour']}",
+        xaxis={"title": column_name, "type": "category"},
+        yaxis={"title": row_name, "type": "category"},
+        height=360,
     )
     return figure

@@ -2,26 +2,30 @@
 
 Widgets and wiring only: the answers come from naturelm_core.explore on the app's engine, the
 figures from ui.explore_figures, the text from ui.text. `/explore` and `/alpha_scan` are the tab's
-public API (gradio_client scripts use them), so their names and inputs stay as they are.
+public API (gradio_client scripts use them), so their names and inputs stay as they are (`/explore` takes
+an optional merge recipe as its last input). The recording panel lives in ui.explore_recording, the
+Detect panel (`/detect`) in ui.explore_detect, the recipe scan (`/recipe_scan`) in ui.explore_recipes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
 
 from evaluation.prompts import PAPER_PROMPTS
-from naturelm_core.alphas import DEFAULT_ALPHA_TEXT, check_alpha, parse_alpha_grid
-from naturelm_core.audio import describe_audio, load_audio
+from naturelm_core.alphas import DEFAULT_ALPHA_TEXT, RECIPE_EXAMPLE, format_alpha, parse_alpha_grid
 from naturelm_core.config import WINDOW_SECONDS
-from naturelm_core.explore import answer_recording, scan_summary
+from naturelm_core.explore import answer_point, answer_recording, scan_summary
 from naturelm_core.requests import GenerationSettings
 from ui.errors import user_facing
-from ui.explore_figures import alpha_scan_figure, spectrogram_figure
-from ui.text import audio_info_markdown
+from ui.explore_detect import detect_section
+from ui.explore_figures import alpha_scan_figure
+from ui.explore_recipes import recipe_scan_section
+from ui.explore_recording import recording_for_answer, recording_section
 from ui.zero_gpu import on_gpu
 
 if TYPE_CHECKING:
@@ -30,6 +34,13 @@ if TYPE_CHECKING:
 ALPHA_LABEL = "alpha (0 = Llama-3.1-8B-Instruct, 1 = NatureLM-audio)"
 DEFAULT_PRESET = "common"
 DEFAULT_SPECIES = "Humpback Whale, Killer Whale, Bearded Seal, Walrus"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# The example recordings (assets/README.md) with the paper prompt that fits each.
+EXAMPLES = (
+    ("yell-YELLAMRO20160506SM3-25.5s.mp3", "common"),  # American Robin
+    ("yell-YELLFLBCSACR20075171-4.5s.mp3", "scientific"),  # Sandhill Crane
+    ("yell-YELLWolfvCar20160111T22ms2-9.5s.mp3", "common"),  # wolves (and a car)
+)
 
 
 @dataclass(frozen=True)
@@ -49,49 +60,42 @@ def build_prompt(preset: str, species: str) -> str:
     return prompt.render(labels=names) if prompt.needs_species_list else prompt.render()
 
 
-def _recording(audio_path: str | None) -> Any:
-    if not audio_path:
-        raise ValueError("No recording: upload a file or record with the microphone first.")
-    waveform, _ = load_audio(audio_path)
-    return waveform
-
-
 def explore_tab(engine: Engine) -> None:
     """The tab, inside the caller's Blocks; its handlers close over the app's one engine."""
     with gr.Tab("Explore"):
         with gr.Row():
             with gr.Column():
-                audio = _recording_section()
+                audio = recording_section()
             with gr.Column():
-                question, alpha = _question_section(audio)
-                _answer_section(engine, question, alpha)
+                question, alpha, recipe = _question_section(audio)
+                _answer_section(engine, question, alpha, recipe)
+        _examples(question)
+        detect_section(engine, question, alpha, recipe)
         _scan_section(engine, question)
+        recipe_scan_section(engine, question)
 
 
-def _recording_section() -> gr.Audio:
-    """The upload, what it is, and its spectrogram (as the model hears it)."""
-    audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Recording", elem_id="audio-input")
-    audio_info = gr.Markdown(elem_id="audio-info")
-    spectrogram = gr.Plot(label="Spectrogram")
-
-    @user_facing
-    def describe(audio_path: str | None) -> tuple[str, Any]:
-        if not audio_path:
-            return "", None
-        info = describe_audio(audio_path)
-        waveform, duration_s = load_audio(audio_path)  # decoded length; mp3 headers can overstate it
-        return audio_info_markdown(info, duration_s), spectrogram_figure(waveform)
-
-    audio.change(describe, audio, [audio_info, spectrogram], api_visibility="private")
-    return audio
+def _examples(question: Question) -> None:
+    """The three example recordings of assets/, each loading its audio and a fitting prompt."""
+    examples = [[str(ASSETS / name), PAPER_PROMPTS[preset].render()] for name, preset in EXAMPLES]
+    gr.Examples(
+        examples, [question.audio, question.prompt], label="Example recordings (Yellowstone NP)", elem_id="examples"
+    )
 
 
-def _question_section(audio: gr.Audio) -> tuple[Question, gr.Slider]:
-    """The prompt (typed, or a paper preset with an editable species list), alpha and the decoding settings."""
+def _question_section(audio: gr.Audio) -> tuple[Question, gr.Slider, gr.Textbox]:
+    """The prompt (typed, or a paper preset with an editable species list), alpha or a merge recipe, and the
+    decoding settings."""
     preset = gr.Dropdown(choices=list(PAPER_PROMPTS), value=DEFAULT_PRESET, label="Prompt preset (from the paper)")
     species = gr.Textbox(value=DEFAULT_SPECIES, label="Species list (closed-set presets)")
     prompt = gr.Textbox(value=PAPER_PROMPTS[DEFAULT_PRESET].template, label="Prompt", lines=3, elem_id="prompt")
     alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=ALPHA_LABEL, elem_id="alpha")
+    recipe = gr.Textbox(
+        value="",
+        label="Merge recipe (optional JSON; empty = the alpha slider)",
+        placeholder=RECIPE_EXAMPLE,
+        elem_id="recipe",
+    )
     with gr.Accordion("Generation settings", open=False):
         num_beams = gr.Slider(1, 8, value=2, step=1, label="beams")
         max_new_tokens = gr.Slider(1, 300, value=100, step=1, label="max new tokens")
@@ -99,11 +103,11 @@ def _question_section(audio: gr.Audio) -> tuple[Question, gr.Slider]:
     fill_prompt = user_facing(build_prompt)
     preset.change(fill_prompt, [preset, species], prompt, api_visibility="private")
     species.submit(fill_prompt, [preset, species], prompt, api_visibility="private")
-    return Question(audio, prompt, num_beams, max_new_tokens), alpha
+    return Question(audio, prompt, num_beams, max_new_tokens), alpha, recipe
 
 
-def _answer_section(engine: Engine, question: Question, alpha: gr.Slider) -> None:
-    """Run: the answer at the slider's alpha (`/explore`)."""
+def _answer_section(engine: Engine, question: Question, alpha: gr.Slider, recipe: gr.Textbox) -> None:
+    """Run: the answer at the slider's alpha, or by the merge recipe when one is typed (`/explore`)."""
     run = gr.Button("Run", variant="primary", elem_id="run")
     answer = gr.Textbox(
         label=f"Answer (per {WINDOW_SECONDS:g} s window for long recordings)", lines=4, elem_id="answer"
@@ -112,13 +116,19 @@ def _answer_section(engine: Engine, question: Question, alpha: gr.Slider) -> Non
     @user_facing
     @on_gpu
     def explore(
-        audio_path: str | None, prompt: str, alpha: float, num_beams: int = 2, max_new_tokens: int = 100
+        audio_path: str | None,
+        prompt: str,
+        alpha: float,
+        num_beams: int = 2,
+        max_new_tokens: int = 100,
+        recipe: str = "",
     ) -> str:
         settings = GenerationSettings(num_beams=int(num_beams), max_new_tokens=int(max_new_tokens))
-        [row] = answer_recording(engine, _recording(audio_path), prompt, [check_alpha(alpha)], settings)
+        point = answer_point(alpha, recipe)
+        [row] = answer_recording(engine, recording_for_answer(audio_path), prompt, [point], settings)
         return row.text
 
-    inputs = [question.audio, question.prompt, alpha, question.num_beams, question.max_new_tokens]
+    inputs = [question.audio, question.prompt, alpha, question.num_beams, question.max_new_tokens, recipe]
     run.click(explore, inputs, answer, api_name="explore")
 
 
@@ -138,8 +148,8 @@ def _scan_section(engine: Engine, question: Question) -> None:
         audio_path: str | None, prompt: str, alphas: str, num_beams: int = 2, max_new_tokens: int = 100
     ) -> pd.DataFrame:
         settings = GenerationSettings(num_beams=int(num_beams), max_new_tokens=int(max_new_tokens))
-        rows = answer_recording(engine, _recording(audio_path), prompt, parse_alpha_grid(alphas), settings)
-        return pd.DataFrame({"alpha": [r.alpha for r in rows], "answer": [r.text for r in rows]})
+        rows = answer_recording(engine, recording_for_answer(audio_path), prompt, parse_alpha_grid(alphas), settings)
+        return pd.DataFrame({"alpha": [_alpha_cell(r.alpha) for r in rows], "answer": [r.text for r in rows]})
 
     @user_facing
     def scan_chart(table: pd.DataFrame, expected_label: str) -> Any:
@@ -154,3 +164,8 @@ def _scan_section(engine: Engine, question: Question) -> None:
     scan.click(alpha_scan, inputs, scan_table, api_name="alpha_scan").then(
         scan_chart, [scan_table, expected], scan_plot, api_visibility="private"
     )
+
+
+def _alpha_cell(point: Any) -> Any:
+    """A float stays a number (the scan's chart reads it); a recipe is shown by its short name."""
+    return point if isinstance(point, float) else format_alpha(point)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from naturelm_core.startup import DEMO_BANNER, ServedModel
 if TYPE_CHECKING:
     from evaluation.fork_config import ForkConfig
     from evaluation.sweep_views import SweepView
+    from naturelm_core.events import DetectionResult
     from ui.sweeps_service import MeasuredRate, Queued, RunsSnapshot
 
 RATE_UNKNOWN = "rate unknown until a sweep has run"
@@ -209,3 +211,40 @@ def paper_figures_caption(key: str | None, preset: Preset | None) -> str:
     if preset is None:
         return "This sweep was not started from a paper experiment: its figures are the ones above."
     return f"**{html.escape(preset.title)}**: the paper's {preset.figures_label}."
+
+
+# --- the Explore tab: recording warnings, long recordings, detection
+
+
+def recording_warnings_markdown(warnings: Sequence[str]) -> str:
+    """Each warning about the recording (truncated, nearly silent) as a line under its description."""
+    return "".join(f"\n\n⚠️ {html.escape(warning)}" for warning in warnings)
+
+
+def long_recording_markdown(duration_s: float, preview_s: float) -> str:
+    """Why a long recording's spectrogram is partial and how to answer it: Detect streams the whole file."""
+    return (
+        f"\n\nThis recording is {format_duration(duration_s)} long: the spectrogram shows its first "
+        f"{preview_s / 60:g} minutes only, and **Run** answers up to {preview_s / 60:g} minutes. "
+        "Use **Detect** below: it reads the whole file window by window."
+    )
+
+
+def detection_intro_markdown(window_s: float, preview_s: float) -> str:
+    return (
+        f"Answers every window (the model hears {window_s:g} s at a time) at the alpha above, and merges "
+        "consecutive equal answers into events. Long files are read window by window, never whole; the "
+        f"timeline's spectrogram shows at most the first {preview_s / 60:g} minutes."
+    )
+
+
+def detection_summary_markdown(result: DetectionResult) -> str:
+    """How many windows and events a detection gave, whether it was stopped, and its warnings."""
+    answered = len(result.windows) // max(len(result.alphas), 1)
+    state = "complete" if result.complete else "**stopped**: the events cover the windows answered so far"
+    lines = [
+        f"{answered} window(s) of {result.window_s:g} s every {result.hop_s:g} s over "
+        f"{format_duration(result.duration_s)}: {len(result.events)} event(s), {state}.",
+        *(f"- ⚠️ {html.escape(warning)}" for warning in result.warnings),
+    ]
+    return "\n".join(lines)

@@ -209,3 +209,17 @@ def paper_figures_caption(key: str | None, preset: Preset | None) -> str:
     if preset is None:
         return "This sweep was not started from a paper experiment: its figures are the ones above."
     return f"**{html.escape(preset.title)}**: the paper's {preset.figures_label}."
+
+
+NOT_STARTED = "Not started: the reason is in the error notice (top right)."
+
+
+def not_started_html() -> str:
+    """Replaces an earlier "Queued ..." in a message box when a start fails, so the two are never read together."""
+    return problem_html(NOT_STARTED)
+
+
+def prompt_choice_label(name: str, question: str) -> str:
+    """A prompt checkbox's label: its id and the question it asks ("common — What is the common name ...")."""
+    first = " ".join(question.split())
+    return f"{name} — {first[:90]}{'…' if len(first) > 90 else ''}"

@@ -134,3 +134,73 @@ def class_baselines(counts: Mapping[str, int], metric: str = "accuracy") -> dict
     uniform = 2 * n / (total + classes * n)
     weights = n / total if metric == "f1_weighted" else np.full(classes, 1.0 / classes)
     return {"majority class": float(weights @ majority), "random": float(weights @ uniform)}
+
+
+OTHER_CLASS = "other"
+OUTCOME_COLUMNS = {Outcome.OUT_OF_SET: "(out of set)", Outcome.ABSTENTION: "(abstention)"}
+
+
+def _chosen(scores: Sequence[GroupScore], dataset: str | None, prompt: str | None) -> list[GroupScore]:
+    return [
+        score
+        for score in scores
+        if (dataset is None or score.dataset == dataset) and (prompt is None or score.prompt_name == prompt)
+    ]
+
+
+def per_class_accuracy(
+    scores: Sequence[GroupScore], dataset: str | None = None, prompt: str | None = None
+) -> pd.DataFrame:
+    """Per true class and alpha: the share of its answers scored correct (in the scores' own scoring mode).
+
+    Why per class: a merge can help frequent classes and cost rare ones while the mean barely moves.
+    Answers of every chosen (dataset, prompt) are pooled. Columns: class, n (answers per alpha of the
+    fullest alpha), then one column per alpha (float); rows sorted by n, largest first.
+    """
+    hits: dict[tuple[str, float], list[int]] = {}
+    for score in _chosen(scores, dataset, prompt):
+        for answer in score.answers:
+            hits.setdefault((answer.label, score.alpha), []).append(answer.outcome is Outcome.CORRECT)
+    alphas = sorted({alpha for _, alpha in hits})
+    classes = sorted({label for label, _ in hits})
+    records = []
+    for label in classes:
+        per_alpha = {alpha: hits.get((label, alpha)) for alpha in alphas}
+        record: dict[str, object] = {"class": label, "n": max(len(v) for v in per_alpha.values() if v)}
+        record |= {alpha: (float(np.mean(v)) if v else float("nan")) for alpha, v in per_alpha.items()}
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=["class", "n", *alphas])
+    return frame.sort_values(["n", "class"], ascending=[False, True], ignore_index=True)
+
+
+def confusion_counts(
+    scores: Sequence[GroupScore],
+    alpha: float,
+    dataset: str | None = None,
+    prompt: str | None = None,
+    top_n: int = 10,
+) -> pd.DataFrame:
+    """Counts of true class (rows) x predicted class (columns) at one alpha, for the `top_n` most frequent classes.
+
+    Why grouped: a closed set of 50 classes makes a matrix nobody can read; the less frequent true
+    classes and predictions fall into "other". Answers outside the closed set and abstentions get
+    their own columns, so they are not mistaken for a confusion with a real class.
+    """
+    if top_n < 1:
+        raise PlotInputError(f"top-N classes must be at least 1, got {top_n}")
+    answers = [a for score in _chosen(scores, dataset, prompt) if score.alpha == alpha for a in score.answers]
+    counts = Counter(answer.label for answer in answers)
+    top = [label for label, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top_n]]
+    rows = top + ([OTHER_CLASS] if len(counts) > len(top) else [])
+    columns = [*rows]
+    pairs: Counter[tuple[str, str]] = Counter()
+    for answer in answers:
+        truth = answer.label if answer.label in top else OTHER_CLASS
+        in_top = answer.predicted if answer.predicted in top else OTHER_CLASS
+        guess = OUTCOME_COLUMNS.get(answer.outcome, in_top)
+        if guess not in columns:
+            columns.append(guess)
+        pairs[(truth, guess)] += 1
+    return pd.DataFrame(
+        [[pairs[(truth, guess)] for guess in columns] for truth in rows], index=rows, columns=columns, dtype=int
+    )

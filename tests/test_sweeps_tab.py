@@ -247,7 +247,7 @@ def test_figures_show_the_scores_of_the_results_on_disk(client, runs_dir, finish
     predictions = {(row.id, row.prompt_name, row.alpha): row.prediction for row in rows}
     for record in table.to_dict("records"):
         for alpha in ALPHAS:
-            cell = record[f"alpha={alpha:g}"]
+            cell = record[f"α={alpha:g}"]  # short headers: the table fits without wrapping them
             assert cell[0] in "✓✗" and cell[2:] == predictions[(record["id"], record["prompt"], alpha)]
 
 
@@ -358,6 +358,32 @@ def test_an_imported_paper_folder_shows_its_accuracies(client, tmp_path):
     assert bars["correct"] == pytest.approx(combined)
     assert bars["in_set_confusion"] == pytest.approx([1 - value for value in combined])
     assert len(answers["data"]) == len(DESIGNED_LABELS) * len(PROMPTS)
+
+
+def test_an_import_without_prompt_names_is_labelled_by_prompt_kind(client, tmp_path):
+    """The paper's own folders number their queries; the legend must say what each asked, not "0, 1, 2"."""
+    _write_designed_paper_folder(tmp_path)
+    (tmp_path / "prompt_names.json").unlink()
+    key, _ = client.predict([gradio_client.handle_file(str(p)) for p in sorted(tmp_path.iterdir())], "numbered",
+                            api_name="/import_paper")  # fmt: skip
+    _, curves, *_ = _figures(client, key, mode="paper")
+    assert sorted(trace["name"] for trace in curves["data"]) == sorted(PROMPTS)
+
+
+def test_per_class_figures_show_the_per_class_accuracy_of_the_results_on_disk(client, runs_dir, finished_sweep):
+    sweep_id = finished_sweep[0]
+    _, scores = _scores_on_disk(runs_dir, sweep_id)
+    alpha, table, heatmap, confusion = client.predict(sweep_id, ALL, "common", MODE, "0", 3, api_name="/class_figures")
+    assert (alpha["value"] if isinstance(alpha, dict) else alpha) == "0"
+    rows = pd.DataFrame(table["data"], columns=table["headers"])
+    assert list(rows.columns[:2]) == ["class", "n"] and [f"α={a:g}" for a in ALPHAS] == list(rows.columns[2:])
+    for record in rows.to_dict("records"):
+        answers = [a for a in scores[("common", 0.0)].answers if a.label == record["class"]]
+        right = sum(a.outcome.value == "correct" for a in answers)
+        assert record["α=0"] == f"{100 * right / len(answers):.0f}%"
+    matrix = _plot(confusion)["data"][0]
+    assert sum(map(sum, matrix["z"])) == SAMPLES and len(matrix["y"]) <= 4  # 3 classes and "other"
+    assert _plot(heatmap)["data"][0]["x"] == [f"{a:g}" for a in ALPHAS]
 
 
 def test_cancel_stops_a_sweep_part_way_and_resume_completes_it(served, data_dir):
@@ -482,7 +508,8 @@ def test_in_a_browser_the_tab_starts_a_sweep_refreshes_itself_and_survives_a_rel
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.set_default_timeout(BROWSER_TIMEOUT_MS)
             page.goto(served[3])
-            page.get_by_role("tab", name="Sweeps").click()
+            page.get_by_role("tab", name="Sweeps", exact=True).click()
+            page.get_by_role("tab", name="New sweep").click()
             page.get_by_label("A local parquet file or folder (BEANS-Zero columns)").check()
             page.locator("#sweep-local-path textarea").fill(str(data_dir))
             page.locator("#sweep-name textarea").fill("browser sweep")
@@ -492,20 +519,67 @@ def test_in_a_browser_the_tab_starts_a_sweep_refreshes_itself_and_survives_a_rel
                 page.locator(f"{slider} input[type=number]").fill(value)
                 page.locator(f"{slider} input[type=number]").press("Enter")
             page.locator("#sweep-start").click()
-            expect(page.locator("#sweep-message")).to_contain_text("Queued", timeout=BROWSER_TIMEOUT_MS)
-            expect(page.locator("#sweep-message")).to_contain_text("12 items")
-            progress = page.locator("#sweep-progress")
+            progress = page.locator("#sweep-progress")  # a start shows the results sub-tab
             expect(progress).to_contain_text("browser sweep")
             expect(progress).to_contain_text("complete", timeout=BROWSER_TIMEOUT_MS)  # only the timer can say so
             expect(page.locator("#sweeps-table")).to_contain_text("browser sweep")
             expect(page.locator("#sweep-accuracy .js-plotly-plot")).to_be_visible()
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=ARTIFACTS / "sweeps.png", full_page=True)
+            page.get_by_role("tab", name="New sweep").click()
+            message = page.locator("#sweep-message")
+            expect(message).to_contain_text("Queued")
+            expect(message).to_contain_text("12 items")
+            page.locator("#sweep-alphas textarea").fill("0, 1.5")
+            page.locator("#sweep-start").click()
+            expect(message).to_contain_text("Not started", timeout=BROWSER_TIMEOUT_MS)  # not "Error" over "Queued"
+            expect(message).not_to_contain_text("Queued")
+            page.get_by_role("tab", name="Sweeps and results").click()
 
             page.reload()
-            page.get_by_role("tab", name="Sweeps").click()
+            page.get_by_role("tab", name="Sweeps", exact=True).click()
             expect(page.locator("#sweeps-table")).to_contain_text("browser sweep")
             expect(page.locator("#sweep-progress")).to_contain_text("12/12 items")  # the newest sweep, reselected
             expect(page.locator("#sweep-accuracy .js-plotly-plot")).to_be_visible()
+        finally:
+            browser.close()
+
+
+BAD_YAML = "generate:\n  num_beam: 3\nextended:\n  datasets: [watkins]\n  queries: ['Name it']\n  lora_scales: [0.0]\n"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_in_a_browser_the_tab_is_short_leads_with_the_runs_and_names_a_yaml_unknown_key(served, tmp_path):
+    """The tab was 3.5k px of forms before any result; a bad fork config named its key only on the command line."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    from tests.test_browser import ARTIFACTS, CHROMIUM_ARGS
+
+    expect = playwright_sync.expect
+    config = tmp_path / "bad.yml"
+    config.write_text(BAD_YAML)
+    with playwright_sync.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page.goto(served[3])
+            page.get_by_role("tab", name="Sweeps", exact=True).click()
+            expect(page.locator("#sweeps-table")).to_be_visible()
+            height = page.evaluate("document.documentElement.scrollHeight")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "sweeps-first-look.png", full_page=True)
+            assert height < 2500, f"the Sweeps tab is {height} px tall"
+            runs_top = page.locator("#sweeps-table").bounding_box()["y"]
+            page.get_by_role("tab", name="New sweep").click()
+            assert page.locator("#sweep-name").bounding_box()["y"] > runs_top
+            assert "What is the common name" in page.locator("#sweep-presets").inner_text()
+
+            page.get_by_role("tab", name="Paper experiments").click()
+            page.locator("#sweep-yaml-file input[type=file]").set_input_files(str(config))
+            expect(page.locator("#sweep-yaml-info")).to_contain_text("generate.num_beam")
+            page.locator("#sweep-run-yaml").click()
+            expect(page.locator("#sweep-paper-message")).to_contain_text("generate.num_beam")
         finally:
             browser.close()

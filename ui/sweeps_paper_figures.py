@@ -39,7 +39,7 @@ class PaperFigures:
 
 def paper_figures_section() -> PaperFigures:
     """The caption, the metric to draw them in, and the plots, two a row as the tab's own figures."""
-    with gr.Accordion("The paper's figures of the selected sweep", open=True, elem_id="sweep-paper-figures"):
+    with gr.Accordion("The paper's figures of the selected sweep", open=False, elem_id="sweep-paper-figures"):
         with gr.Row():
             text = gr.Markdown(elem_id="sweep-paper-figures-text")
             metric = gr.Dropdown(

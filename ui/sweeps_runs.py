@@ -18,6 +18,7 @@ from evaluation.scoring import ScoringMode
 from ui.errors import user_facing
 from ui.sweep_display import ALL, filter_choices, view_figures
 from ui.sweep_figures import CORRECT_FILTERS
+from ui.sweeps_classes import Classes, classes_section
 from ui.sweeps_new import NewSweep
 from ui.sweeps_service import SPEC_SCORING, RunsSnapshot, SweepsService, is_import
 from ui.tables import sweeps_table
@@ -42,6 +43,7 @@ class Runs:
     dataset_filter: gr.Dropdown
     prompt_filter: gr.Dropdown
     correct_filter: gr.Dropdown
+    classes: Classes
 
     @property
     def view_inputs(self) -> list[Any]:
@@ -53,7 +55,11 @@ def runs_section(zero_gpu: bool) -> Runs:
     """The sweeps table, the chooser with Cancel / Resume / Refresh, the progress bar, figures and answers."""
     gr.Markdown("### Sweeps")
     table = gr.Dataframe(
-        value=sweeps_table([]), label="Sweeps in the runs folder", interactive=False, elem_id="sweeps-table"
+        value=sweeps_table([]),
+        label="Sweeps in the runs folder",
+        interactive=False,
+        max_height=260,
+        elem_id="sweeps-table",
     )
     with gr.Row():
         selected = gr.Dropdown(
@@ -64,23 +70,13 @@ def runs_section(zero_gpu: bool) -> Runs:
         resume = gr.Button("Resume", interactive=not zero_gpu, elem_id="sweep-resume")
         refresh = gr.Button("Refresh", elem_id="sweep-refresh")
     progress = gr.HTML(elem_id="sweep-progress")
-    with gr.Row():
-        accuracy = gr.Plot(label="Accuracy vs alpha", elem_id="sweep-accuracy")
-        f1 = gr.Plot(label="Weighted F1 vs alpha", elem_id="sweep-f1")
-    with gr.Row():
-        tradeoff = gr.Plot(label="Trade-off (the paper's Figure 4)", elem_id="sweep-tradeoff")
-        breakdown = gr.Plot(label="Error breakdown", elem_id="sweep-breakdown")
-    with gr.Row():
-        dataset_filter = gr.Dropdown(
-            [ALL], value=ALL, allow_custom_value=True, label="Data set", elem_id="sweep-filter-dataset"
-        )
-        prompt_filter = gr.Dropdown(
-            [ALL], value=ALL, allow_custom_value=True, label="Prompt", elem_id="sweep-filter-prompt"
-        )
-        correct_filter = gr.Dropdown(
-            [ALL, *CORRECT_FILTERS], value=ALL, label="Answered correctly at", elem_id="sweep-filter-correct"
-        )
-    answers = gr.Dataframe(label="Answers per sample across alphas", wrap=True, elem_id="sweep-answers")
+    with gr.Tabs(elem_id="sweep-views"):
+        with gr.Tab("Figures", elem_id="sweep-figures-tab"):
+            accuracy, f1, tradeoff, breakdown = _figures()
+        with gr.Tab("Answers", elem_id="sweep-answers-tab"):
+            dataset_filter, prompt_filter, correct_filter, answers = _answers()
+        with gr.Tab("Per class", elem_id="sweep-classes-tab"):
+            classes = classes_section()
     figures = (accuracy, f1, tradeoff, breakdown, answers)
     return Runs(
         table,
@@ -94,7 +90,37 @@ def runs_section(zero_gpu: bool) -> Runs:
         dataset_filter,
         prompt_filter,
         correct_filter,
+        classes,
     )
+
+
+def _figures() -> tuple[gr.Plot, ...]:
+    """Accuracy and F1 vs alpha, then the trade-off and the error breakdown, two a row."""
+    with gr.Row():
+        accuracy = gr.Plot(label="Accuracy vs alpha", elem_id="sweep-accuracy")
+        f1 = gr.Plot(label="Weighted F1 vs alpha", elem_id="sweep-f1")
+    with gr.Row():
+        tradeoff = gr.Plot(label="Trade-off (the paper's Figure 4)", elem_id="sweep-tradeoff")
+        breakdown = gr.Plot(label="Error breakdown", elem_id="sweep-breakdown")
+    return accuracy, f1, tradeoff, breakdown
+
+
+def _answers() -> tuple[Any, ...]:
+    """The filters, then the answers: short α headers, no wrapping, scrolled inside its own box."""
+    with gr.Row():
+        dataset_filter = gr.Dropdown(
+            [ALL], value=ALL, allow_custom_value=True, label="Data set", elem_id="sweep-filter-dataset"
+        )
+        prompt_filter = gr.Dropdown(
+            [ALL], value=ALL, allow_custom_value=True, label="Prompt", elem_id="sweep-filter-prompt"
+        )
+        correct_filter = gr.Dropdown(
+            [ALL, *CORRECT_FILTERS], value=ALL, label="Answered correctly at", elem_id="sweep-filter-correct"
+        )
+    answers = gr.Dataframe(
+        label="Answers per sample across alphas", wrap=False, max_height=480, elem_id="sweep-answers"
+    )
+    return dataset_filter, prompt_filter, correct_filter, answers
 
 
 def _drawn(service: SweepsService, key: str, dataset: str, prompt: str, correct: str, mode: str) -> list[Any]:

@@ -14,6 +14,7 @@ import pandas as pd
 from evaluation.presets import list_presets
 from evaluation.runs import SweepState, SweepStatus
 from evaluation.sweep_forms import optional_count
+from naturelm_core.alphas import format_alpha
 from ui.text import format_duration
 
 if TYPE_CHECKING:
@@ -73,3 +74,17 @@ def presets_table(rate: MeasuredRate | None, limit: float | None = None) -> pd.D
         for whole, part in zip(full, capped, strict=True)
     ]
     return pd.DataFrame.from_records(records, columns=PRESET_COLUMNS)
+
+
+def alpha_header(alpha: float) -> str:
+    """A short column header ('α=0.5'): long ones wrap onto several lines and push the table off screen."""
+    return f"α={format_alpha(alpha)}"
+
+
+def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """evaluation.sweep_metrics.per_class_accuracy as display strings: one row per class, accuracy in % per alpha."""
+    alphas = [column for column in frame.columns if column not in ("class", "n")]
+    shown = frame[["class", "n"]].copy()
+    for alpha in alphas:
+        shown[alpha_header(alpha)] = [("-" if pd.isna(v) else f"{100 * v:.0f}%") for v in frame[alpha]]
+    return shown

@@ -248,3 +248,17 @@ def detection_summary_markdown(result: DetectionResult) -> str:
         *(f"- ⚠️ {html.escape(warning)}" for warning in result.warnings),
     ]
     return "\n".join(lines)
+
+
+NOT_STARTED = "Not started: the reason is in the error notice (top right)."
+
+
+def not_started_html() -> str:
+    """Replaces an earlier "Queued ..." in a message box when a start fails, so the two are never read together."""
+    return problem_html(NOT_STARTED)
+
+
+def prompt_choice_label(name: str, question: str) -> str:
+    """A prompt checkbox's label: its id and the question it asks ("common — What is the common name ...")."""
+    first = " ".join(question.split())
+    return f"{name} — {first[:90]}{'…' if len(first) > 90 else ''}"

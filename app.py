@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # analytics must be off before gradio is imported
 
 from evaluation.backend_choice import SweepBackends
+from evaluation.server_data import DataRoot
 from evaluation.sweep import SweepQueue
 from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.engine import Engine, default_batch_rows
@@ -39,8 +40,13 @@ def create_engine(model: Any) -> Engine:
     return Engine(model, max_batch_rows=default_batch_rows(model), inline=zero_gpu() is not None)
 
 
-def build_app(served: ServedModel, engine: Engine, sweeps: SweepQueue | None = None) -> gr.Blocks:
-    """The Blocks app; handlers close over this process's one engine, and sweeps queue on that same engine."""
+def build_app(
+    served: ServedModel, engine: Engine, sweeps: SweepQueue | None = None, data_root: Path | None = None
+) -> gr.Blocks:
+    """The Blocks app; handlers close over this process's one engine, and sweeps queue on that same engine.
+
+    `data_root` is the one folder whose recordings the Sweeps tab may choose on the server (None: off).
+    """
     sweeps = sweeps if sweeps is not None else SweepQueue(engine)
     backends = SweepBackends(
         sweeps, source=served.source, dtype=served.dtype, demo=served.demo, on_progress=sweeps.on_progress
@@ -50,7 +56,7 @@ def build_app(served: ServedModel, engine: Engine, sweeps: SweepQueue | None = N
         if served.demo:
             gr.Markdown(demo_banner_markdown(served), elem_id="demo-banner")
         explore_tab(engine)
-        sweeps_tab(SweepsService(backends, zero_gpu=zero_gpu() is not None))
+        sweeps_tab(SweepsService(backends, zero_gpu=zero_gpu() is not None, data_root=DataRoot(data_root)))
     app.sweep_backends = backends  # main() ends a Ray pool the Sweeps tab started
     return app
 
@@ -70,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where sweeps are kept (default: $NATURELM_RUNS_DIR, /data/runs or runs/)",
     )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="let the Sweeps tab choose folders of recordings + labels CSV already on the server, inside DIR only",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("%s (reason: %s)", DEMO_BANNER, served.fallback_reason)
     engine = create_engine(served.model)
     sweeps = SweepQueue(engine, args.runs_dir)
-    app = build_app(served, engine, sweeps)
+    app = build_app(served, engine, sweeps, data_root=args.data_root)
     try:
         app.queue(default_concurrency_limit=16).launch(
             server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True

@@ -19,6 +19,7 @@ from ui.errors import user_facing
 from ui.sweep_display import ALL, filter_choices, view_figures
 from ui.sweep_figures import CORRECT_FILTERS
 from ui.sweeps_classes import Classes, classes_section
+from ui.sweeps_listen import Listen, listen_section
 from ui.sweeps_new import NewSweep
 from ui.sweeps_service import SPEC_SCORING, RunsSnapshot, SweepsService, is_import
 from ui.tables import sweeps_table
@@ -44,6 +45,7 @@ class Runs:
     prompt_filter: gr.Dropdown
     correct_filter: gr.Dropdown
     classes: Classes
+    listen: Listen
 
     @property
     def view_inputs(self) -> list[Any]:
@@ -75,6 +77,7 @@ def runs_section(zero_gpu: bool) -> Runs:
             accuracy, f1, tradeoff, breakdown = _figures()
         with gr.Tab("Answers", elem_id="sweep-answers-tab"):
             dataset_filter, prompt_filter, correct_filter, answers = _answers()
+            listen = listen_section()
         with gr.Tab("Per class", elem_id="sweep-classes-tab"):
             classes = classes_section()
     figures = (accuracy, f1, tradeoff, breakdown, answers)
@@ -91,6 +94,7 @@ def runs_section(zero_gpu: bool) -> Runs:
         prompt_filter,
         correct_filter,
         classes,
+        listen,
     )
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluation.backend_choice import THIS_MACHINE, SweepBackends
 from evaluation.fork_config import ForkConfig
 from evaluation.runs import SweepState, SweepStatus, list_sweeps
 from evaluation.scoring import ScoringMode
-from evaluation.sweep import SweepQueue, SweepSpec
+from evaluation.server_data import DataRoot
+from evaluation.sweep import DataSource, SweepQueue, SweepSpec, load_spec
+from evaluation.sweep_audio import SampleAudio, SampleAudioError, sample_audio
 from evaluation.sweep_forms import (
     SweepForm,
     check_spec_data,
@@ -109,11 +111,12 @@ def scoring_of(choice: str) -> ScoringMode | None:
 class SweepsService:
     """The runs folder, the sweep queues (this machine's, or a Ray pool's) and the scored views of sweeps."""
 
-    def __init__(self, backends: SweepBackends, zero_gpu: bool = False) -> None:
+    def __init__(self, backends: SweepBackends, zero_gpu: bool = False, data_root: DataRoot | None = None) -> None:
         self.backends = backends
         self.runs_dir: Path = backends.local.runs_dir
         self.views = SweepViews(self.runs_dir)
         self.zero_gpu = zero_gpu
+        self.data_root = data_root or DataRoot(None)
 
     # --- what is on disk
 
@@ -133,6 +136,14 @@ class SweepsService:
             raise ValueError("Select a sweep to export.")
         return export_view(self.view(key, mode), fmt)
 
+    def sample_audio(self, key: str | None, dataset: str, sample_id: str) -> SampleAudio:
+        """One answered sample's audio, read from the sweep's own data (an import keeps answers, not audio)."""
+        if not key:
+            raise SampleAudioError("Select a sweep first.")
+        if is_import(key):
+            raise SampleAudioError("An imported folder holds answers only, not their recordings.")
+        return sample_audio(load_spec(self.runs_dir, key), dataset, sample_id)
+
     def import_uploads(self, files: Sequence[str] | None, name: str) -> str:
         """Keep a paper-layout upload under the runs folder; its key shows it like a sweep."""
         return import_paper_uploads(list(files or []), self.runs_dir, name or "imported")
@@ -143,6 +154,25 @@ class SweepsService:
         """The form's sweep, checked and queued where "Run on" says (a Ray pool starts only for good data)."""
         self._refuse_on_zero_gpu()
         spec = spec_from_form(form, self.runs_dir)
+        return self._queue(spec, lambda: self.backends.queue_for(run_on, ray_address))
+
+    def start_server_folder(
+        self, form: SweepForm, choice: str | None, run_on: str = THIS_MACHINE, ray_address: str = ""
+    ) -> Queued:
+        """The form's sweep on a folder under --data-root: the spec a headless run of that folder would have.
+
+        The form's own reader checks the questions, grid and decoding (its data fields are not read); the
+        data is then the folder, in place: source "recordings", its absolute path and labels CSV.
+        """
+        self._refuse_on_zero_gpu()
+        recordings = self.data_root.resolve(choice)
+        questions = replace(form, source=DataSource.BEANS_ZERO.value, subsets=(recordings.name,))
+        spec = replace(
+            spec_from_form(questions, self.runs_dir),
+            source=DataSource.RECORDINGS,
+            path=str(recordings.folder),
+            labels_csv=str(recordings.labels_csv),
+        )
         return self._queue(spec, lambda: self.backends.queue_for(run_on, ray_address))
 
     def run_preset(self, key: str | None, form: SweepForm, alphas: str = "") -> Queued:

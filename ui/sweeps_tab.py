@@ -18,6 +18,7 @@ from ui.errors import user_facing
 from ui.sweeps_classes import wire_classes
 from ui.sweeps_compare import compare_section, wire_compare
 from ui.sweeps_files import files_section, wire_files
+from ui.sweeps_listen import wire_listen
 from ui.sweeps_new import NewSweep, new_sweep_section, wire_new_sweep
 from ui.sweeps_paper_figures import PaperFigures, paper_figures_section, refresh_paper_figures, wire_paper_figures
 from ui.sweeps_presets import (
@@ -28,6 +29,7 @@ from ui.sweeps_presets import (
     wire_paper_experiments,
 )
 from ui.sweeps_runs import Runs, refresh_runs, runs_section, wire_runs
+from ui.sweeps_server_folder import server_folder_section, wire_server_folder
 from ui.sweeps_service import SweepsService
 from ui.text import (
     ZERO_GPU_SWEEPS,
@@ -59,6 +61,7 @@ def sweeps_tab(service: SweepsService) -> None:
                 figures = paper_figures_section()
             with gr.Tab("New sweep", id="new", elem_id="sweeps-new"):
                 form = new_sweep_section(service.zero_gpu)
+                server_folder = server_folder_section(service.data_root, service.zero_gpu)
             with gr.Tab("Paper experiments", id="paper", elem_id="sweeps-paper"):
                 paper = paper_experiments_section(service.zero_gpu, service.snapshot().rate, form.fields["limit"].value)
             with gr.Tab("Compare", id="compare"):
@@ -79,7 +82,9 @@ def sweeps_tab(service: SweepsService) -> None:
     wire_paper_figures(service, figures, runs)
     wire_compare(service, compare, runs)
     wire_classes(service, runs.classes, runs)
+    wire_listen(service, runs.listen, runs.selected, runs.figures[-1])
     _wire_failures(service, started, form, paper)
+    started.append(wire_server_folder(service, server_folder, form, runs.selected))
 
     def refresh_choices() -> list[Any]:
         """After a start or an import: the new sweep in every chooser."""

@@ -4,7 +4,9 @@ Why a worker and a queue rather than a lock around the model: requests that arri
 answered in one batched `generate`, each row at its own alpha, so ten users moving sliders cost
 about one generation, and a sweep's rows fill the batches that interactive users leave empty.
 Interactive requests always go before sweep work; a full queue answers "busy" at once instead of
-letting a browser hang.
+letting a browser hang. Label scoring (`submit_labels`, `score_labels`: how likely each row is to answer
+each of a closed set of labels, naturelm_core.likelihood) goes through the same queue, priorities and
+out-of-memory back-off, in batches of its own.
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ import torch
 from naturelm_core.alphas import GridPoint, PointLike, check_grid_point
 from naturelm_core.batch_limits import BatchLimits
 from naturelm_core.cache import AudioEmbeddingCache, content_key
+from naturelm_core.label_scores import DEFAULT_CANDIDATES_PER_PASS, Candidates, LabelScores, LabelsLike
 from naturelm_core.requests import EngineBusy, EngineError, GenerationSettings, Priority, RequestTimeout
 
 logger = logging.getLogger(__name__)
 
 
+GENERATE = "generate"
+LABELS = "labels"
 GPU_BATCH_ROWS = 176
 CPU_BATCH_ROWS = 32
 RECENT_BATCHES = 32
+_OUT_OF_MEMORY = {
+    GENERATE: "Out of GPU memory even for a single request; try fewer beams or tokens.",
+    LABELS: "Out of GPU memory even scoring one label at a time for a single request; try a shorter prompt.",
+}
 
 
 def default_batch_rows(model: object) -> int:
@@ -57,18 +66,47 @@ class GenerativeModel(Protocol):
     ) -> list[str]: ...
 
 
+class LabelScoringModel(GenerativeModel, Protocol):
+    """What label scoring requests need of the model besides generation (naturelm_core.model.NatureLM has it)."""
+
+    def label_candidates(self, labels: LabelsLike) -> Candidates: ...
+
+    def score_labels_from_embeddings(
+        self,
+        audio_embeds: list[list[torch.Tensor]],
+        prompts: Sequence[str],
+        labels: Sequence[Candidates],
+        alphas: Sequence[GridPoint],
+        allow_extrapolation: bool = False,
+        max_candidates_per_pass: int = DEFAULT_CANDIDATES_PER_PASS,
+        between_passes: Callable[[], None] | None = None,
+    ) -> list[LabelScores]: ...
+
+
 class BatchShape(NamedTuple):
+    """What a batch's memory depends on besides its row count; rows batch together only within one shape.
+
+    `kind` keeps label scoring rows (LABELS) out of generation batches (GENERATE): they run different
+    code. Scoring generates nothing, so its beams and new tokens are 0.
+    """
+
     num_beams: int
     max_new_tokens: int
     windows_per_row: int
+    kind: str = GENERATE
 
     def __str__(self) -> str:
+        if self.kind == LABELS:
+            return f"label scoring, {self.windows_per_row} windows per row"
         return f"{self.num_beams} beams, {self.max_new_tokens} new tokens, {self.windows_per_row} windows per row"
 
 
 @dataclass
 class Request:
-    """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha or merge recipe."""
+    """One answer to produce: a prompt with one audio window per `<AudioHere>`, at one alpha or merge recipe.
+
+    With `candidates`, the row is scored against them instead (`settings` then plays no part).
+    """
 
     windows: list[np.ndarray]
     prompt: str
@@ -81,10 +119,12 @@ class Request:
     sequence: int = 0
     group: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
+    candidates: Candidates | None = None
 
     @property
     def shape(self) -> BatchShape:
-        """What a batch's memory depends on besides its row count; rows batch together only within one shape."""
+        if self.candidates is not None:
+            return BatchShape(0, 0, len(self.windows), LABELS)
         return BatchShape(self.settings.num_beams, self.settings.max_new_tokens, len(self.windows))
 
 
@@ -95,6 +135,8 @@ class EngineStats:
     requests: int = 0
     batches: int = 0
     rows_generated: int = 0
+    rows_scored: int = 0
+    candidates_scored: int = 0
     windows_encoded: int = 0
     encoder_calls: int = 0
     oom_retries: int = 0
@@ -215,12 +257,15 @@ class Engine:
         cache_bytes: int = 512 * 2**20,
         default_timeout_s: float = 120.0,
         inline: bool = False,
+        max_candidates_per_pass: int = DEFAULT_CANDIDATES_PER_PASS,
     ) -> None:
         """`inline=True` runs no worker thread: callers of `answer`/`answer_many` process the queue
         themselves. That is what ZeroGPU hardware needs, where CUDA may only be touched inside a
-        `@spaces.GPU` call of the request's own thread."""
+        `@spaces.GPU` call of the request's own thread. `max_candidates_per_pass`: sequences per forward
+        when scoring labels, lowered like the rows of a batch after an out-of-memory error."""
         self.model = model
         self.batch_limits = BatchLimits(max_batch_rows)
+        self.candidate_limits = BatchLimits(max_candidates_per_pass)
         self.max_wait_s = max_wait_ms / 1000.0
         self.default_timeout_s = default_timeout_s
         self.cache = AudioEmbeddingCache(cache_bytes)
@@ -279,22 +324,67 @@ class Engine:
         LoRA rank where the model can say (`NatureLM.check_grid_point`).
         Rows of one `caller` (see `new_caller`; by default each row is its own caller) keep their order.
         """
+        settings = settings or GenerationSettings()
+        request = self._request(
+            windows, prompt, alpha, settings, None, priority, timeout_s, allow_extrapolation, caller
+        )
+        return self._put(request, block)
+
+    def submit_labels(
+        self,
+        windows: Sequence[np.ndarray],
+        prompt: str,
+        labels: LabelsLike,
+        alpha: PointLike,
+        priority: Priority = Priority.INTERACTIVE,
+        timeout_s: float | None = None,
+        block: bool = False,
+        allow_extrapolation: bool = False,
+        caller: int | None = None,
+    ) -> Future:
+        """Queue one row to score against `labels`; its Future resolves to its `LabelScores` or an EngineError.
+
+        Alpha and labels are checked here, like `submit`'s alpha. Pass `Candidates`
+        (`model.label_candidates(labels)`) when many rows share one closed set, so it is tokenized once.
+        Scoring rows batch only with scoring rows, under the same priorities as generation.
+        """
+        candidates = self.model.label_candidates(labels)
+        request = self._request(
+            windows, prompt, alpha, GenerationSettings(), candidates, priority, timeout_s, allow_extrapolation, caller
+        )
+        return self._put(request, block)
+
+    def _request(
+        self,
+        windows: Sequence[np.ndarray],
+        prompt: str,
+        alpha: PointLike,
+        settings: GenerationSettings,
+        candidates: Candidates | None,
+        priority: Priority,
+        timeout_s: float | None,
+        allow_extrapolation: bool,
+        caller: int | None,
+    ) -> Request:
         check = getattr(self.model, "check_grid_point", None)
         alpha = check(alpha, allow_extrapolation) if check else check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
-        self.start()
-        request = Request(
+        return Request(
             windows=[np.ascontiguousarray(w, dtype=np.float32) for w in windows],
             prompt=prompt,
             alpha=alpha,
-            settings=settings or GenerationSettings(),
+            settings=settings,
             priority=priority,
             deadline=time.monotonic() + (timeout_s or self.default_timeout_s),
             allow_extrapolation=allow_extrapolation,
             sequence=next(self._sequence),
             group=self.new_caller() if caller is None else caller,
+            candidates=candidates,
         )
+
+    def _put(self, request: Request, block: bool) -> Future:
+        self.start()
         self._queue.put(request, block=block)
         self.stats.requests += 1
         return request.future
@@ -310,10 +400,27 @@ class Engine:
     ) -> list[str]:
         """Submit rows together so the worker can batch them (an alpha scan is one call, one caller)."""
         kwargs.setdefault("caller", self.new_caller())
-        futures = [self.submit(w, p, a, **kwargs) for w, p, a in rows]
+        return self._results([self.submit(w, p, a, **kwargs) for w, p, a in rows], kwargs.get("timeout_s"))
+
+    def score_labels(
+        self,
+        rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
+        labels: LabelsLike,
+        **kwargs: Any,
+    ) -> list[LabelScores]:
+        """Score rows (windows, prompt, alpha) against one candidate set, tokenized once; blocking, one caller.
+
+        Keyword arguments as for `submit_labels`.
+        """
+        candidates = self.model.label_candidates(labels)
+        kwargs.setdefault("caller", self.new_caller())
+        futures = [self.submit_labels(w, p, candidates, a, **kwargs) for w, p, a in rows]
+        return self._results(futures, kwargs.get("timeout_s"))
+
+    def _results(self, futures: list[Future], timeout_s: float | None) -> list[Any]:
         if self.inline:
             self._drain_in_caller()
-        timeout_s = kwargs.get("timeout_s") or self.default_timeout_s
+        timeout_s = timeout_s or self.default_timeout_s
         return [f.result(timeout=timeout_s + 5) for f in futures]
 
     # -- worker -------------------------------------------------------------------------------
@@ -354,7 +461,8 @@ class Engine:
         """Run the batch; on a real out-of-memory error, retry in halves down to single rows.
 
         The size that fitted is remembered for this batch shape only (`BatchLimits`), so later batches
-        of the shape do not run out of memory first, and other shapes keep their full size.
+        of the shape do not run out of memory first, and other shapes keep their full size. A scoring
+        batch may lower its candidates per pass instead (`_fewer_candidates`).
         """
         shape = batch[0].shape
         chunk = len(batch)
@@ -365,12 +473,15 @@ class Engine:
             self.stats.recent_interactive_waits_s.extend(
                 now - r.submitted_at for r in rows if r.priority == Priority.INTERACTIVE
             )
+            per_pass = self._candidates_per_pass(shape, rows) if shape.kind == LABELS else 0
             try:
-                answers = self._generate(rows)
+                answers = self._score(rows, per_pass) if shape.kind == LABELS else self._generate(rows)
             except torch.OutOfMemoryError:
                 self._release_memory()
+                if shape.kind == LABELS and self._fewer_candidates(shape, per_pass, len(rows)):
+                    continue
                 if len(rows) == 1:
-                    self._fail(rows, "Out of GPU memory even for a single request; try fewer beams or tokens.")
+                    self._fail(rows, _OUT_OF_MEMORY[shape.kind])
                     start += 1
                     continue
                 self.stats.oom_retries += 1
@@ -389,15 +500,36 @@ class Engine:
                 start += len(rows)
                 continue
             self.batch_limits.fitted(shape, len(rows))
+            if shape.kind == LABELS:
+                self.candidate_limits.fitted(shape, per_pass)
             if any(r.priority == Priority.SWEEP for r in rows):
                 self.stats.recent_sweep_batches.append(len(rows))
             for request, text in zip(rows, answers, strict=True):
                 request.future.set_result(text)
             start += len(rows)
 
+    def _candidates_per_pass(self, shape: BatchShape, rows: list[Request]) -> int:
+        """What a scoring batch's largest pass will hold: the shape's limit, or all its candidates if fewer."""
+        return min(self.candidate_limits.rows_for(shape), sum(len(r.candidates) for r in rows))
+
+    def _fewer_candidates(self, shape: BatchShape, per_pass: int, rows: int) -> bool:
+        """After a scoring batch ran out of memory: halve its candidates per pass if a pass holds more
+        sequences than the batch has rows (or the batch is one row), and say so; False: halve the rows.
+
+        Why the larger of the two: a candidate (its gathered prompt cache and its logits) costs about
+        what a row does (its prompt's cache and prefill), and both are held at once.
+        """
+        if per_pass == 1 or (rows > 1 and per_pass <= rows):
+            return False
+        self.stats.oom_retries += 1
+        lowered = self.candidate_limits.ran_out_of_memory(shape, per_pass)
+        logger.warning("out of GPU memory scoring %d candidates per pass; trying %d", per_pass, lowered)
+        return True
+
     def _answer_waiting_users(self) -> None:
-        """Called by the model between decode steps of a sweep batch: interactive requests that arrived
-        meanwhile are answered now, not after the batch (a sweep batch decodes for about a second on a GPU).
+        """Called by the model between decode steps of a sweep batch (or passes of a scoring one): interactive
+        requests that arrived meanwhile are answered now, not after the batch (a sweep batch decodes for
+        about a second on a GPU).
 
         Only one level deep: the interactive batch itself is not paused.
         """
@@ -423,6 +555,23 @@ class Engine:
         self.stats.batches += 1
         self.stats.rows_generated += len(rows)
         return answers
+
+    def _score(self, rows: list[Request], per_pass: int) -> list[LabelScores]:
+        embeds = self._embed_windows(rows)
+        pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
+        scores = self.model.score_labels_from_embeddings(
+            embeds,
+            [r.prompt for r in rows],
+            [r.candidates for r in rows],
+            [r.alpha for r in rows],
+            allow_extrapolation=any(r.allow_extrapolation for r in rows),
+            max_candidates_per_pass=per_pass,
+            between_passes=self._answer_waiting_users if pausable else None,
+        )
+        self.stats.batches += 1
+        self.stats.rows_scored += len(rows)
+        self.stats.candidates_scored += sum(len(r.candidates) for r in rows)
+        return scores
 
     def _embed_windows(self, rows: list[Request]) -> list[list[torch.Tensor]]:
         """Embeddings per row and placeholder, encoding only windows the cache has not seen."""

@@ -26,6 +26,14 @@ from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
+from naturelm_core.label_scores import (
+    DEFAULT_CANDIDATES_PER_PASS,
+    Candidates,
+    LabelScores,
+    LabelsLike,
+    candidate_sets,
+)
+from naturelm_core.likelihood import score_candidates
 from naturelm_core.prompting import PaddedBatch, assemble_batch, tokenize_prompt
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.static_decoding import StaticCacheDecoder, StaticDecoding, StaticDecodingUnsupported
@@ -128,14 +136,20 @@ class NatureLM(nn.Module):
         mix, e.g. [0.5, {"layers": "linear:0.2:1"}, MergeRecipe(alpha=0.8, rank=8)].
         A shorter clip is zero-padded to 10 s and clamped to [-1, 1], as upstream's processor does.
         """
+        return self.generate_from_embeddings(
+            self._embed_rows(audio), prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, **gen
+        )
+
+    def _embed_rows(
+        self, audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray
+    ) -> list[list[Tensor]]:
+        """Each audio row (a path or an array, one model window) encoded: one embedding block per row."""
         if isinstance(audio, str | os.PathLike | np.ndarray):
             audio = [audio]
         if len(audio) == 0:
-            raise ValueError("nothing to generate: no audio rows were given")
+            raise ValueError("nothing to answer: no audio rows were given")
         embeds = self.encode_audio(np.stack([_model_window(item) for item in audio]))
-        return self.generate_from_embeddings(
-            [[row] for row in embeds], prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, **gen
-        )
+        return [[row] for row in embeds]
 
     def generate_from_embeddings(
         self,
@@ -243,6 +257,51 @@ class NatureLM(nn.Module):
         batch = self.build_inputs(audio_embeds, prompts)
         with self.row_alphas.applied(merge):
             return CachedDecoder(self.llm, batch).prefill()
+
+    def score_labels(
+        self,
+        audio: Sequence[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+        prompts: Sequence[str] | str,
+        labels: LabelsLike | Sequence[LabelsLike],
+        alphas: Sequence[PointLike] | PointLike,
+        allow_extrapolation: bool = False,
+        max_candidates_per_pass: int = DEFAULT_CANDIDATES_PER_PASS,
+    ) -> list[LabelScores]:
+        """How likely each audio row is to be answered with each label exactly (naturelm_core.label_scores).
+
+        Audio, prompts and alphas (floats or merge recipes) as for `generate`, one per row or one for all.
+        `labels`: one candidate list for every row, or one per row; a list of strings or `Candidates`.
+        Candidates are scored `max_candidates_per_pass` sequences at a time (naturelm_core.likelihood).
+        """
+        return self.score_labels_from_embeddings(
+            self._embed_rows(audio), prompts, labels, alphas, allow_extrapolation, max_candidates_per_pass
+        )
+
+    def score_labels_from_embeddings(
+        self,
+        audio_embeds: Sequence[Sequence[Tensor]],
+        prompts: Sequence[str] | str,
+        labels: LabelsLike | Sequence[LabelsLike],
+        alphas: Sequence[PointLike] | PointLike,
+        allow_extrapolation: bool = False,
+        max_candidates_per_pass: int = DEFAULT_CANDIDATES_PER_PASS,
+        between_passes: Callable[[], None] | None = None,
+    ) -> list[LabelScores]:
+        """`score_labels` for rows of cached audio embeddings: one [T, H] tensor per `<AudioHere>` of the row's prompt.
+
+        Everything is checked before the LLM runs. `between_passes` runs between two passes of candidates,
+        where no merge is applied: it may run another request on this model (the engine's waiting users).
+        """
+        merge = self.row_merge(alphas, len(audio_embeds), allow_extrapolation)
+        batch = self.build_inputs(audio_embeds, prompts)
+        candidates = candidate_sets(self.tokenizer, labels, len(audio_embeds))
+        return score_candidates(
+            self.llm, self.row_alphas, batch, merge, candidates, self.stop_ids, max_candidates_per_pass, between_passes
+        )
+
+    def label_candidates(self, labels: LabelsLike) -> Candidates:
+        """One candidate set checked and tokenized once: a sweep over a closed set passes it to every row."""
+        return labels if isinstance(labels, Candidates) else Candidates.tokenize(self.tokenizer, labels)
 
     @property
     def num_layers(self) -> int:

@@ -850,6 +850,13 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
     return result
 
 
+def _label_likelihoods(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """benchmarks/likelihood_bench.py's section (it imports this module, hence the late import)."""
+    from benchmarks.likelihood_bench import section_label_likelihoods
+
+    return section_label_likelihoods(model, device, args)
+
+
 def _throughput(seconds: float, tokens: list[int]) -> dict[str, Any]:
     return {
         "answers": len(tokens),
@@ -908,7 +915,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
     parser.add_argument(
         "--sections",
-        default="correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,recipes,profile,precision",
+        default=(
+            "correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,profile,precision,"
+            "label_likelihoods,recipes"
+        ),
     )
     args = parser.parse_args(argv)
 
@@ -938,6 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_files": lambda: section_sweep_files(model, device, args),
         "app_path": lambda: section_app_path(model, device, args),
         "recipes": lambda: section_recipes(model, device, args),
+        "label_likelihoods": lambda: _label_likelihoods(model, device, args),
     }
     peaks = {}
     for name in args.sections.split(","):

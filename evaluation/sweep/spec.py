@@ -115,7 +115,7 @@ class SweepSpec:
         if any(not isinstance(alpha, int | float) or isinstance(alpha, bool) for alpha in self.alphas):
             raise SweepSpecError(f"alphas are numbers; list merge recipes under 'recipes': {list(self.alphas)}")
         if not self.alphas and not self.recipes:
-            raise SweepSpecError("a sweep needs at least one alpha or merge recipe")
+            raise SweepSpecError("the grid is empty: a sweep needs at least one alpha or merge recipe")
         try:
             check_alpha_grid(self.grid)
         except AlphaError as error:

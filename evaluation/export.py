@@ -4,6 +4,10 @@ The paper's layout is what its own plotting scripts read, so a sweep exported he
 with them, and a folder they produced can be imported and shown with our figures. That layout has
 no prompt names, only query numbers, so the export leaves `prompt_names.json` beside the files and
 the import uses it when present: a round trip gives back the same rows and hence the same figures.
+
+Rows merged by a recipe keep its name in `alpha` and its JSON object in a `recipe` column (CSV, a
+JSON string) or key (JSON). The paper's layout names files by round(100 * alpha), so it holds the
+plain alphas only: recipe rows have no file name there and are left out.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from evaluation.reference import LabelMapping, find_mapping_beside, read_reference_folder, write_reference_folder
-from evaluation.results import ResultRow
+from evaluation.results import ResultRow, grid_order
 from evaluation.score import summary_json
 from evaluation.scoring import GroupScore
 
@@ -34,7 +38,9 @@ def results_frame(rows: Sequence[ResultRow], scores: Sequence[GroupScore] = ()) 
     labels it was chosen among ("tied_labels", empty when one label was nearest): the answers another tie
     order of the evaluator would score differently.
     """
-    frame = pd.DataFrame.from_records([row.to_dict() for row in rows], columns=RESULT_COLUMNS)
+    recipes = any(row.recipe is not None for row in rows)
+    columns = [*RESULT_COLUMNS, "recipe"] if recipes else RESULT_COLUMNS
+    frame = pd.DataFrame.from_records([_flat(row) for row in rows], columns=columns)
     if scores:
         scored = pd.DataFrame.from_records(
             [
@@ -54,7 +60,17 @@ def results_frame(rows: Sequence[ResultRow], scores: Sequence[GroupScore] = ()) 
             columns=["dataset", "prompt_name", "alpha", "id", *SCORE_COLUMNS],
         )
         frame = frame.merge(scored, on=["dataset", "prompt_name", "alpha", "id"], how="left")
-    return frame.sort_values(["dataset", "prompt_name", "alpha", "id"], ignore_index=True)
+    order = frame["alpha"].map(grid_order)
+    frame = frame.assign(_order=order).sort_values(["dataset", "prompt_name", "_order", "id"], ignore_index=True)
+    return frame.drop(columns="_order")
+
+
+def _flat(row: ResultRow) -> dict[str, Any]:
+    """A row as CSV cells: its recipe (if any) as one JSON string."""
+    data = row.to_dict()
+    if "recipe" in data:
+        data["recipe"] = json.dumps(data["recipe"], sort_keys=True)
+    return data
 
 
 def export_csv(rows: Sequence[ResultRow], path: str | os.PathLike[str], scores: Sequence[GroupScore] = ()) -> Path:
@@ -86,9 +102,10 @@ def export_paper_layout(
     """Write one jsonl per (dataset, query, alpha), prompt_names.json, and the label mapping per dataset.
 
     Returns the prompt-name -> query-number map. Alphas must be multiples of 0.01 (the file names
-    hold round(100 * alpha)).
+    hold round(100 * alpha)); rows of merge recipes are left out (the layout has no name for them).
     """
     folder = Path(folder)
+    rows = [row for row in rows if row.recipe is None]
     queries = write_reference_folder(rows, folder)
     names = {str(query): name for name, query in queries.items()}
     (folder / PROMPT_NAMES_FILE).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
@@ -122,7 +139,5 @@ def import_paper_folder(folder: str | os.PathLike[str]) -> ImportedRun:
     names_file = folder / PROMPT_NAMES_FILE
     if names_file.is_file():
         names = json.loads(names_file.read_text(encoding="utf-8"))
-        rows = [
-            ResultRow(**{**row.to_dict(), "prompt_name": names.get(row.prompt_name, row.prompt_name)}) for row in rows
-        ]
+        rows = [replace(row, prompt_name=names.get(row.prompt_name, row.prompt_name)) for row in rows]
     return ImportedRun(rows, find_mapping_beside(folder, {row.dataset for row in rows}))

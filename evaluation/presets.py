@@ -13,6 +13,13 @@ released configs worded them (so the numbers can be compared), and drawing the p
 
 The paper's k = 0 curve of Figure 10 is its 2-class closed-set run, so the icl preset asks that
 closed-set question for k = 0 and the fork's in-context query for k = 1 and 5.
+
+Three more presets are grids of merge recipes (issue 18; naturelm_core.recipes) rather than paper
+experiments; they bring only their grid and ask the New sweep form's prompts of its data:
+
+- lines-ramp        layers "linear:a0:a1", a0 in {0, 0.25, 0.5} x a1 in {0.5, 0.75, 1} (LiNeS-style)
+- module-ablation   alpha 1 with one of q/k/v/o at 0, beside plain alpha 1 and 0.5
+- rank-truncation   the top 1, 2, 4, 8, 16, 32 singular directions at alpha 1 and 0.5
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from evaluation.sweep_plots import (
     metrics_frame,
     tradeoff_figure,
 )
-from naturelm_core.alphas import DEFAULT_ALPHA_GRID
+from naturelm_core.alphas import DEFAULT_ALPHA_GRID, MERGE_MODULES, MergeRecipe
 
 MERGED_ALPHA = 0.4  # the merged model the paper singles out (Figure 1)
 NATURELM_ALPHA = 1.0
@@ -105,6 +112,20 @@ class Preset:
     top_k_classes: int | None = None
     needs_mapping: bool = False
     notes: tuple[str, ...] = ()
+    recipes: tuple[MergeRecipe, ...] = ()
+
+    @property
+    def on_form_data(self) -> bool:
+        """A merge-recipe preset names no data and no prompts: it runs on the form's (evaluation.sweep_forms)."""
+        return not self.subsets
+
+    @property
+    def sweep_name(self) -> str:
+        return f"{'recipes' if self.on_form_data else 'paper'} {self.key}"
+
+    def grid(self) -> dict[str, tuple]:
+        """The preset's own grid as a spec's fields."""
+        return {"alphas": self.alphas, "recipes": self.recipes}
 
     def spec(
         self,
@@ -118,13 +139,19 @@ class Preset:
         scoring_mode: ScoringMode | str = ScoringMode.PAPER,
         mapping_file: str | os.PathLike[str] | None = None,
         alphas: Sequence[float] | None = None,
+        recipes: Sequence[MergeRecipe] | None = None,
     ) -> SweepSpec:
-        """The sweep to run: BEANS-Zero from the Hub by default, or a local copy (`source`, `path`)."""
+        """The sweep to run: BEANS-Zero from the Hub by default, or a local copy (`source`, `path`).
+
+        `alphas` and `recipes` replace the preset's grid where either is given.
+        """
+        replaced = alphas is not None or recipes is not None
         return SweepSpec(
-            name=f"paper {self.key}",
+            name=self.sweep_name,
             subsets=self.subsets,
             prompts=self.prompts,
-            alphas=tuple(self.alphas if alphas is None else alphas),
+            alphas=tuple(alphas or ()) if replaced else self.alphas,
+            recipes=tuple(recipes or ()) if replaced else self.recipes,
             source=DataSource(source),
             path=None if path is None else os.fspath(path),
             limit=limit,
@@ -136,16 +163,21 @@ class Preset:
             mapping_file=None if mapping_file is None else os.fspath(mapping_file),
         )
 
-    def answers_needed(self, limit: int | None = None, alphas: Sequence[float] | None = None) -> int:
-        """Model answers of the full experiment on BEANS-Zero (or with at most `limit` samples per data set)."""
+    def answers_needed(self, limit: int | None = None, alphas: Sequence[float] | None = None) -> int | None:
+        """Model answers of the full experiment on BEANS-Zero (or with at most `limit` samples per data set);
+        None for a preset on the form's data, whose size is not known here."""
+        if self.on_form_data:
+            return None
         samples = sum(self.rows[s] if limit is None else min(limit, self.rows[s]) for s in self.subsets)
-        return samples * len(self.prompts) * len(self.alphas if alphas is None else alphas)
+        points = len(self.alphas) + len(self.recipes) if alphas is None else len(alphas)
+        return samples * len(self.prompts) * points
 
     def estimated_seconds(self, rate_per_s: float | None, limit: int | None = None) -> float | None:
         """How long the answers take at a measured rate (answers per second); None without a rate."""
-        if rate_per_s is None or rate_per_s <= 0:
+        answers = self.answers_needed(limit)
+        if rate_per_s is None or rate_per_s <= 0 or answers is None:
             return None
-        return self.answers_needed(limit) / rate_per_s
+        return answers / rate_per_s
 
     def make_figures(self, scores: Sequence[GroupScore], metric: str | None = None) -> list[tuple[str, go.Figure]]:
         """(caption, figure) for each of the preset's figures, from the scores written so far."""
@@ -153,7 +185,9 @@ class Preset:
 
     @property
     def figures_label(self) -> str:
-        """'Figure 9' or 'Figures 2, 4, 6'."""
+        """'Figure 9' or 'Figures 2, 4, 6' ('merge recipes' for a recipe grid, which is no paper figure)."""
+        if not self.paper_figures:
+            return "merge recipes"
         plural = "s" if len(self.paper_figures) > 1 else ""
         return f"Figure{plural} " + ", ".join(map(str, self.paper_figures))
 
@@ -164,9 +198,9 @@ class Preset:
             "title": self.title,
             "description": self.description,
             "figures": self.figures_label,
-            "subsets": list(self.subsets),
-            "prompts": [prompt.name for prompt in self.prompts],
-            "alphas": list(self.alphas),
+            "subsets": list(self.subsets) or ["the New sweep form's data"],
+            "prompts": [prompt.name for prompt in self.prompts] or ["the New sweep form's prompts"],
+            "alphas": [*self.alphas, *(recipe.to_dict() for recipe in self.recipes)],
             "answers": self.answers_needed(limit),
             "duration_s": self.estimated_seconds(rate_per_s, limit),
             "needs_mapping": self.needs_mapping,
@@ -226,6 +260,59 @@ def _zf_bars(scores: Sequence[GroupScore], metric: str) -> go.Figure:
     figure = alpha_bars_figure(metrics_frame(scores), metric, [NATURELM_ALPHA], [p.name for p in ZF_PROMPTS])
     counts = label_counts(scores).get("zf-indiv")
     return add_baselines(figure, {"random": class_baselines(counts, metric)["random"]}) if counts else figure
+
+
+def _recipe_preset(
+    key: str, title: str, description: str, recipes: Sequence[MergeRecipe], alphas: Sequence[float] = ()
+) -> Preset:
+    """A grid of merge recipes on the form's data and prompts, drawn as metric vs alpha with the recipes beside."""
+    return Preset(
+        key=key,
+        title=title,
+        description=description,
+        paper_figures=(),
+        subsets=(),
+        prompts=(),
+        rows={},
+        figures=(PresetFigure("metric vs alpha, and per merge recipe", _curves),),
+        alphas=tuple(alphas),
+        recipes=tuple(recipes),
+        notes=("Runs the New sweep form's prompts on its data; its answers depend on that data's size.",),
+    )
+
+
+def _curves(scores: Sequence[GroupScore], metric: str) -> go.Figure:
+    return metric_vs_alpha_figure(metrics_frame(scores), metric)
+
+
+RAMP_STARTS = (0.0, 0.25, 0.5)
+RAMP_STOPS = (0.5, 0.75, 1.0)
+TRUNCATION_RANKS = (1, 2, 4, 8, 16, 32)
+RECIPE_PRESETS = (
+    _recipe_preset(
+        "lines-ramp",
+        "LiNeS-style layer ramp",
+        "The LoRA scaled by layer depth, from a0 at the first decoder layer to a1 at the last (layers "
+        '"linear:a0:a1"), for a0 in 0, 0.25, 0.5 and a1 in 0.5, 0.75, 1: does keeping the early layers closer '
+        "to Llama keep its general skills while the late layers keep NatureLM-audio's?",
+        [MergeRecipe(layers=f"linear:{a0}:{a1}") for a0 in RAMP_STARTS for a1 in RAMP_STOPS],
+    ),
+    _recipe_preset(
+        "module-ablation",
+        "Attention-module ablation",
+        "NatureLM-audio (alpha 1) with the LoRA of one attention projection (q, k, v or o) left out at a time, "
+        "beside plain alpha 1 and 0.5: which projection carries what the fine-tuning taught.",
+        [MergeRecipe(modules={module: 0.0}) for module in MERGE_MODULES],
+        alphas=(1.0, 0.5),
+    ),
+    _recipe_preset(
+        "rank-truncation",
+        "LoRA rank truncation",
+        "Only the top k singular directions of each LoRA update (k = 1, 2, 4, 8, 16, 32), at alpha 1 and 0.5: how "
+        "much of the fine-tuning lives in its first few directions.",
+        [MergeRecipe(alpha=alpha, rank=rank) for alpha in (1.0, 0.5) for rank in TRUNCATION_RANKS],
+    ),
+)
 
 
 PRESETS: dict[str, Preset] = {
@@ -328,6 +415,7 @@ PRESETS: dict[str, Preset] = {
             default_metric="f1_weighted",
             figures=(PresetFigure("metric vs alpha per k, with the baselines", _curves_with_baselines),),
         ),
+        *RECIPE_PRESETS,
     )
 }
 
@@ -341,6 +429,8 @@ def get_preset(key: str) -> Preset:
 def preset_of(spec: SweepSpec) -> Preset | None:
     """The preset a sweep was started from (same data sets, classes and prompts), so its figures can be drawn."""
     for preset in PRESETS.values():
+        if preset.on_form_data:
+            continue
         same_questions = spec.subsets == preset.subsets and spec.prompts == preset.prompts
         if same_questions and spec.top_k_classes == preset.top_k_classes and not spec.species:
             return preset

@@ -36,9 +36,13 @@ def read_any(path: Path) -> list[ResultRow]:
     raise FileNotFoundError(f"{path} does not exist")
 
 
-def alpha_key(alpha: float) -> str:
-    """The alpha as the paper's expected-results files key it: "0.5", "1.0"."""
-    return str(round(alpha, 6))
+def alpha_key(alpha: float | str) -> str:
+    """The alpha as the paper's expected-results files key it: "0.5", "1.0"; a merge recipe by its name."""
+    return alpha if isinstance(alpha, str) else str(round(alpha, 6))
+
+
+def _alpha_cell(alpha: float | str) -> str:
+    return alpha if isinstance(alpha, str) else f"{alpha:.2f}"
 
 
 def summary_json(scores: Sequence[GroupScore]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -85,7 +89,8 @@ def format_table(scores: Sequence[GroupScore]) -> str:
         numbers = " ".join(f"{'-' if value is None else f'{value:.3f}':>6}" for value in cells)
         tied = "-" if m.ties is None else str(m.ties.tied)
         lines.append(
-            f"{score.dataset:<14} {score.prompt_name:<14} {score.kind.value:<10} {score.alpha:>5.2f} {m.n:>5} "
+            f"{score.dataset:<14} {score.prompt_name:<14} {score.kind.value:<10} {_alpha_cell(score.alpha):>5} "
+            f"{m.n:>5} "
             f"{numbers} {tied:>5}  {', '.join(_extra_cells(m))}"
         )
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from rapidfuzz.distance import Levenshtein
 from evaluation.datasets import task_of
 from evaluation.prompts import PromptKind, detect_prompt_kind
 from evaluation.reference import LabelMapping, MappingError
-from evaluation.results import ResultRow
+from evaluation.results import GridKey, ResultRow, grid_order
 
 END_OF_TEXT = "<|end_of_text|>"
 END_TOKENS = (END_OF_TEXT, "<|eot_id|>", "<|end_of_turn|>")
@@ -619,7 +619,7 @@ class ScoredAnswer:
 class GroupScore:
     dataset: str
     prompt_name: str
-    alpha: float
+    alpha: GridKey  # a float alpha, or a merge recipe's name
     kind: PromptKind
     mode: ScoringMode
     task: str
@@ -1072,13 +1072,13 @@ def score_rows(
     mapping serves paper and robust scoring; official scoring never maps, so it neither needs nor uses one.
     """
     mode = ScoringMode(mode)
-    groups: dict[tuple[str, str, float], list[ResultRow]] = defaultdict(list)
+    groups: dict[tuple[str, str, GridKey], list[ResultRow]] = defaultdict(list)
     labels_seen: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         groups[(row.dataset, row.prompt_name, row.alpha)].append(row)
         labels_seen[row.dataset].add(row.label)
     scores = []
-    for (dataset, prompt_name, alpha), group in sorted(groups.items()):
+    for (dataset, prompt_name, alpha), group in sorted(groups.items(), key=_group_order):
         task = task_of(dataset)
         if task == "captioning":
             continue
@@ -1104,6 +1104,12 @@ def score_rows(
             )
         scores.append(GroupScore(dataset, prompt_name, alpha, kind, mode, task, answers, metrics))
     return scores
+
+
+def _group_order(item: tuple[tuple[str, str, GridKey], list[ResultRow]]) -> tuple:
+    """Groups by dataset, prompt, then grid point: plain alphas by value, then merge recipes by name."""
+    (dataset, prompt_name, key), _ = item
+    return (dataset, prompt_name, grid_order(key))
 
 
 def _warn_unmapped(asks: str, mode: ScoringMode) -> None:

@@ -4,7 +4,8 @@ Why apart from the UI: the same fields arrive from the page, from gradio_client 
 each must fail with a sentence that names the field before anything is copied or queued. A paper
 experiment (evaluation.presets) or an uploaded fork YAML (evaluation.fork_config) brings its own
 questions and runs on the form's data, sample limit, seed, scoring mode and mapping.
-Alphas are read with the one alpha grammar (naturelm_core.alphas).
+Alphas are read with the one alpha grammar (naturelm_core.alphas); merge recipes typed in their own
+field, or as JSON objects among the alphas, become the spec's `recipes`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from evaluation.prompts import PAPER_PROMPTS, Prompt, custom_prompt
 from evaluation.scoring import ScoringMode
 from evaluation.sweep import DataSource, SweepSpec, plan_sweep
 from evaluation.sweep_uploads import UPLOADS_DIR, persist_mapping, persist_uploads, slug
-from naturelm_core.alphas import DEFAULT_ALPHA_TEXT, parse_alpha_grid
+from naturelm_core.alphas import (
+    DEFAULT_ALPHA_TEXT,
+    MergeRecipe,
+    check_grid_point,
+    parse_alpha_grid,
+    parse_recipe_text,
+)
 
 
 class SweepFormError(ValueError):
@@ -47,6 +54,7 @@ class SweepForm:
     presets: Sequence[str] = ()
     custom_prompts: str = ""
     alphas: str = DEFAULT_ALPHA_TEXT
+    recipes: str = ""
     limit: float | None = None
     top_k_classes: float | None = None
     seed: float | None = 0
@@ -95,14 +103,31 @@ def _whole(value: float | None, field: str, minimum: int) -> int:
     return int(value)
 
 
-def spec_from_form(form: SweepForm, runs_dir: str | os.PathLike[str]) -> SweepSpec:
-    """The spec the form describes; uploads are copied under the runs folder so the sweep can be resumed later."""
+def grid_fields(alphas: str, recipes: str = "") -> dict[str, tuple]:
+    """The spec's `alphas` and `recipes` from the typed grid and the merge-recipes field (a JSON list);
+    either may be empty (not both), and a recipe of nothing but an alpha counts as that alpha."""
+    typed = parse_recipe_text(recipes) if (recipes or "").strip() else []
+    points = parse_alpha_grid(alphas) if (alphas or "").strip() or not typed else ()  # both empty: say so
+    checked = [check_grid_point(point) for point in (*points, *typed)]
+    return {
+        "alphas": tuple(p for p in checked if not isinstance(p, MergeRecipe)),
+        "recipes": tuple(p for p in checked if isinstance(p, MergeRecipe)),
+    }
+
+
+def spec_from_form(
+    form: SweepForm, runs_dir: str | os.PathLike[str], grid: dict[str, tuple] | None = None
+) -> SweepSpec:
+    """The spec the form describes; uploads are copied under the runs folder so the sweep can be resumed later.
+
+    `grid` (alphas and recipes) replaces the form's own: a preset that runs on the form's data brings it.
+    """
     source = _data_source(form.source)
     values: dict[str, Any] = {  # checked before any upload is copied
         "name": (form.name or "").strip() or "sweep",
         "source": source,
         "prompts": parse_prompts(form.presets, form.custom_prompts),
-        "alphas": parse_alpha_grid(form.alphas),
+        **(grid if grid is not None else grid_fields(form.alphas, form.recipes)),
         "limit": optional_count(form.limit, "sample limit"),
         "top_k_classes": optional_count(form.top_k_classes, "top-k classes"),
         "seed": _whole(form.seed, "seed", 0),
@@ -178,11 +203,15 @@ def _beans_zero_data(form: SweepForm, what: str) -> tuple[DataSource, str | None
 def spec_from_preset(key: str | None, form: SweepForm, runs_dir: str | os.PathLike[str], alphas: str = "") -> SweepSpec:
     """The preset's sweep on the form's data, sample limit, seed, decoding, scoring mode and mapping.
 
-    `alphas` empty keeps the preset's own grid (the paper's); anything else replaces it.
+    `alphas` empty keeps the preset's own grid (the paper's); anything else replaces it. A merge-recipe
+    preset (`on_form_data`) asks the form's own prompts of the form's own data.
     """
     if not key:
         raise SweepFormError("choose a paper experiment first")
     preset = get_preset(key)
+    grid = grid_fields(alphas) if (alphas or "").strip() else None
+    if preset.on_form_data:
+        return spec_from_form(replace(form, name=preset.sweep_name), runs_dir, grid or preset.grid())
     source, path = _beans_zero_data(form, "a paper experiment")
     options: dict[str, Any] = {  # checked before the mapping upload is copied
         "source": source,
@@ -192,7 +221,7 @@ def spec_from_preset(key: str | None, form: SweepForm, runs_dir: str | os.PathLi
         "num_beams": _whole(form.num_beams, "beams", 1),
         "max_new_tokens": _whole(form.max_new_tokens, "max new tokens", 1),
         "scoring_mode": ScoringMode(form.scoring_mode),
-        "alphas": parse_alpha_grid(alphas) if (alphas or "").strip() else None,
+        **(grid or {}),
     }
     preset.spec(**options)  # a bad option fails here, before anything is copied
     mapping = persist_mapping(form.mapping_file, runs_dir) if form.mapping_file else None

@@ -1,6 +1,12 @@
 """The numbers behind a sweep's figures: one metrics row per (dataset, prompt, alpha), the trade-off points,
 and the majority-class and random baselines of a closed set.
 
+A grid point is a float alpha or a merge recipe: the `alpha` column holds its key (the float, or the
+recipe's name) and `recipe` says which, since only plain alphas lie on an alpha axis. Rows come
+ordered plain alphas first (by value), then recipes (by name). Where the scoring mode snaps answers
+to labels, `<metric>_tie_min` / `<metric>_tie_max` give the range another tie order of the evaluator
+could have produced (evaluation.scoring.TieSensitivity); NaN where it does not (robust mode).
+
 Why apart from the figures (ui/sweep_figures.py): these are evaluation results, computed from the
 scores alone, and the same numbers are checked against the paper's; the figures only draw them.
 Everything here is a pure function of the scores, so a running sweep, a finished one and an
@@ -16,11 +22,23 @@ import numpy as np
 import pandas as pd
 
 from evaluation.prompts import PromptKind
+from evaluation.results import grid_order
 from evaluation.scoring import GroupScore, Outcome
 
 METRIC_LABELS = {"accuracy": "accuracy", "f1_weighted": "weighted F1", "f1_macro": "macro F1"}
 INDIVIDUAL_KINDS = (PromptKind.COMMON, PromptKind.SCIENTIFIC)
-FRAME_COLUMNS = ["dataset", "prompt", "kind", "alpha", "n", *METRIC_LABELS, *(o.value for o in Outcome)]
+TIE_COLUMNS = [f"{metric}_tie_{end}" for metric in METRIC_LABELS for end in ("min", "max")]
+FRAME_COLUMNS = [
+    "dataset",
+    "prompt",
+    "kind",
+    "alpha",
+    "recipe",
+    "n",
+    *METRIC_LABELS,
+    *(o.value for o in Outcome),
+    *TIE_COLUMNS,
+]
 
 
 class PlotInputError(ValueError):
@@ -28,24 +46,32 @@ class PlotInputError(ValueError):
 
 
 def metrics_frame(scores: Sequence[GroupScore]) -> pd.DataFrame:
-    """One row per (dataset, prompt, alpha): n, accuracy, F1s and the share of each outcome."""
+    """One row per (dataset, prompt, grid point): n, accuracy, F1s, the share of each outcome and the tie ranges."""
     records = []
-    for score in scores:
+    for score in sorted(scores, key=lambda s: (s.dataset, s.prompt_name, grid_order(s.alpha))):
         metrics = score.metrics
         record = {
             "dataset": score.dataset,
             "prompt": score.prompt_name,
             "kind": score.kind.value,
             "alpha": score.alpha,
+            "recipe": isinstance(score.alpha, str),
             "n": metrics.n,
             "accuracy": metrics.accuracy,
             "f1_weighted": metrics.f1_weighted,
             "f1_macro": metrics.f1_macro,
         }
         record.update({outcome.value: metrics.rate(outcome) for outcome in Outcome})
+        if metrics.ties is not None:
+            record.update({k: v for k, v in metrics.ties.columns().items() if k in TIE_COLUMNS})
         records.append(record)
-    frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
-    return frame.sort_values(["dataset", "prompt", "alpha"], ignore_index=True)
+    return pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
+
+
+def plain_alphas(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of plain float alphas: what an alpha axis can show (recipes are drawn beside it)."""
+    plain = frame[~frame["recipe"].astype(bool)]
+    return plain.assign(alpha=plain["alpha"].astype(float))
 
 
 def check_metric(metric: str) -> str:
@@ -69,7 +95,7 @@ def tradeoff_points(
     """
     check_metric(metric)
     rows = []
-    for dataset, group in frame.groupby("dataset", sort=True):
+    for dataset, group in plain_alphas(frame).groupby("dataset", sort=True):
         combined_name, individual_names = _tradeoff_prompts(group, combined, individual)
         if combined_name is None or not individual_names:
             continue

@@ -119,6 +119,8 @@ def export_view(view: SweepView, fmt: str, out_dir: str | os.PathLike[str] | Non
         return export_csv(view.rows, folder / f"{stem}.csv", view.scores)
     if fmt == "json":
         return export_json(view.rows, folder / f"{stem}.json", view.scores, view.spec)
+    if all(row.recipe is not None for row in view.rows):
+        raise ViewError(f"{view.short_key} has merge recipes only; the paper's layout holds plain alphas")
     layout = folder / stem
     export_paper_layout(view.rows, layout, view.mapping)
     archive = folder / f"{stem}-paper-layout.zip"

@@ -193,6 +193,9 @@ def test_after_a_sweep_the_estimates_use_its_measured_rate(client, runs_dir, pre
     assert sweep_id in rate_text and f"{rate:.2f} answers/s" in rate_text
     for row in _table(table):
         answers = PRESETS[row["preset"]].answers_needed()
+        if answers is None:  # a merge-recipe grid on the form's data: its size is not known before Start
+            assert row["time"] == "unknown"
+            continue
         assert row["answers"] == row["answers at the sample limit"] == answers
         assert row["time"] == row["time at the sample limit"] == format_duration(answers / rate)
 

@@ -62,6 +62,7 @@ def _form(**fields) -> dict:
         "presets": PROMPTS,
         "custom_prompts": "",
         "alphas": ", ".join(f"{a:g}" for a in ALPHAS),
+        "recipes": "",
         "limit": SAMPLES,
         "top_k_classes": 0,
         "seed": 0,

@@ -5,7 +5,10 @@ finished sweep, an imported folder in the paper's layout and an exported copy gi
 tests read the traces back to check their values. Plotly only, no gradio, so evaluation.presets can
 still draw the paper's figures through evaluation.sweep_plots.
 
-- metric vs alpha, one line per (dataset, prompt): accuracy, weighted or macro F1
+- metric vs alpha, one line per (dataset, prompt): accuracy, weighted or macro F1; merge recipes, which
+  lie on no alpha axis, as points on a categorical axis beside it (labelled by recipe name); in official
+  mode the tie range (evaluation.scoring.TieSensitivity) as a shaded band (a layout shape named
+  "<curve> tie range") behind each line, whiskers on recipes
 - the trade-off curve (the paper's Figure 4): combined-prompt accuracy against the mean accuracy
   of the individual (common- and scientific-name) prompts, one point per alpha, labelled with it
 - the error breakdown vs alpha: stacked shares of correct / in-set confusion / out of set / abstention
@@ -25,8 +28,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from evaluation.results import grid_order
 from evaluation.scoring import GroupScore, Outcome
-from evaluation.sweep_metrics import METRIC_LABELS, PlotInputError, check_metric, tradeoff_points
+from evaluation.sweep_metrics import METRIC_LABELS, PlotInputError, check_metric, plain_alphas, tradeoff_points
 from naturelm_core.alphas import format_alpha, format_grid, grid_key
 
 OUTCOME_LABELS = {
@@ -68,18 +72,87 @@ def _add_metric_curves(
     dash: str = "solid",
 ) -> None:
     several = frame["dataset"].nunique() > 1
-    for (dataset, prompt), group in frame.groupby(["dataset", "prompt"], sort=True):
+    for (dataset, prompt), group in plain_alphas(frame).groupby(["dataset", "prompt"], sort=True):
         group = group.sort_values("alpha")
+        name = prefix + _curve_name(dataset, prompt, several)
         figure.add_trace(
             go.Scatter(
                 x=group["alpha"].tolist(),
                 y=group[metric].tolist(),
                 customdata=group["n"].tolist(),
                 mode="lines+markers",
-                name=prefix + _curve_name(dataset, prompt, several),
+                name=name,
                 line={"color": colours[prompt], "dash": dash},
                 meta={"dataset": dataset, "prompt": prompt},
                 hovertemplate="alpha %{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+            )
+        )
+        _add_tie_band(figure, group, metric, name, colours[prompt])
+
+
+def _tie_ends(group: pd.DataFrame, metric: str) -> tuple[list[float], list[float]] | None:
+    """The tie range's (lows, highs) of the group's rows; None where the scoring mode has none (robust)."""
+    low, high = group.get(f"{metric}_tie_min"), group.get(f"{metric}_tie_max")
+    if low is None or high is None or low.isna().any() or high.isna().any():
+        return None
+    return low.astype(float).tolist(), high.astype(float).tolist()
+
+
+def _add_tie_band(figure: go.Figure, group: pd.DataFrame, metric: str, name: str, colour: str) -> None:
+    """The official tie range as a shaded band behind one curve: differences inside it are the evaluator's own
+    arbitrariness, not the merge's effect. A shape, not a trace, so curves and legends stay one per prompt."""
+    ends = _tie_ends(group, metric)
+    if ends is None:
+        return
+    lows, highs = ends
+    xs = group["alpha"].astype(float).tolist()
+    corners = [*zip(xs, highs, strict=True), *reversed(list(zip(xs, lows, strict=True)))]
+    path = "M " + " L ".join(f"{x},{y}" for x, y in corners) + " Z"
+    figure.add_shape(
+        type="path",
+        path=path,
+        xref="x",
+        yref="y",
+        fillcolor=colour,
+        opacity=0.2,
+        line={"width": 0},
+        layer="below",
+        name=f"{name} tie range",
+    )
+
+
+def _add_recipe_points(figure: go.Figure, frame: pd.DataFrame, metric: str, colours: Mapping[str, str]) -> None:
+    """Each merge recipe as a point on the second (categorical) x axis, labelled by its name, with the tie
+    range as whiskers where the scoring mode has one."""
+    several = frame["dataset"].nunique() > 1
+    recipes = frame[frame["recipe"].astype(bool)]
+    for (dataset, prompt), group in recipes.groupby(["dataset", "prompt"], sort=True):
+        ends = _tie_ends(group, metric)
+        values = group[metric].astype(float).tolist()
+        whiskers = (
+            {}
+            if ends is None
+            else {
+                "error_y": {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [high - value for high, value in zip(ends[1], values, strict=True)],
+                    "arrayminus": [value - low for low, value in zip(ends[0], values, strict=True)],
+                }
+            }
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=group["alpha"].tolist(),
+                y=values,
+                customdata=group["n"].tolist(),
+                mode="markers",
+                marker={"color": colours[prompt], "size": 9, "symbol": "diamond"},
+                name=f"{_curve_name(dataset, prompt, several)} · recipes",
+                xaxis="x2",
+                meta={"dataset": dataset, "prompt": prompt, "recipes": True},
+                hovertemplate="%{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+                **whiskers,
             )
         )
 
@@ -100,8 +173,18 @@ def metric_vs_alpha_figure(frame: pd.DataFrame, metric: str = "accuracy") -> go.
     """One line per (dataset, prompt) of `metric` (accuracy, f1_weighted or f1_macro) against alpha."""
     label = check_metric(metric)
     figure = go.Figure()
-    _add_metric_curves(figure, frame, metric, _prompt_colours([frame]))
-    return _alpha_layout(figure, f"{label} vs alpha", label)
+    colours = _prompt_colours([frame])
+    _add_metric_curves(figure, frame, metric, colours)
+    _alpha_layout(figure, f"{label} vs alpha", label)
+    if frame["recipe"].astype(bool).any():
+        _add_recipe_points(figure, frame, metric, colours)
+        has_alphas = not plain_alphas(frame).empty
+        split = 0.55 if has_alphas else 0.0
+        figure.update_layout(
+            xaxis={"domain": [0, split - 0.05] if has_alphas else [0, 0.001], "visible": has_alphas},
+            xaxis2={"domain": [split, 1], "type": "category", "title": "merge recipe", "anchor": "y"},
+        )
+    return figure
 
 
 def overlay_figure(frames: Mapping[str, pd.DataFrame], metric: str = "accuracy") -> go.Figure:
@@ -168,7 +251,7 @@ def error_breakdown_figure(frame: pd.DataFrame, dataset: str | None = None, prom
     dataset = dataset if dataset is not None else _first(frame, "dataset")
     selected = frame[frame["dataset"] == dataset]
     prompt = prompt if prompt is not None else _first(selected, "prompt")
-    selected = selected[selected["prompt"] == prompt].sort_values("alpha")
+    selected = selected[selected["prompt"] == prompt].sort_values("alpha", key=_grid_order)
     if selected.empty and not frame.empty:
         raise PlotInputError(f"no scores for dataset {dataset!r} and prompt {prompt!r}")
     figure = go.Figure()
@@ -215,7 +298,7 @@ def answers_table(
     """
     if correct is not None and correct not in CORRECT_FILTERS:
         raise PlotInputError(f"correct must be one of {CORRECT_FILTERS} or None, got {correct!r}")
-    alphas = sorted({score.alpha for score in scores})
+    alphas = sorted({score.alpha for score in scores}, key=grid_order)
     cells: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
     for score in scores:
         if (dataset is not None and score.dataset != dataset) or (prompt is not None and score.prompt_name != prompt):
@@ -239,7 +322,12 @@ def answers_table(
     return table.sort_values(["dataset", "prompt", "id"], ignore_index=True)
 
 
-def alpha_column(alpha: float) -> str:
+def _grid_order(keys: pd.Series) -> pd.Series:
+    """A sort key for an `alpha` column holding floats and recipe names (plain alphas first)."""
+    return keys.map(grid_order)
+
+
+def alpha_column(alpha: float | str) -> str:
     """The answers table's column of one grid point ('alpha=0.3')."""
     return f"alpha={format_alpha(alpha)}"
 
@@ -252,7 +340,7 @@ def metric_vs_alpha_panels(frame: pd.DataFrame, metric: str = "accuracy") -> go.
     colours = _prompt_colours([frame])
     in_legend: set[str] = set()
     for column, dataset in enumerate(datasets, start=1):
-        for prompt, group in frame[frame["dataset"] == dataset].groupby("prompt", sort=True):
+        for prompt, group in plain_alphas(frame[frame["dataset"] == dataset]).groupby("prompt", sort=True):
             group = group.sort_values("alpha")
             figure.add_trace(
                 go.Scatter(
@@ -289,12 +377,14 @@ def alpha_bars_figure(
     `prompts` orders the bars as the paper does (default: by name); prompts not listed come last.
     """
     label = check_metric(metric)
-    wanted = sorted(frame["alpha"].unique()) if alphas is None else [float(a) for a in alphas]
-    selected = frame[frame["alpha"].map(grid_key).isin([grid_key(a) for a in wanted])]
+    wanted = list(dict.fromkeys(frame["alpha"])) if alphas is None else [_key(a) for a in alphas]
+    selected = frame[frame["alpha"].map(_key).isin([_key(a) for a in wanted])]
     several = selected["dataset"].nunique() > 1
     rank = {name: position for position, name in enumerate(prompts or ())}
     figure = go.Figure()
-    for index, (alpha, group) in enumerate(selected.groupby("alpha", sort=True)):
+    ordered = sorted(dict.fromkeys(selected["alpha"]), key=grid_order)
+    for index, alpha in enumerate(ordered):
+        group = selected[selected["alpha"] == alpha]
         group = group.assign(rank=group["prompt"].map(rank).fillna(len(rank)))
         group = group.sort_values(["dataset", "rank", "prompt"])
         figure.add_trace(
@@ -305,7 +395,7 @@ def alpha_bars_figure(
                 textposition="outside",
                 name=f"alpha={format_alpha(alpha)}",
                 marker_color=BAR_COLOURS[index % len(BAR_COLOURS)],
-                meta={"alpha": float(alpha)},
+                meta={"alpha": alpha if isinstance(alpha, str) else float(alpha)},
                 hovertemplate="%{x}<br>" + label + " %{y:.3f}<extra>alpha " + f"{format_alpha(alpha)}</extra>",
             )
         )
@@ -323,9 +413,18 @@ def alpha_bars_figure(
     return figure
 
 
+def _key(point: float | str) -> float | str:
+    """A frame's `alpha` value as a grid key: a recipe's name is one already."""
+    return point if isinstance(point, str) else grid_key(point)
+
+
 def add_baselines(figure: go.Figure, baselines: Mapping[str, float]) -> go.Figure:
-    """Grey horizontal lines across the figure's x values (alphas or bar categories), named in the legend."""
-    xs = [x for trace in figure.data for x in (trace.x if trace.x is not None else ())]
+    """Grey horizontal lines across the figure's x values (alphas or bar categories), named in the legend.
+
+    Only the first x axis is spanned: merge recipes drawn beside the alpha axis are categories of their own.
+    """
+    on_first_axis = [trace for trace in figure.data if trace.x is not None and trace.xaxis in (None, "x")]
+    xs = [x for trace in on_first_axis for x in trace.x]
     if not xs:
         return figure
     numeric = all(isinstance(x, int | float) for x in xs)

@@ -18,7 +18,7 @@ from evaluation.prompts import PAPER_PROMPTS
 from evaluation.scoring import ScoringMode
 from evaluation.sweep import DataSource
 from evaluation.sweep_forms import SweepForm
-from naturelm_core.alphas import DEFAULT_ALPHA_TEXT
+from naturelm_core.alphas import DEFAULT_ALPHA_TEXT, RECIPE_EXAMPLE
 from ui.errors import user_facing
 from ui.sweeps_service import SweepsService
 from ui.text import queued_markdown
@@ -112,6 +112,12 @@ def _questions_column(fields: dict[str, Any]) -> None:
     )
     fields["alphas"] = gr.Textbox(
         value=DEFAULT_ALPHA_TEXT, label="alphas: values and/or start:stop:step ranges", elem_id="sweep-alphas"
+    )
+    fields["recipes"] = gr.Textbox(
+        label="merge recipes (JSON list, optional): each one more grid point per prompt",
+        placeholder=f"[{RECIPE_EXAMPLE}]",
+        lines=2,
+        elem_id="sweep-recipes",
     )
     fields["scoring_mode"] = gr.Dropdown(
         choices=[mode.value for mode in ScoringMode],

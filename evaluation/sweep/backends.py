@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from evaluation.icl import ContextBudget
+from naturelm_core.alphas import GridPoint
 from naturelm_core.requests import GenerationSettings, Priority
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 # Sweep rows may wait behind interactive users for a long time; that is not a failure.
 SWEEP_REQUEST_TIMEOUT_S = 24 * 3600.0
 
-# One row to answer: an audio window per `<AudioHere>` of the prompt, the prompt, the alpha.
-Row = tuple[list[np.ndarray], str, float]
+# One row to answer: an audio window per `<AudioHere>` of the prompt, the prompt, the alpha or merge recipe.
+Row = tuple[list[np.ndarray], str, GridPoint]
 
 
 @runtime_checkable

@@ -1,10 +1,9 @@
-"""What a spec asks: the subsets, the samples chosen from each, one work item per (sample, prompt, alpha).
+"""What a spec asks: the subsets, the samples chosen from each, one work item per (sample, prompt, grid point).
 
 Planning reads ids and labels only (no audio), so it is cheap enough to run when a sweep is started,
 where bad data should fail at once; the SweepPlan made there is handed to the runner instead of
-being made again. Items are identified by keys whose alpha goes through naturelm_core.alphas'
-`grid_key`, so 0.3 and 0.30000000000000004 are one item, and a grid point that is not a float (a
-merge recipe, later) needs a key of its own there and nowhere else.
+being made again. Items are identified by keys whose grid point goes through naturelm_core.alphas'
+`grid_key`, so 0.3 and 0.30000000000000004 are one item, and a merge recipe is keyed by its name.
 """
 
 from __future__ import annotations
@@ -19,22 +18,23 @@ import numpy as np
 from evaluation.datasets import DatasetError, Sample, Subset, cached_subset_path, load_recordings, load_subset
 from evaluation.icl import ExampleBank, ExtendedPrompt, examples_needed
 from evaluation.sweep.spec import DataSource, SweepSpec
-from naturelm_core.alphas import grid_key
+from naturelm_core.alphas import GridPoint, grid_key
 from naturelm_core.config import WINDOW_SECONDS
 
 # Extra source samples kept past the model window, so resampling the cut clip matches resampling the whole.
 RESAMPLE_MARGIN_S = 0.1
 
-ItemKey = tuple[str, str, str, float]
+ItemKey = tuple[str, str, str, float | str]
 
 
-def item_key(dataset: str, sample_id: str, prompt_name: str, alpha: float) -> ItemKey:
-    return (dataset, sample_id, prompt_name, grid_key(alpha))
+def item_key(dataset: str, sample_id: str, prompt_name: str, point: GridPoint | str) -> ItemKey:
+    """The item's identity; `point` may already be a recipe's name (a results row's `alpha`)."""
+    return (dataset, sample_id, prompt_name, point if isinstance(point, str) else grid_key(point))
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One answer to produce: a sample, a prompt (rendered for that sample) and an alpha.
+    """One answer to produce: a sample, a prompt (rendered for that sample) and a grid point (an alpha or a recipe).
 
     `example_ids` are the in-context example recordings of the prompt's placeholders, in order; the
     sample itself fills the last placeholder.
@@ -44,7 +44,7 @@ class WorkItem:
     sample_id: str
     prompt_name: str
     prompt_text: str
-    alpha: float
+    alpha: GridPoint
     example_ids: tuple[str, ...] = ()
 
     @property
@@ -92,7 +92,7 @@ class SweepPlan:
             for plan in self.subsets
             for sample_id in plan.sample_ids
             for prompt in self.spec.prompts
-            for alpha in self.spec.alphas
+            for alpha in self.spec.grid
         }
 
 
@@ -167,7 +167,7 @@ def sample_items(spec: SweepSpec, plan: SubsetPlan, sample_id: str) -> list[Work
             text, example_ids = rendered.text, rendered.example_ids
         else:
             text, example_ids = prompt.render(sample_id, plan.labels, spec.seed), ()
-        items.extend(WorkItem(plan.name, sample_id, prompt.name, text, float(a), example_ids) for a in spec.alphas)
+        items.extend(WorkItem(plan.name, sample_id, prompt.name, text, a, example_ids) for a in spec.grid)
     return items
 
 

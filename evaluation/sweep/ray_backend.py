@@ -38,6 +38,7 @@ import evaluation
 import naturelm_core
 from evaluation.icl import ContextBudget
 from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
+from naturelm_core.alphas import GridPoint, MergeRecipe
 from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.requests import EngineError, GenerationSettings, Priority
 
@@ -118,7 +119,7 @@ class SweepActor:
         return {"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address(), "device": str(device)}
 
     async def answer(
-        self, windows: list[np.ndarray], rows: list[tuple[list[int], str, float]], settings: GenerationSettings
+        self, windows: list[np.ndarray], rows: list[tuple[list[int], str, WirePoint]], settings: GenerationSettings
     ) -> list[tuple[bool, str]]:
         """(True, answer) or (False, why) per row; rows name their windows by index, so a recording travels once."""
         outcomes: list[tuple[bool, str] | asyncio.Future] = []
@@ -127,7 +128,7 @@ class SweepActor:
                 future = self.engine.submit(
                     [windows[i] for i in indices],
                     prompt,
-                    alpha,
+                    from_wire(alpha),
                     settings=settings,
                     priority=Priority.SWEEP,
                     timeout_s=SWEEP_REQUEST_TIMEOUT_S,
@@ -185,12 +186,24 @@ class _Worker:
     started_at: float = field(default_factory=time.monotonic)
 
 
+WirePoint = float | dict[str, Any]  # a grid point as it crosses to an actor: a float, or a recipe's JSON object
+
+
+def to_wire(point: GridPoint) -> WirePoint:
+    """Plain data for Ray's pickling: a recipe travels as its canonical JSON object, not as our class."""
+    return point.to_dict() if isinstance(point, MergeRecipe) else float(point)
+
+
+def from_wire(point: WirePoint) -> GridPoint:
+    return MergeRecipe.from_dict(point) if isinstance(point, dict) else point
+
+
 @dataclass(eq=False)
 class _Shard:
     """One recording's rows: the windows once, the rows by window index, one driver-side Future per row."""
 
     windows: list[np.ndarray]
-    rows: list[tuple[list[int], str, float]]
+    rows: list[tuple[list[int], str, WirePoint]]
     settings: GenerationSettings
     futures: list[Future]
     attempts: int = 0
@@ -356,7 +369,7 @@ class RayBackend:
                     index_of[id(window)] = len(windows)
                     windows.append(np.ascontiguousarray(window, dtype=np.float32))
                 indices.append(index_of[id(window)])
-            indexed_rows.append((indices, prompt, float(alpha)))
+            indexed_rows.append((indices, prompt, to_wire(alpha)))
         shard = _Shard(windows, indexed_rows, settings, [Future() for _ in rows])
         with self._changed:
             if self._stopped:

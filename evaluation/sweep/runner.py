@@ -269,9 +269,7 @@ class SweepRunner:
     def _unanswered(self, dataset: str, sample_id: str) -> int:
         """The sample's items not yet in results.jsonl (by key alone: no prompt is rendered)."""
         return sum(
-            item_key(dataset, sample_id, p.name, a) not in self._done
-            for p in self.spec.prompts
-            for a in self.spec.alphas
+            item_key(dataset, sample_id, p.name, a) not in self._done for p in self.spec.prompts for a in self.spec.grid
         )
 
     def _write_finished(self) -> None:
@@ -349,12 +347,12 @@ class SweepRunner:
 
 
 def _record(flight: _InFlight, index: int, item: WorkItem, prediction: str) -> dict[str, Any]:
-    row = ResultRow(
+    row = ResultRow.at(
+        item.alpha,
         id=item.sample_id,
         dataset=item.dataset,
         prompt_name=item.prompt_name,
         prompt=item.prompt_text,
-        alpha=item.alpha,
         prediction=prediction,
         label=flight.label,
     )

@@ -21,7 +21,7 @@ from evaluation.icl import ExtendedPrompt, InContextError, Species, parse_specie
 from evaluation.prompts import PAPER_PROMPTS, Prompt, PromptTemplateError
 from evaluation.reference import LabelMapping, load_label_mapping
 from evaluation.scoring import ScoringMode
-from naturelm_core.alphas import AlphaError, check_alpha_grid
+from naturelm_core.alphas import AlphaError, GridPoint, MergeRecipe, check_alpha_grid, check_grid_point, format_alpha
 from naturelm_core.config import WINDOW_SECONDS
 from naturelm_core.requests import GenerationSettings
 
@@ -50,6 +50,7 @@ ANSWER_FIELDS = (
     "top_k_classes",
     "prompts",
     "alphas",
+    "recipes",
     "seed",
     "num_beams",
     "max_new_tokens",
@@ -67,8 +68,10 @@ class SweepSpec:
     rows of the k most frequent labels first. `window_s` overrides each subset's model window.
     `species` keeps the rows of these labels only and lists them in this order (the fork's
     `species:`); `max_context_tokens` caps the positions one row may take, its recordings and answer
-    included (default: the LLM's max_position_embeddings). `alphas` are grid points of
-    naturelm_core.alphas, checked by its rules and compared through its `grid_key`.
+    included (default: the LLM's max_position_embeddings). `alphas` are plain float grid points and
+    `recipes` merge recipes (naturelm_core.recipes), each one more grid point per prompt; a spec needs
+    at least one of either. Both are checked by naturelm_core.alphas' rules and compared through its
+    `grid_key`; `grid` is them all, alphas first.
     """
 
     name: str
@@ -88,6 +91,7 @@ class SweepSpec:
     mapping_file: str | None = None
     species: tuple[Species, ...] = ()
     max_context_tokens: int | None = None
+    recipes: tuple[MergeRecipe, ...] = ()
     # The folder a spec was read back from: its id stays that folder's, however the paths were written.
     saved_as: str | None = field(default=None, compare=False, repr=False)
 
@@ -107,8 +111,13 @@ class SweepSpec:
         names = [p.name for p in self.prompts]
         if len(set(names)) != len(names):
             raise SweepSpecError(f"prompt names must be unique (results are keyed by them): {names}")
+        object.__setattr__(self, "recipes", _recipes(self.recipes))
+        if any(not isinstance(alpha, int | float) or isinstance(alpha, bool) for alpha in self.alphas):
+            raise SweepSpecError(f"alphas are numbers; list merge recipes under 'recipes': {list(self.alphas)}")
+        if not self.alphas and not self.recipes:
+            raise SweepSpecError("the grid is empty: a sweep needs at least one alpha or merge recipe")
         try:
-            check_alpha_grid(self.alphas)
+            check_alpha_grid(self.grid)
         except AlphaError as error:
             raise SweepSpecError(str(error)) from None
         if self.source is not DataSource.BEANS_ZERO and not self.path:
@@ -143,13 +152,20 @@ class SweepSpec:
         return f"{slug}-{digest}"
 
     @property
+    def grid(self) -> tuple[GridPoint, ...]:
+        """Every grid point a prompt is asked at: the alphas as given (as results have always stored them),
+        then the recipes."""
+        return (*map(float, self.alphas), *self.recipes)
+
+    @property
     def items_per_sample(self) -> int:
-        return len(self.prompts) * len(self.alphas)
+        return len(self.prompts) * len(self.grid)
 
     # -- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """species and max_context_tokens came after sweeps existed: written only when set, so older ids stay."""
+        """species, max_context_tokens and recipes came after sweeps existed: written only when set, so older
+        ids stay."""
         return {
             "name": self.name,
             "source": self.source.value,
@@ -168,6 +184,7 @@ class SweepSpec:
             "mapping_file": self.mapping_file,
             **({"species": [s.to_dict() for s in self.species]} if self.species else {}),
             **({"max_context_tokens": self.max_context_tokens} if self.max_context_tokens is not None else {}),
+            **({"recipes": [recipe.to_dict() for recipe in self.recipes]} if self.recipes else {}),
         }
 
     @classmethod
@@ -183,7 +200,9 @@ class SweepSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SweepSpecError(f"unknown spec field(s) {unknown}; known fields: {sorted(known)}")
-        missing = [key for key in ("name", "subsets", "prompts", "alphas") if key not in data]
+        missing = [key for key in ("name", "subsets", "prompts") if key not in data]
+        if "alphas" not in data and "recipes" not in data:
+            missing.append("alphas or recipes")
         if missing:
             raise SweepSpecError(f"the spec lacks {missing}")
         values = dict(data)
@@ -195,7 +214,8 @@ class SweepSpec:
         subsets = values["subsets"]
         values["subsets"] = (subsets,) if isinstance(subsets, str) else tuple(subsets)
         values["prompts"] = tuple(_parse_prompt(p) for p in _as_list(values["prompts"], "prompts"))
-        values["alphas"] = tuple(_as_list(values["alphas"], "alphas"))
+        values["alphas"] = tuple(_as_list(values.get("alphas", []), "alphas"))
+        values["recipes"] = tuple(_as_list(values.get("recipes", []), "recipes"))
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         for key in PATH_FIELDS:
             if values.get(key):
@@ -230,6 +250,21 @@ class SweepSpec:
 
     def label_mapping(self) -> LabelMapping | None:
         return load_label_mapping(self.mapping_file) if self.mapping_file else None
+
+
+def _recipes(values: tuple[Any, ...]) -> tuple[MergeRecipe, ...]:
+    """Recipes in canonical form; a recipe of nothing but an alpha is refused, as it belongs under alphas
+    (where results of old sweeps keep it)."""
+    recipes = []
+    for index, value in enumerate(values):
+        try:
+            point = check_grid_point(value, name=f"recipe {index}")
+        except AlphaError as error:
+            raise SweepSpecError(str(error)) from None
+        if not isinstance(point, MergeRecipe):
+            raise SweepSpecError(f"recipe {index} is only alpha {format_alpha(point)}: list it under 'alphas'")
+        recipes.append(point)
+    return tuple(recipes)
 
 
 def _as_list(value: Any, key: str) -> list[Any]:

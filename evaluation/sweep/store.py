@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from evaluation.results import ResultRow
+from evaluation.results import ResultRow, row_point
 from evaluation.sweep.durable import (
     ResultsCorruptError,
     ResultsLog,
@@ -331,6 +331,6 @@ def rows_from_records(records: Iterable[dict[str, Any]]) -> list[ResultRow]:
 def record_key(record: dict[str, Any]) -> ItemKey:
     """The item a results.jsonl record answers; a record without one means the file was damaged."""
     try:
-        return item_key(str(record["dataset"]), str(record["id"]), str(record["prompt_name"]), record["alpha"])
+        return item_key(str(record["dataset"]), str(record["id"]), str(record["prompt_name"]), row_point(record))
     except (KeyError, TypeError, ValueError) as error:
         raise ResultsCorruptError(f"a results row lacks a usable id/dataset/prompt_name/alpha: {record}") from error

@@ -2,8 +2,9 @@
 
 Each preset is our own SweepSpec for one experiment of "Model Merging Improves Zero-Shot
 Generalization in Bioacoustic Foundation Models", asking the questions exactly as the paper's
-released configs worded them (so the numbers can be compared), and drawing the paper's figures
-(same axes, same series) from the sweep's scores in whichever scoring mode the user picks:
+released configs worded them (so the numbers can be compared), and naming the paper's figures
+(same axes, same series) as data: a PresetFigure says what a figure shows, and ui.paper_figures
+draws it from the sweep's scores in whichever scoring mode the user picks (no plotly here):
 
 - watkins-cbi       common / scientific / combined prompts over alpha 0..1      Figures 2, 4, 6
 - closed-set-2      unseen-family-cmn, its 2 most frequent classes              Figures 5, 7
@@ -25,28 +26,15 @@ experiments; they bring only their grid and ask the New sweep form's prompts of 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import plotly.graph_objects as go
 
 from evaluation.datasets import SUBSETS
 from evaluation.icl import ExtendedPrompt
 from evaluation.prompts import COMBINED_RELEASED, COMMON, SCIENTIFIC, Prompt
-from evaluation.scoring import GroupScore, ScoringMode
+from evaluation.scoring import ScoringMode
 from evaluation.sweep import DataSource, SweepSpec
-from evaluation.sweep_plots import (
-    add_baselines,
-    alpha_bars_figure,
-    class_baselines,
-    error_breakdown_figure,
-    label_counts,
-    metric_vs_alpha_figure,
-    metric_vs_alpha_panels,
-    metrics_frame,
-    tradeoff_figure,
-)
 from naturelm_core.alphas import DEFAULT_ALPHA_GRID, MERGE_MODULES, MergeRecipe
 
 MERGED_ALPHA = 0.4  # the merged model the paper singles out (Figure 1)
@@ -76,7 +64,17 @@ ICL_PROMPTS = (
     ExtendedPrompt("k=5", ICL_QUERY, examples_per_class=5),
 )
 
-FigureBuilder = Callable[[Sequence[GroupScore], str], go.Figure]
+# What a PresetFigure can show (ui.paper_figures draws each kind):
+CURVES = "curves"  # metric vs alpha, one line per (data set, prompt); merge recipes beside the alpha axis
+PANELS = "panels"  # metric vs alpha, a panel per data set, one line per prompt (Figure 2)
+TRADEOFF = "tradeoff"  # combined prompt vs the mean of the individual prompts, a point per alpha (Figure 4)
+BREAKDOWN = "breakdown"  # where the answers of one (data set, prompt) go, per alpha
+BARS = "bars"  # bars per (data set, prompt), one colour per alpha (Figures 1 and 9)
+FIGURE_KINDS = (CURVES, PANELS, TRADEOFF, BREAKDOWN, BARS)
+# The closed-set baselines a figure can draw (evaluation.sweep_metrics.class_baselines names them so).
+MAJORITY_BASELINE = "majority class"
+RANDOM_BASELINE = "random"
+BASELINES = (MAJORITY_BASELINE, RANDOM_BASELINE)
 
 
 class PresetError(ValueError):
@@ -85,10 +83,33 @@ class PresetError(ValueError):
 
 @dataclass(frozen=True)
 class PresetFigure:
-    """One figure a preset draws, from the sweep's scores and the metric the user picked."""
+    """One figure a preset draws, as data: its caption, its kind (FIGURE_KINDS) and what the kind needs.
+
+    - dataset, prompt: the (data set, prompt) a breakdown shows; `dataset` is also whose classes the
+      baselines are computed from
+    - alphas, prompts: the bars' grid points and their prompt order (None: all, by name)
+    - baselines: which of BASELINES to draw (in that order), from `dataset`'s label counts
+
+    ui.paper_figures draws it from the sweep's scores in the metric the user picked.
+    """
 
     caption: str
-    build: FigureBuilder
+    kind: str
+    dataset: str | None = None
+    prompt: str | None = None
+    alphas: tuple[float, ...] | None = None
+    prompts: tuple[str, ...] | None = None
+    baselines: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIGURE_KINDS:
+            raise ValueError(f"unknown figure kind {self.kind!r}; kinds: {FIGURE_KINDS}")
+        if self.kind == BREAKDOWN and (self.dataset is None or self.prompt is None):
+            raise ValueError("a breakdown names its data set and prompt")
+        if unknown := set(self.baselines) - set(BASELINES):
+            raise ValueError(f"unknown baselines {sorted(unknown)}; baselines: {BASELINES}")
+        if self.baselines and self.dataset is None:
+            raise ValueError("baselines need the data set whose classes they count")
 
 
 @dataclass(frozen=True)
@@ -179,10 +200,6 @@ class Preset:
             return None
         return answers / rate_per_s
 
-    def make_figures(self, scores: Sequence[GroupScore], metric: str | None = None) -> list[tuple[str, go.Figure]]:
-        """(caption, figure) for each of the preset's figures, from the scores written so far."""
-        return [(figure.caption, figure.build(scores, metric or self.default_metric)) for figure in self.figures]
-
     @property
     def figures_label(self) -> str:
         """'Figure 9' or 'Figures 2, 4, 6' ('merge recipes' for a recipe grid, which is no paper figure)."""
@@ -209,59 +226,6 @@ class Preset:
         }
 
 
-# ----------------------------------------------------------------------------------------------
-# Figure builders: every one copes with a sweep still running (a data set or prompt not answered yet)
-
-
-def _placeholder(title: str) -> go.Figure:
-    figure = go.Figure()
-    figure.add_annotation(text="no answers yet", showarrow=False, x=0.5, y=0.5)
-    figure.update_layout(title=title, height=380)
-    return figure
-
-
-def _panels(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    return metric_vs_alpha_panels(metrics_frame(scores), metric)
-
-
-def _tradeoff(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    return tradeoff_figure(metrics_frame(scores), metric)
-
-
-def _breakdown(dataset: str, prompt: str) -> FigureBuilder:
-    def build(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-        frame = metrics_frame(scores)
-        if frame[(frame["dataset"] == dataset) & (frame["prompt"] == prompt)].empty:
-            return _placeholder(f"Where the answers go: {dataset} · {prompt}")
-        return error_breakdown_figure(frame, dataset, prompt)
-
-    return build
-
-
-def _with_baselines(figure: go.Figure, scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    counts = label_counts(scores).get(CLOSED_SET_DATASET)
-    return add_baselines(figure, class_baselines(counts, metric)) if counts else figure
-
-
-def _curves_with_baselines(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    return _with_baselines(metric_vs_alpha_figure(metrics_frame(scores), metric), scores, metric)
-
-
-def _bars(alphas: Sequence[float], baselines: bool) -> FigureBuilder:
-    def build(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-        figure = alpha_bars_figure(metrics_frame(scores), metric, alphas)
-        return _with_baselines(figure, scores, metric) if baselines else figure
-
-    return build
-
-
-def _zf_bars(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    """Figure 9 draws only the random baseline (1 / 2 for One or More)."""
-    figure = alpha_bars_figure(metrics_frame(scores), metric, [NATURELM_ALPHA], [p.name for p in ZF_PROMPTS])
-    counts = label_counts(scores).get("zf-indiv")
-    return add_baselines(figure, {"random": class_baselines(counts, metric)["random"]}) if counts else figure
-
-
 def _recipe_preset(
     key: str, title: str, description: str, recipes: Sequence[MergeRecipe], alphas: Sequence[float] = ()
 ) -> Preset:
@@ -274,16 +238,18 @@ def _recipe_preset(
         subsets=(),
         prompts=(),
         rows={},
-        figures=(PresetFigure("metric vs alpha, and per merge recipe", _curves),),
+        figures=(PresetFigure("metric vs alpha, and per merge recipe", CURVES),),
         alphas=tuple(alphas),
         recipes=tuple(recipes),
         notes=("Runs the New sweep form's prompts on its data; its answers depend on that data's size.",),
     )
 
 
-def _curves(scores: Sequence[GroupScore], metric: str) -> go.Figure:
-    return metric_vs_alpha_figure(metrics_frame(scores), metric)
-
+# The closed-set presets' first two figures (Figures 5, 7 and 8): curves over the baselines, and where the errors go.
+CLOSED_SET_CURVES = PresetFigure(
+    "metric vs alpha with the majority-class and random baselines", CURVES, CLOSED_SET_DATASET, baselines=BASELINES
+)
+CLOSED_SET_BREAKDOWN = PresetFigure("error breakdown per alpha", BREAKDOWN, CLOSED_SET_DATASET, CLOSED_SET_PROMPT.name)
 
 RAMP_STARTS = (0.0, 0.25, 0.5)
 RAMP_STOPS = (0.5, 0.75, 1.0)
@@ -331,10 +297,10 @@ PRESETS: dict[str, Preset] = {
             prompts=WATKINS_CBI_PROMPTS,
             rows={"watkins": SUBSETS["watkins"].rows, "cbi": SUBSETS["cbi"].rows},
             figures=(
-                PresetFigure("metric vs alpha per data set, one line per prompt", _panels),
-                PresetFigure("trade-off: combined prompt vs the mean of the individual prompts", _tradeoff),
-                PresetFigure("where the combined prompt's answers go: Watkins", _breakdown("watkins", "combined")),
-                PresetFigure("where the combined prompt's answers go: CBI", _breakdown("cbi", "combined")),
+                PresetFigure("metric vs alpha per data set, one line per prompt", PANELS),
+                PresetFigure("trade-off: combined prompt vs the mean of the individual prompts", TRADEOFF),
+                PresetFigure("where the combined prompt's answers go: Watkins", BREAKDOWN, "watkins", "combined"),
+                PresetFigure("where the combined prompt's answers go: CBI", BREAKDOWN, "cbi", "combined"),
             ),
             needs_mapping=True,
             notes=(
@@ -358,8 +324,8 @@ PRESETS: dict[str, Preset] = {
             top_k_classes=2,
             default_metric="f1_weighted",
             figures=(
-                PresetFigure("metric vs alpha with the majority-class and random baselines", _curves_with_baselines),
-                PresetFigure("error breakdown per alpha", _breakdown(CLOSED_SET_DATASET, CLOSED_SET_PROMPT.name)),
+                CLOSED_SET_CURVES,
+                CLOSED_SET_BREAKDOWN,
             ),
         ),
         Preset(
@@ -376,10 +342,14 @@ PRESETS: dict[str, Preset] = {
             rows={CLOSED_SET_DATASET: SUBSETS[CLOSED_SET_DATASET].rows},
             default_metric="f1_weighted",
             figures=(
-                PresetFigure("metric vs alpha with the majority-class and random baselines", _curves_with_baselines),
-                PresetFigure("error breakdown per alpha", _breakdown(CLOSED_SET_DATASET, CLOSED_SET_PROMPT.name)),
+                CLOSED_SET_CURVES,
+                CLOSED_SET_BREAKDOWN,
                 PresetFigure(
-                    "merged (alpha 0.4) vs NatureLM-audio (alpha 1)", _bars([MERGED_ALPHA, NATURELM_ALPHA], True)
+                    "merged (alpha 0.4) vs NatureLM-audio (alpha 1)",
+                    BARS,
+                    CLOSED_SET_DATASET,
+                    alphas=(MERGED_ALPHA, NATURELM_ALPHA),
+                    baselines=BASELINES,
                 ),
             ),
         ),
@@ -396,7 +366,16 @@ PRESETS: dict[str, Preset] = {
             prompts=ZF_PROMPTS,
             rows={"zf-indiv": SUBSETS["zf-indiv"].rows},
             alphas=(NATURELM_ALPHA,),
-            figures=(PresetFigure("accuracy per prompt at alpha 1, with the random baseline", _zf_bars),),
+            figures=(
+                PresetFigure(  # Figure 9 draws only the random baseline (1 / 2 for One or More)
+                    "accuracy per prompt at alpha 1, with the random baseline",
+                    BARS,
+                    "zf-indiv",
+                    alphas=(NATURELM_ALPHA,),
+                    prompts=tuple(prompt.name for prompt in ZF_PROMPTS),
+                    baselines=(RANDOM_BASELINE,),
+                ),
+            ),
         ),
         Preset(
             key="icl",
@@ -413,7 +392,11 @@ PRESETS: dict[str, Preset] = {
             rows={CLOSED_SET_DATASET: TOP_2_ROWS},
             top_k_classes=2,
             default_metric="f1_weighted",
-            figures=(PresetFigure("metric vs alpha per k, with the baselines", _curves_with_baselines),),
+            figures=(
+                PresetFigure(
+                    "metric vs alpha per k, with the baselines", CURVES, CLOSED_SET_DATASET, baselines=BASELINES
+                ),
+            ),
         ),
         *RECIPE_PRESETS,
     )

@@ -19,9 +19,8 @@ from typing import Any
 from evaluation.export import export_csv, export_json, export_paper_layout, import_paper_folder
 from evaluation.reference import LabelMapping
 from evaluation.results import ResultRow
-from evaluation.runs import SweepFolder
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
-from evaluation.sweep import load_results, load_spec, planned_label_sets
+from evaluation.sweep import SweepFolder, load_results, load_spec, planned_label_sets
 from evaluation.sweep_uploads import IMPORT_PREFIX, IMPORTS_DIR
 
 EXPORT_FORMATS = ("csv", "json", "paper")

@@ -13,8 +13,7 @@ import ui.sweeps_service  # noqa: E402  (after the importorskip)
 from app import build_app  # noqa: E402
 from evaluation.backend_choice import SweepBackends  # noqa: E402
 from evaluation.prompts import PAPER_PROMPTS, SPECIES_LIST_FIELD  # noqa: E402
-from evaluation.runs import SweepState, SweepStatus  # noqa: E402
-from evaluation.sweep import SweepQueue, SweepSpec, prepare_folder  # noqa: E402
+from evaluation.sweep import SweepQueue, SweepSpec, SweepState, SweepStatus, prepare_folder  # noqa: E402
 from naturelm_core.alphas import AlphaError  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402

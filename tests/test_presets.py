@@ -11,9 +11,10 @@ from sklearn.metrics import f1_score
 from evaluation.datasets import SUBSETS
 from evaluation.presets import PRESETS, TOP_2_ROWS, PresetError, get_preset, list_presets, preset_of
 from evaluation.sweep import SweepSpec, SweepState, run_sweep, score_sweep
-from evaluation.sweep_plots import class_baselines
+from evaluation.sweep_metrics import class_baselines
 from evaluation.synthetic import synthetic_labels, write_synthetic_beans_zero
 from naturelm_core.engine import Engine
+from ui.paper_figures import make_figures
 
 # The paper's experiments; the merge-recipe grids run on the form's data (tests/test_sweep_recipes.py).
 PAPER_PRESETS = {key: preset for key, preset in PRESETS.items() if not preset.on_form_data}
@@ -60,7 +61,7 @@ def test_each_preset_runs_end_to_end_and_draws_its_figures(key, engine, data_dir
     scores = score_sweep(tmp_path, spec.sweep_id)
     assert sorted({s.prompt_name for s in scores}) == sorted(p.name for p in preset.prompts)
     for metric in ("accuracy", "f1_weighted"):
-        figures = preset.make_figures(scores, metric)
+        figures = make_figures(preset, scores, metric)
         assert len(figures) == len(preset.figures)
         for caption, figure in figures:
             measured = [trace for trace in figure.data if not (trace.meta or {}).get("baseline")]
@@ -76,7 +77,7 @@ def test_the_figures_have_the_papers_axes_and_series(engine, data_dir, mapping_f
             source="parquet", path=data_dir, limit=LIMIT, num_beams=1, max_new_tokens=4, mapping_file=mapping_file
         )
         run_sweep(engine, spec, tmp_path)
-        results[key] = dict(PRESETS[key].make_figures(score_sweep(tmp_path, spec.sweep_id)))
+        results[key] = dict(make_figures(PRESETS[key], score_sweep(tmp_path, spec.sweep_id)))
     # Figure 2: a panel per data set, the three prompts in each, over the whole alpha grid.
     panels = next(iter(results["watkins-cbi"].values()))
     assert {(t.meta["dataset"], t.name) for t in panels.data} == {

@@ -34,11 +34,12 @@ from evaluation.sweep import (
     score_sweep,
     select_sample_ids,
 )
-from evaluation.sweep_plots import error_breakdown_figure, metric_vs_alpha_figure, metrics_frame
+from evaluation.sweep_metrics import metrics_frame
 from naturelm_core.audio import AudioTooShortError
 from naturelm_core.engine import Engine, Priority
 from tests.conftest import PacedModel
 from tests.sweep_helpers import WATKINS_LABELS, ToneBackend, item_predictions, spec_dict, write_sweep_data
+from ui.sweep_figures import error_breakdown_figure, metric_vs_alpha_figure
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import soundfile as sf
 
 from evaluation.backend_choice import SweepBackends
 from evaluation.reference import MappingError
-from evaluation.runs import SweepState, SweepStatus
-from evaluation.sweep import DataSource, SweepQueue
+from evaluation.sweep import DataSource, SweepQueue, SweepState, SweepStatus
 from evaluation.sweep_forms import SweepForm, SweepFormError, check_spec_data, spec_from_form
 from evaluation.sweep_uploads import IMPORT_PREFIX, UPLOADS_DIR, UploadError, import_paper_uploads, persist_uploads
 from naturelm_core.alphas import AlphaError

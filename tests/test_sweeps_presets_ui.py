@@ -19,8 +19,8 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from evaluation.presets import PRESETS  # noqa: E402  (after the importorskip)
 from evaluation.results import read_results  # noqa: E402
-from evaluation.runs import SweepFolder  # noqa: E402
 from evaluation.scoring import score_rows  # noqa: E402
+from evaluation.sweep import SweepFolder  # noqa: E402
 from evaluation.sweep_metrics import class_baselines  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
 from ui.sweep_display import PAPER_METRIC  # noqa: E402

@@ -27,9 +27,8 @@ gradio_client = pytest.importorskip("gradio_client")
 import app as app_module  # noqa: E402  (after the importorskip)
 from evaluation.prompts import PAPER_PROMPTS  # noqa: E402
 from evaluation.results import read_results  # noqa: E402
-from evaluation.runs import SweepFolder  # noqa: E402
 from evaluation.scoring import score_rows  # noqa: E402
-from evaluation.sweep import SweepQueue  # noqa: E402
+from evaluation.sweep import SweepFolder, SweepQueue  # noqa: E402
 from naturelm_core.audio import load_audio  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
 from tests.app_launch import free_port  # noqa: E402

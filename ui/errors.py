@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from evaluation.runs import RunsStorageError, SweepLockedError
+from evaluation.sweep import RunsStorageError, SweepLockedError
 from naturelm_core.requests import EngineError
 
 logger = logging.getLogger("naturelm_app")

@@ -22,6 +22,7 @@ from evaluation.sweep import SweepSpec
 from evaluation.sweep_metrics import METRIC_LABELS, confusion_counts, metrics_frame, per_class_accuracy
 from evaluation.sweep_views import SweepView
 from ui.class_figures import confusion_figure, per_class_heatmap
+from ui.paper_figures import make_figures
 from ui.sweep_figures import (
     CORRECT_FILTERS,
     answers_table,
@@ -119,7 +120,7 @@ def paper_figures(view: SweepView, metric: str = PAPER_METRIC) -> tuple[Preset |
     preset = preset_of(SweepSpec.from_dict(view.spec)) if view.spec is not None else None
     if preset is None:
         return None, []
-    return preset, preset.make_figures(view.scores, None if metric == PAPER_METRIC else metric)
+    return preset, make_figures(preset, view.scores, None if metric == PAPER_METRIC else metric)
 
 
 class ClassFigures(NamedTuple):

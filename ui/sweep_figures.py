@@ -2,8 +2,8 @@
 
 Everything here is a pure function of the scores: the tab refreshes them while a sweep runs, and a
 finished sweep, an imported folder in the paper's layout and an exported copy give the same figures;
-tests read the traces back to check their values. Plotly only, no gradio, so evaluation.presets can
-still draw the paper's figures through evaluation.sweep_plots.
+tests read the traces back to check their values. Plotly only, no gradio; ui.paper_figures draws the
+paper's figures of each preset with them.
 
 - metric vs alpha, one line per (dataset, prompt): accuracy, weighted or macro F1; merge recipes, which
   lie on no alpha axis, as points on a categorical axis beside it (labelled by recipe name); in official

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from evaluation.backend_choice import THIS_MACHINE, SweepBackends
 from evaluation.fork_config import ForkConfig
-from evaluation.runs import SweepState, SweepStatus, list_sweeps
 from evaluation.scoring import ScoringMode
 from evaluation.server_data import DataRoot
-from evaluation.sweep import DataSource, SweepQueue, SweepSpec, load_spec
+from evaluation.sweep import DataSource, SweepQueue, SweepSpec, SweepState, SweepStatus, list_sweeps, load_spec
 from evaluation.sweep_audio import SampleAudio, SampleAudioError, sample_audio
 from evaluation.sweep_forms import (
     SweepForm,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from evaluation.presets import list_presets
-from evaluation.runs import SweepState, SweepStatus
+from evaluation.sweep import SweepState, SweepStatus
 from evaluation.sweep_forms import optional_count
 from naturelm_core.alphas import format_alpha
 from ui.text import format_duration

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evaluation.presets import PRESETS, Preset, get_preset
-from evaluation.runs import SweepState, SweepStatus
+from evaluation.sweep import SweepState, SweepStatus
 from evaluation.sweep_forms import optional_count
 from evaluation.sweep_uploads import IMPORT_PREFIX
 from naturelm_core.alphas import format_grid

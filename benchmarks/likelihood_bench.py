@@ -73,7 +73,11 @@ def section_label_likelihoods(model: NatureLM, device: torch.device, args: argpa
             result[name]["peak_above_model_gib"] = (peak - held) / 2**30
         result[name + "_log_likelihoods"] = scores
     ours, naive = result.pop("ours_log_likelihoods"), result.pop("naive_log_likelihoods")
-    result["max_abs_difference"] = max(abs(ours[key][label] - naive[key][label]) for key in ours for label in LABELS)
+    differences = [
+        (abs(ours[key][label] - naive[key][label]), abs(naive[key][label])) for key in ours for label in LABELS
+    ]
+    result["max_abs_difference"] = max(difference for difference, _ in differences)
+    result["max_relative_difference"] = max(difference / size for difference, size in differences)
     result["speedup"] = result["ours"]["answers_per_s"] / result["naive"]["answers_per_s"]
     return result
 

@@ -110,7 +110,8 @@ def _score_pass(
     ids = torch.tensor([[*ids, *[ids[0]] * (width - len(ids))] for _, ids in pairs], device=device)
     steps = torch.arange(width, device=device)
     label_mask = (steps[None] < lengths[:, None]).to(prompt.attention_mask.dtype)
-    cache = DynamicCache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v, _ in prompt.cache])
+    # A generator: each layer's gathered copy is taken into the cache before the next layer's is made.
+    cache = DynamicCache((k.index_select(0, rows), v.index_select(0, rows)) for k, v, _ in prompt.cache)
     with row_alphas.applied(merge.take(rows)):
         logits = llm(
             inputs_embeds=llm.get_input_embeddings()(ids),

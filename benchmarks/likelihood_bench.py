@@ -11,6 +11,11 @@ teacher-forced forward over prompt + label, nothing shared between labels. It al
 label positions' logits, so the speedup measures the shared prompt, not skipped logits. Both compute the
 same numbers; their largest difference is reported. `section_label_likelihoods` is what benchmarks/gpu.py
 runs as a section.
+
+Measured once on an H100 (bf16, random weights of the real shapes, stand-in tokenizer: 2-token labels):
+ours 65 answers/s (5.1 GiB above the model), naive 4.2 answers/s (0.45 GiB): 15.4x; largest difference
+0.33 nats, bf16 rounding of the two computations' logits. The tiny model on 2 CPU cores: 24 vs 10 answers/s,
+2.4x (its 64-wide layers cost next to nothing beside its 128257-row output layer, which both loops pay).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ same numbers; their largest difference is reported. `section_label_likelihoods` 
 runs as a section.
 
 Measured once on an H100 (bf16, random weights of the real shapes, stand-in tokenizer: 2-token labels):
-ours 65 answers/s (5.1 GiB above the model), naive 4.2 answers/s (0.45 GiB): 15.4x; largest difference
-0.33 nats, bf16 rounding of the two computations' logits. The tiny model on 2 CPU cores: 24 vs 10 answers/s,
-2.4x (its 64-wide layers cost next to nothing beside its 128257-row output layer, which both loops pay).
+ours 65 answers/s (5.1 GiB above the model), naive 4.2 answers/s (0.45 GiB): 15.4x. Largest difference
+0.33 nats in bf16 (not investigated there; in float32 on the CPU they agree to 1e-5). The tiny model on
+2 shared CPU cores: 2.4x and 3.8x in two runs (its 64-wide layers cost next to nothing beside its
+128257-row output layer, which both loops pay).
 """
 
 from __future__ import annotations

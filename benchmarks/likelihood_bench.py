@@ -11,6 +11,12 @@ teacher-forced forward over prompt + label, nothing shared between labels. It al
 label positions' logits, so the speedup measures the shared prompt, not skipped logits. Both compute the
 same numbers; their largest difference is reported. `section_label_likelihoods` is what benchmarks/gpu.py
 runs as a section.
+
+Measured once on an H100 (bf16, random weights of the real shapes, stand-in tokenizer: 2-token labels):
+ours 65 answers/s (5.1 GiB above the model), naive 4.2 answers/s (0.45 GiB): 15.4x. Largest difference
+0.33 nats in bf16 (not investigated there; in float32 on the CPU they agree to 1e-5). The tiny model on
+2 shared CPU cores: 2.4x and 3.8x in two runs (its 64-wide layers cost next to nothing beside its
+128257-row output layer, which both loops pay).
 """
 
 from __future__ import annotations
@@ -73,7 +79,11 @@ def section_label_likelihoods(model: NatureLM, device: torch.device, args: argpa
             result[name]["peak_above_model_gib"] = (peak - held) / 2**30
         result[name + "_log_likelihoods"] = scores
     ours, naive = result.pop("ours_log_likelihoods"), result.pop("naive_log_likelihoods")
-    result["max_abs_difference"] = max(abs(ours[key][label] - naive[key][label]) for key in ours for label in LABELS)
+    differences = [
+        (abs(ours[key][label] - naive[key][label]), abs(naive[key][label])) for key in ours for label in LABELS
+    ]
+    result["max_abs_difference"] = max(difference for difference, _ in differences)
+    result["max_relative_difference"] = max(difference / size for difference, size in differences)
     result["speedup"] = result["ours"]["answers_per_s"] / result["naive"]["answers_per_s"]
     return result
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-MAX_LABEL_TOKENS = 64  # tokens of one label, its end not counted; BEANS-Zero's longest names take about 20
+MAX_LABEL_TOKENS = 64  # tokens of one label, its end not counted: far beyond any species name, and it bounds a pass
 DEFAULT_CANDIDATES_PER_PASS = 256  # sequences per forward after the prefill; naturelm_core.likelihood: the memory
 
 

@@ -277,6 +277,7 @@ class NatureLM(nn.Module):
             self._embed_rows(audio), prompts, labels, alphas, allow_extrapolation, max_candidates_per_pass
         )
 
+    @torch.no_grad()
     def score_labels_from_embeddings(
         self,
         audio_embeds: Sequence[Sequence[Tensor]],
@@ -293,8 +294,8 @@ class NatureLM(nn.Module):
         where no merge is applied: it may run another request on this model (the engine's waiting users).
         """
         merge = self.row_merge(alphas, len(audio_embeds), allow_extrapolation)
-        batch = self.build_inputs(audio_embeds, prompts)
         candidates = candidate_sets(self.tokenizer, labels, len(audio_embeds))
+        batch = self.build_inputs(audio_embeds, prompts)
         return score_candidates(
             self.llm, self.row_alphas, batch, merge, candidates, self.stop_ids, max_candidates_per_pass, between_passes
         )

@@ -169,16 +169,11 @@ def checked_settings(args: argparse.Namespace) -> Settings:
 def _start_engine(args: argparse.Namespace) -> Engine | None:
     """The model (imported only now: bad input was reported before transformers loads) behind an engine."""
     from naturelm_core.engine import Engine, default_batch_rows
-    from naturelm_core.loading import ModelLoadError, load_model
+    from naturelm_core.loading import ModelLoadError
+    from naturelm_core.startup import load_command_line_model
 
     try:
-        if args.demo:
-            from naturelm_core.startup import DEMO_BANNER, load_demo_model
-
-            print(f"warning: {DEMO_BANNER}", file=sys.stderr)
-            model = load_demo_model(reason="--demo was given").model
-        else:
-            model = load_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype)
+        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo)
     except (ModelLoadError, ValueError, OSError) as error:
         _fail(error)
         return None

@@ -93,16 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AudioError, ValueError) as error:
         return _fail(error)
     # Imported only now, so that bad input is reported before transformers and the model load.
-    from naturelm_core.loading import ModelLoadError, load_model
+    from naturelm_core.loading import ModelLoadError
+    from naturelm_core.startup import load_command_line_model
 
     try:
-        if args.demo:
-            from naturelm_core.startup import DEMO_BANNER, load_demo_model
-
-            print(f"warning: {DEMO_BANNER}", file=sys.stderr)
-            model = load_demo_model(reason="--demo was given").model
-        else:
-            model = load_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype)
+        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo)
         answer_windows(model, pieces, args)
     except (ModelLoadError, AudioError, ValueError, TypeError) as error:
         return _fail(error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,15 @@ def load_served_model(
         logger.warning("NatureLM-audio could not be loaded (%s); starting the offline demo", reason)
         return load_demo_model(reason=reason)
     return ServedModel(model, source, str(model.device), str(model.dtype).removeprefix("torch."), demo=False)
+
+
+def load_command_line_model(source: str, llm: str | None, device: str | None, dtype: str | None, demo: bool) -> object:
+    """The model a command-line tool answers with: the real one as asked, or with `--demo` the tiny random
+    one, its banner written to stderr first so no output is mistaken for NatureLM's. Load errors propagate:
+    a tool reports them as its one line of bad input (a command line never falls back silently)."""
+    if demo:
+        print(f"warning: {DEMO_BANNER}", file=sys.stderr)
+        return load_demo_model(reason="--demo was given").model
+    from naturelm_core.loading import load_model
+
+    return load_model(source, llm=llm, device=device, dtype=dtype)

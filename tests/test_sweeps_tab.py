@@ -32,6 +32,7 @@ from evaluation.sweep import SweepFolder, SweepQueue  # noqa: E402
 from naturelm_core.audio import load_audio  # noqa: E402
 from naturelm_core.startup import ServedModel  # noqa: E402
 from tests.app_launch import free_port  # noqa: E402
+from tests.conftest import PacedModel  # noqa: E402
 from tests.sweep_helpers import write_sweep_data  # noqa: E402
 from ui.sweep_display import ALL  # noqa: E402
 
@@ -71,21 +72,6 @@ def _form(**fields) -> dict:
         "mapping_file": None,
         **fields,
     }
-
-
-class PacedModel:
-    """The tiny model, made slower per batch so a sweep is still running while the test looks at it."""
-
-    def __init__(self, model, seconds: float) -> None:
-        self.model = model
-        self.seconds = seconds
-
-    def encode_audio(self, windows):
-        return self.model.encode_audio(windows)
-
-    def generate_from_embeddings(self, *args, **kwargs):
-        time.sleep(self.seconds)
-        return self.model.generate_from_embeddings(*args, **kwargs)
 
 
 def _launch(blocks) -> None:

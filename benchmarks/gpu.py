@@ -715,6 +715,27 @@ def section_recipes(model: NatureLM, device: torch.device, args: argparse.Namesp
     return result
 
 
+def file_sweep_spec(
+    name: str, recordings_folder: Path, alphas: list[float], args: argparse.Namespace, limit: int | None = None
+) -> Any:
+    """A sweep over the benchmark's FLAC recordings: the common-name prompt, the run's beams and tokens."""
+    from evaluation.sweep import SweepSpec
+
+    return SweepSpec.from_dict(
+        {
+            "name": name,
+            "source": "recordings",
+            "path": str(recordings_folder),
+            "subsets": ["benchmark"],
+            "prompts": [{"name": "common", "template": PROMPT}],
+            "alphas": alphas,
+            "num_beams": args.beams,
+            "max_new_tokens": args.new_tokens,
+            "limit": limit,
+        }
+    )
+
+
 def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Whole sweeps from audio files (FLAC, 44.1 kHz, 10 s) through SweepRunner and the engine's own worker
     thread, recordings decoded on 1 thread or on the default pool while the GPU answers: with 1 answer
@@ -723,7 +744,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
 
     from benchmarks.sweep_decoding import write_recordings
     from evaluation.prefetch import default_workers
-    from evaluation.sweep import SweepRunner, SweepSpec
+    from evaluation.sweep import SweepRunner
 
     result: dict[str, Any] = {"recordings": args.file_recordings, "default_decode_workers": default_workers()}
     with tempfile.TemporaryDirectory() as folder:
@@ -731,19 +752,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
         engine = Engine(model, max_batch_rows=args.sweep_batch, sweep_capacity=100_000)
 
         def sweep(name: str, alphas: list[float], workers: int | None, limit: int | None = None) -> dict[str, Any]:
-            spec = SweepSpec.from_dict(
-                {
-                    "name": name,
-                    "source": "recordings",
-                    "path": str(recordings_folder),
-                    "subsets": ["benchmark"],
-                    "prompts": [{"name": "common", "template": PROMPT}],
-                    "alphas": alphas,
-                    "num_beams": args.beams,
-                    "max_new_tokens": args.new_tokens,
-                    "limit": limit,
-                }
-            )
+            spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
             seconds, status = timed(device, runner.run)
             return {"answers": status.done, "seconds": seconds, "answers_per_s": status.done / seconds}
@@ -771,7 +780,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
     import threading
 
     from benchmarks.sweep_decoding import write_recordings
-    from evaluation.sweep import SweepFolder, SweepQueue, SweepSpec
+    from evaluation.sweep import SweepFolder, SweepQueue
     from naturelm_core.engine import default_batch_rows
     from naturelm_core.explore import answer_recording
 
@@ -791,19 +800,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
         queue = SweepQueue(engine, Path(folder) / "runs")
 
         def sweep(name: str, alphas: list[float], limit: int | None = None, explore_every_s: float = 0.0):
-            spec = SweepSpec.from_dict(
-                {
-                    "name": name,
-                    "source": "recordings",
-                    "path": str(recordings_folder),
-                    "subsets": ["benchmark"],
-                    "prompts": [{"name": "common", "template": PROMPT}],
-                    "alphas": alphas,
-                    "num_beams": args.beams,
-                    "max_new_tokens": args.new_tokens,
-                    "limit": limit,
-                }
-            )
+            spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             engine.stats.recent_sweep_batches.clear()
             engine.stats.recent_interactive_waits_s.clear()
             pauses = engine.stats.sweep_pauses

@@ -2,6 +2,7 @@
 
     python -m naturelm_core.detect FILE_OR_FOLDER --prompt TEXT --alpha 1 --out DIR [--window-s 10] [--hop-s 10]
     python -m naturelm_core.detect FOLDER --prompt TEXT --alpha "0, 0.5, 1" --out DIR --demo   # offline, tiny model
+    python -m naturelm_core.detect FILE --prompt TEXT --alpha 1 --out DIR --candidates "Common Loon, Wolf"
 
 A folder is searched recursively for wav, flac, ogg and mp3 files (and FFmpeg formats where FFmpeg
 is installed); each recording's exports go to the same relative place under DIR, named
@@ -35,7 +36,7 @@ from naturelm_core.detection import (
     detect,
     plan_detection,
 )
-from naturelm_core.events import DEFAULT_ABSENT_ANSWERS, DetectionResult
+from naturelm_core.events import DEFAULT_ABSENT_ANSWERS, DetectionResult, parse_candidates
 from naturelm_core.requests import EngineError, GenerationSettings
 
 if TYPE_CHECKING:
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help=f"an answer meaning 'nothing here' (repeat for several; default: {'; '.join(DEFAULT_ABSENT_ANSWERS)})",
+    )
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="closed set of labels, comma-separated: each window is scored over them and each event's "
+        "confidence is its label's mean probability (empty Confidence without them)",
     )
     parser.add_argument("--low-freq-hz", type=float, default=0.0, help="Raven selections' low frequency")
     parser.add_argument("--high-freq-hz", type=float, default=NYQUIST_HZ, help="Raven selections' high frequency")
@@ -114,6 +121,7 @@ class Settings(NamedTuple):
     formats: list[str]
     absent: tuple[str, ...]
     generation: GenerationSettings
+    candidates: tuple[str, ...] = ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +171,12 @@ def checked_settings(args: argparse.Namespace) -> Settings:
         raise ValueError(f"--formats takes some of {', '.join(FORMATS)}, comma-separated; got {args.formats!r}")
     check_band(args.low_freq_hz, args.high_freq_hz)
     absent = tuple(args.absent) if args.absent else DEFAULT_ABSENT_ANSWERS
-    return Settings(prompt, alphas, formats, absent, GenerationSettings(args.num_beams, args.max_new_tokens))
+    candidates = tuple(parse_candidates(args.candidates))
+    repeated = sorted({label for label in candidates if candidates.count(label) > 1})
+    if repeated:  # the rest (a label too many tokens long) needs the tokenizer: detect() refuses it
+        raise ValueError(f"--candidates lists {', '.join(repeated)} twice")
+    generation = GenerationSettings(args.num_beams, args.max_new_tokens)
+    return Settings(prompt, alphas, formats, absent, generation, candidates)
 
 
 def _start_engine(args: argparse.Namespace) -> Engine | None:
@@ -192,7 +205,7 @@ def _detect_one(
 
         result = detect(
             engine, path, settings.prompt, settings.alphas, args.window_s, args.hop_s,
-            settings=settings.generation, absent=settings.absent, progress=progress,
+            settings=settings.generation, absent=settings.absent, progress=progress, candidates=settings.candidates,
         )  # fmt: skip
     for warning in result.warnings:
         print(f"warning: {path.name}: {warning}", file=sys.stderr)

@@ -68,6 +68,12 @@ class DetectionEngine(Protocol):
 
     def answer_many(self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], **options: Any) -> list[str]: ...
 
+    def submit_labels(
+        self, windows: Sequence[np.ndarray], prompt: str, labels: Any, alpha: Any, **options: Any
+    ) -> Future: ...
+
+    def score_labels(self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], labels: Any, **opts: Any) -> Any: ...
+
 
 class DetectionSettingsError(ValueError):
     """A window, hop, prompt or alpha list a detection cannot run with; the message says what to change."""
@@ -183,6 +189,7 @@ def detect(
     priority: Priority = Priority.SWEEP,
     max_rows: int = MAX_DETECTION_ROWS,
     ahead_rows: int | None = None,
+    candidates: Sequence[str] = (),
 ) -> DetectionResult:
     """Answer every window of `source` at every alpha and merge the answers into events.
 
@@ -195,14 +202,19 @@ def detect(
     before anything is answered, and EngineError after withdrawing the rows still queued.
     `ahead_rows` bounds the rows whose windows are held at once (default two engine batches), and
     so memory: about ahead_rows / len(alphas) x 640 KB of windows.
+    `candidates` (a closed set of labels): each window is also scored over them at each alpha, batched
+    like its answers, and each event's `confidence` is the mean P(its label) over its windows when its
+    label is one of them (naturelm_core.events.event_confidence); without candidates it stays None.
     """
     prompt = check_prompt(prompt)
     alphas = check_alphas(alphas)
     check_detection_settings(window_s, hop_s)
     texts = tuple(alpha_text(alpha) for alpha in alphas)
+    labels = _label_set(engine, candidates)  # LabelError before any audio is read
     with open_windows(source, window_s, hop_s) as stream:
         check_detection_settings(window_s, hop_s, stream.duration_s, len(alphas), max_rows)
-        answerer = _Answerer(engine, prompt, alphas, texts, settings or GenerationSettings(), priority, ahead_rows)
+        generation = settings or GenerationSettings()
+        answerer = _Answerer(engine, prompt, alphas, texts, generation, priority, ahead_rows, labels)
         windows, complete = answerer.run(stream, progress or _no_progress, cancel or threading.Event())
         duration_s = stream.duration_s
         warnings = [*stream.warnings, *_loudness_warnings(stream, complete)]
@@ -218,6 +230,14 @@ def detect(
         complete=complete,
         warnings=tuple(warnings),
     )
+
+
+def _label_set(engine: DetectionEngine, candidates: Sequence[str]) -> Any:
+    """The candidates checked and tokenized once (LabelError names a bad one), or None without a list."""
+    if not candidates:
+        return None
+    model = getattr(engine, "model", None)
+    return model.label_candidates(list(candidates)) if model is not None else list(candidates)
 
 
 class _Cancelled(Exception):
@@ -237,6 +257,7 @@ class _Answerer:
         settings: GenerationSettings,
         priority: Priority,
         ahead_rows: int | None,
+        labels: Any = None,
     ) -> None:
         self.engine = engine
         self.prompt = prompt
@@ -251,6 +272,7 @@ class _Answerer:
         batch_rows = max(1, engine.max_batch_rows)
         self.ahead_windows = max(1, (ahead_rows or 2 * batch_rows) // len(alphas))
         self.group_windows = max(1, min(batch_rows // len(alphas), self.ahead_windows))
+        self.labels = labels  # Candidates to score every window over, or None
 
     def run(
         self, stream: WindowStream, progress: ProgressCallback, cancel: threading.Event
@@ -260,7 +282,7 @@ class _Answerer:
         Only the spans and texts of answered windows are kept: their audio goes as soon as they are answered.
         """
         answered: list[WindowAnswer] = []
-        pending: deque[tuple[Window, list[Future]]] = deque()
+        pending: deque[tuple[Window, list[Future], list[Future]]] = deque()
         group: list[Window] = []
         progress(0, stream.window_count)
         try:
@@ -279,13 +301,14 @@ class _Answerer:
         except _Cancelled:
             return answered, False
         finally:
-            for _, futures in pending:
-                for future in futures:
+            for _, futures, scores in pending:
+                for future in [*futures, *scores]:
                     future.cancel()
         return answered, True
 
-    def _submit(self, windows: list[Window]) -> list[tuple[Window, list[Future]]]:
-        """Every window at every alpha; one array per window, shared by its rows (the engine encodes it once)."""
+    def _submit(self, windows: list[Window]) -> list[tuple[Window, list[Future], list[Future]]]:
+        """Every window at every alpha (answers, then label scores when candidates were given); one array
+        per window, shared by its rows (the engine encodes it once)."""
         if not windows:
             return []
         rows = [([window.samples], self.prompt, alpha) for window in windows for alpha in self.alphas]
@@ -293,12 +316,20 @@ class _Answerer:
             futures = [_done(answer) for answer in self.engine.answer_many(rows, **self.submit_options)]
         else:
             futures = [self.engine.submit(*row, block=True, **self.submit_options) for row in rows]
+        scores = self._submit_scores(rows) if self.labels is not None else [_done(None)] * len(rows)
         n = len(self.alphas)
-        return [(window, futures[i * n : (i + 1) * n]) for i, window in enumerate(windows)]
+        return [(window, futures[i * n : (i + 1) * n], scores[i * n : (i + 1) * n]) for i, window in enumerate(windows)]
+
+    def _submit_scores(self, rows: list[tuple[list[np.ndarray], str, object]]) -> list[Future]:
+        """The same rows scored over the candidates, at the same priority and as the same caller."""
+        options = {key: value for key, value in self.submit_options.items() if key != "settings"}
+        if self.engine.inline:
+            return [_done(scores) for scores in self.engine.score_labels(rows, self.labels, **options)]
+        return [self.engine.submit_labels(w, p, self.labels, a, block=True, **options) for w, p, a in rows]
 
     def _collect(
         self,
-        pending: deque[tuple[Window, list[Future]]],
+        pending: deque[tuple[Window, list[Future], list[Future]]],
         answered: list[WindowAnswer],
         keep: int,
         total: int,
@@ -307,18 +338,24 @@ class _Answerer:
     ) -> None:
         """Wait for the oldest windows until at most `keep` remain queued, in order."""
         while len(pending) > keep:
-            window, futures = pending[0]
+            window, futures, score_futures = pending[0]
             answers = [_result(future, cancel) for future in futures]
+            scores = [_result(future, cancel) for future in score_futures]
             pending.popleft()
             answered.extend(
-                WindowAnswer(window.start_s, window.end_s, text, answer)
-                for text, answer in zip(self.texts, answers, strict=True)
+                WindowAnswer(window.start_s, window.end_s, text, answer, _probabilities(score))
+                for text, answer, score in zip(self.texts, answers, scores, strict=True)
             )
             done = len(answered) // len(self.texts)
             progress(done, max(total, done))
 
 
-def _result(future: Future, cancel: threading.Event) -> str:
+def _probabilities(scores: Any) -> dict[str, float] | None:
+    """A window's P(label) per candidate (LabelScores.probabilities), or None where nothing was scored."""
+    return None if scores is None else dict(scores.probabilities)
+
+
+def _result(future: Future, cancel: threading.Event) -> Any:
     while True:
         if cancel.is_set():
             raise _Cancelled
@@ -328,7 +365,7 @@ def _result(future: Future, cancel: threading.Event) -> str:
             continue
 
 
-def _done(answer: str) -> Future:
+def _done(answer: object) -> Future:
     future: Future = Future()
     future.set_result(answer)
     return future

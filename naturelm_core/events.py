@@ -44,6 +44,8 @@ class WindowAnswer:
     end_s: float
     alpha: str
     answer: str
+    # P(label) per candidate where a candidate list was scored (LabelScores.probabilities), else None.
+    probabilities: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,35 @@ def display_label(answer: str) -> str:
     return " ".join(answer.split())
 
 
+def parse_candidates(text: str | None) -> list[str]:
+    """Candidate labels typed comma- or newline-separated, stripped, blanks between separators dropped.
+
+    Why duplicates are kept: `Candidates.tokenize` refuses them with a LabelError naming both
+    positions, which tells the user more than a silent de-duplication would. Empty text = no list.
+    """
+    return [part.strip() for line in (text or "").splitlines() for part in line.split(",") if part.strip()]
+
+
+def matching_candidate(answer: str, candidates: Sequence[str]) -> str | None:
+    """The candidate an answer names once normalised (case, whitespace, quotes, end punctuation), else None."""
+    form = normalise_answer(answer)
+    return next((label for label in candidates if normalise_answer(label) == form), None)
+
+
+def event_confidence(windows: Sequence[WindowAnswer], label: str) -> float | None:
+    """Mean over the event's windows of P(its label) when the label is a scored candidate, else None.
+
+    Why None rather than 0 or a guess: an answer outside the candidate list has no probability here.
+    """
+    scored = [window.probabilities for window in windows if window.probabilities is not None]
+    if len(scored) != len(windows) or not scored:
+        return None
+    candidate = matching_candidate(label, list(scored[0]))
+    if candidate is None:
+        return None
+    return sum(probabilities[candidate] for probabilities in scored) / len(scored)
+
+
 def merge_events(
     windows: Iterable[WindowAnswer],
     absent: Collection[str] = DEFAULT_ABSENT_ANSWERS,
@@ -119,17 +150,19 @@ def merge_events(
     for alpha, answers in by_alpha.items():
         current: Event | None = None
         current_form = ""
+        members: list[WindowAnswer] = []
         for window in sorted(answers, key=lambda w: w.start_s):
             form = normalise_answer(window.answer)
             if current is not None and form == current_form and window.start_s <= current.end_s:
                 current = replace(current, end_s=max(current.end_s, window.end_s), windows=current.windows + 1)
+                members.append(window)
                 continue
             if current is not None:
-                events.append(current)
-            current, current_form = None, form
+                events.append(replace(current, confidence=event_confidence(members, current.label)))
+            current, current_form, members = None, form, [window]
             if form not in absent_forms:
                 current = Event(window.start_s, window.end_s, alpha, display_label(window.answer), 1)
         if current is not None:
-            events.append(current)
+            events.append(replace(current, confidence=event_confidence(members, current.label)))
     rank = {alpha: index for index, alpha in enumerate(alpha_order)}
     return tuple(sorted(events, key=lambda e: (e.start_s, rank.get(e.alpha, len(rank)), e.alpha)))

@@ -30,6 +30,7 @@ from naturelm_core.audio import windows as split_windows
 from naturelm_core.audio_stream import open_windows
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
 from naturelm_core.events import DEFAULT_ABSENT_ANSWERS
+from naturelm_core.label_scores import LabelScores
 from naturelm_core.recipes import RecipeError
 from naturelm_core.requests import GenerationSettings
 
@@ -282,3 +283,63 @@ def preview_waveform(path: str | os.PathLike, max_s: float = PREVIEW_S) -> tuple
             pieces.append(window.samples[: round((window.end_s - window.start_s) * SAMPLE_RATE)])
         duration_s = stream.duration_s
     return np.concatenate(pieces), duration_s
+
+
+# --- closed-set label scores beside the answer (issue 19)
+
+LABEL_COLUMNS = ["label", "probability", "log_likelihood", "normalized_probability"]
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """One merge point's scores over the candidates, averaged over the recording's windows.
+
+    Why averaged: a long recording is answered window by window, but a table beside the answer needs
+    one number per label; with one window (the usual case) these are that window's LabelScores.
+    """
+
+    alpha: GridPoint
+    probabilities: dict[str, float]
+    log_likelihoods: dict[str, float]
+    normalized_probabilities: dict[str, float]
+
+    def table(self) -> list[tuple[str, float, float, float]]:
+        """Rows of LABEL_COLUMNS, most probable first (the given order among equals)."""
+        rows = [
+            (label, p, self.log_likelihoods[label], self.normalized_probabilities[label])
+            for label, p in self.probabilities.items()
+        ]
+        return sorted(rows, key=lambda row: -row[1])
+
+
+def score_recording(
+    engine: Engine, waveform: np.ndarray, prompt: str, labels: Sequence[str], alphas: Sequence[GridPoint]
+) -> list[CandidateScores]:
+    """Every window at every alpha scored over `labels` in ONE engine.score_labels call; [] without labels.
+
+    Why empty labels return []: no candidate list means no likelihood work at all (nothing is shown).
+    LabelError (a repeated, empty or too long label) is raised before any row is queued.
+    """
+    if not labels:
+        return []
+    prompt = validate_prompt(prompt)
+    parts = split_windows(waveform)
+    rows = [([w.samples], prompt, alpha) for alpha in alphas for w in parts]
+    scores = engine.score_labels(rows, list(labels))
+    n = len(parts)
+    return [_mean_scores(_as_point(alpha), scores[i * n : (i + 1) * n]) for i, alpha in enumerate(alphas)]
+
+
+def _mean_scores(alpha: GridPoint, windows: Sequence[LabelScores]) -> CandidateScores:
+    def mean(field: str) -> dict[str, float]:
+        first = getattr(windows[0], field)
+        return {label: float(np.mean([getattr(w, field)[label] for w in windows])) for label in first}
+
+    return CandidateScores(alpha, mean("probabilities"), mean("log_likelihoods"), mean("normalized_probabilities"))
+
+
+def probabilities_by_label(scores: Sequence[CandidateScores]) -> dict[str, list[float]]:
+    """Each candidate's probability at each alpha of a scan, in the scan's order: what its chart draws."""
+    if not scores:
+        return {}
+    return {label: [s.probabilities[label] for s in scores] for label in scores[0].probabilities}

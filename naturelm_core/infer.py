@@ -2,6 +2,12 @@
 
     python -m naturelm_core.infer --audio FILE --prompt TEXT --alpha 0.5 [--model SRC] [--llm SRC] [--device cpu]
     python -m naturelm_core.infer --audio FILE --prompt TEXT --alpha 0.5 --demo   # offline: the tiny random model
+    python -m naturelm_core.infer ... --candidates "Humpback Whale, Walrus" [--score-only]
+
+With --candidates, each window's answer line is followed by one line per candidate, most probable
+first: two spaces, P(label | one of the candidates) to 4 decimals, a tab, the label. --score-only
+prints the window's span alone, then its candidates, without generating. Without --candidates the
+output is one line per window, as always.
 
 Bad input (unreadable audio, an alpha out of range, a checkpoint that does not load) ends with one
 line on stderr and exit code 2, never a traceback: the user can act on the line, not on a stack.
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from naturelm_core.audio import AudioError, Window, load_recording, windows
 from naturelm_core.config import PUBLISHED_REPO_ID, WINDOW_SECONDS
+from naturelm_core.events import parse_candidates
 
 if TYPE_CHECKING:
     from naturelm_core.model import NatureLM
@@ -43,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--window-s", type=float, default=WINDOW_SECONDS, help="window length in seconds")
     parser.add_argument("--hop-s", type=float, default=WINDOW_SECONDS, help="seconds between window starts")
+    parser.add_argument("--candidates", default="", help="closed set of labels, comma-separated, to score")
+    parser.add_argument("--score-only", action="store_true", help="with --candidates: score them, answer nothing")
     parser.add_argument(
         "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
     )
@@ -52,6 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
 def format_answer(window: Window, answer: str) -> str:
     """One line per window, so the output stays greppable: runs of whitespace (newlines too) become one space."""
     return f"[{window.start_s:.1f} s - {window.end_s:.1f} s] {' '.join(answer.split())}"
+
+
+def format_candidate(label: str, probability: float) -> str:
+    """One candidate under its window, indented: a grep for lines starting with '[' still finds the answers alone."""
+    return f"  {probability:.4f}\t{label}"
+
+
+def checked_candidates(args: argparse.Namespace) -> list[str]:
+    """The candidate labels, with what can be refused before the model loads (repeats, --score-only alone)."""
+    labels = parse_candidates(args.candidates)
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"--candidates lists {', '.join(repeated)} twice")
+    if args.score_only and not labels:
+        raise ValueError("--score-only needs --candidates: the labels to score")
+    return labels
 
 
 def checked_windows(args: argparse.Namespace) -> list[Window]:
@@ -71,24 +96,31 @@ def checked_windows(args: argparse.Namespace) -> list[Window]:
     return pieces
 
 
-def answer_windows(model: NatureLM, pieces: list[Window], args: argparse.Namespace) -> None:
-    """Print each window's answer as soon as its batch is done."""
+def answer_windows(model: NatureLM, pieces: list[Window], args: argparse.Namespace, labels: Sequence[str] = ()) -> None:
+    """Print each window's answer (and its candidates' probabilities, when labels are given) as its batch is done."""
+    candidates = model.label_candidates(list(labels)) if labels else None  # tokenized once; LabelError here
     for start in range(0, len(pieces), WINDOWS_PER_BATCH):
         batch = pieces[start : start + WINDOWS_PER_BATCH]
-        answers = model.generate(
-            [window.samples for window in batch],
-            args.prompt,
-            args.alpha,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
-        )
-        for window, answer in zip(batch, answers, strict=True):
-            print(format_answer(window, answer), flush=True)
+        samples = [window.samples for window in batch]
+        if args.score_only:
+            answers = [""] * len(batch)
+        else:
+            answers = model.generate(
+                samples, args.prompt, args.alpha, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens
+            )
+        scores = model.score_labels(samples, args.prompt, candidates, args.alpha) if candidates else [None] * len(batch)
+        for window, answer, scored in zip(batch, answers, scores, strict=True):
+            line = format_answer(window, answer)
+            print(line.rstrip() if args.score_only else line, flush=True)
+            if scored is not None:
+                ranked = sorted(scored.probabilities.items(), key=lambda item: -item[1])
+                print("\n".join(format_candidate(label, p) for label, p in ranked), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        labels = checked_candidates(args)
         pieces = checked_windows(args)
     except (AudioError, ValueError) as error:
         return _fail(error)
@@ -98,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo)
-        answer_windows(model, pieces, args)
+        answer_windows(model, pieces, args, labels)
     except (ModelLoadError, AudioError, ValueError, TypeError) as error:
         return _fail(error)
     return 0

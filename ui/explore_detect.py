@@ -2,9 +2,11 @@
 
 Widgets and wiring only: `naturelm_core.detection.detect` streams the file (never decoding it whole),
 `naturelm_core.annotations.write_exports` writes the files reviewers open, ui.explore_figures draws
-the timeline. `/detect` is public: (audio, prompt, alpha, window_s, hop_s[, absent, recipe]) ->
-(events table, Raven selection table, Audacity labels). Stop sets the running detection's cancel
-event, so its queued rows are withdrawn and the windows answered so far are kept.
+the timeline. `/detect` is public: (audio, prompt, alpha, window_s, hop_s[, absent, recipe, candidates])
+-> (events table, Raven selection table, Audacity labels). With candidates (the Explore tab's field),
+each event's confidence is its label's mean probability over its windows; without, it stays empty.
+Stop sets the running detection's cancel event, so its queued rows are withdrawn and the windows
+answered so far are kept.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 
 from naturelm_core.annotations import write_exports
 from naturelm_core.detection import MAX_HOP_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, detect, plan_detection
-from naturelm_core.events import DEFAULT_ABSENT_ANSWERS, DetectionResult
+from naturelm_core.events import DEFAULT_ABSENT_ANSWERS, DetectionResult, parse_candidates
 from naturelm_core.explore import PREVIEW_S, answer_point, parse_absent_answers, preview_waveform
 from ui.errors import user_facing
 from ui.explore_figures import detection_timeline_figure
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from naturelm_core.engine import Engine
     from ui.explore_tab import Question
 
-EVENT_COLUMNS = ["start_s", "end_s", "label", "windows", "alpha"]
+EVENT_COLUMNS = ["start_s", "end_s", "label", "windows", "alpha", "confidence"]
 
 
 class RunningDetections:
@@ -60,7 +62,7 @@ class RunningDetections:
 
 def events_table(result: DetectionResult) -> pd.DataFrame:
     """One row per event, times in seconds: what the table shows and `/detect` returns."""
-    rows = [(e.start_s, e.end_s, e.label, e.windows, e.alpha) for e in result.events]
+    rows = [(e.start_s, e.end_s, e.label, e.windows, e.alpha, e.confidence) for e in result.events]
     return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
@@ -70,7 +72,9 @@ def export_files(result: DetectionResult) -> dict[str, Path]:
     return write_exports(result, tempfile.mkdtemp(prefix="naturelm-detect-"), stem)
 
 
-def detect_section(engine: Engine, question: Question, alpha: gr.Slider, recipe: gr.Textbox) -> None:
+def detect_section(
+    engine: Engine, question: Question, alpha: gr.Slider, recipe: gr.Textbox, candidates: gr.Textbox
+) -> None:
     """Window and hop controls, Detect / Stop, the timeline, the events table and the exports."""
     with gr.Accordion("Detect: answers per window over a long recording, merged into events", open=True):
         gr.Markdown(detection_intro_markdown(MAX_WINDOW_S, PREVIEW_S))
@@ -94,7 +98,7 @@ def detect_section(engine: Engine, question: Question, alpha: gr.Slider, recipe:
         result = gr.State()
     running = RunningDetections()
     handler = _detect_handler(engine, running)
-    inputs = [question.audio, question.prompt, alpha, window_s, hop_s, absent, recipe]
+    inputs = [question.audio, question.prompt, alpha, window_s, hop_s, absent, recipe, candidates]
     run.click(handler, inputs, [table, raven, audacity, result], api_name="detect").then(
         _show_result, [question.audio, result], [timeline, summary, files], api_visibility="private"
     )
@@ -114,6 +118,7 @@ def _detect_handler(engine: Engine, running: RunningDetections) -> Any:
         hop_s: float = MAX_HOP_S,
         absent: str = "",
         recipe: str = "",
+        candidates: str = "",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio's way of asking for a progress bar)
     ) -> tuple[pd.DataFrame, str, str, DetectionResult]:
@@ -135,6 +140,7 @@ def _detect_handler(engine: Engine, running: RunningDetections) -> Any:
                 absent=parse_absent_answers(absent),
                 progress=lambda done, total: progress((done, total), desc="answering windows", unit="windows"),
                 cancel=cancel,
+                candidates=parse_candidates(candidates),
             )
         finally:
             running.finish(session, cancel)

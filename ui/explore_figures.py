@@ -167,3 +167,19 @@ def recipe_scan_figure(
         height=360,
     )
     return figure
+
+
+def candidate_probability_figure(alphas: Sequence[str], probabilities: dict[str, list[float]]) -> go.Figure:
+    """Each candidate's probability (restricted to the candidates) at each alpha of the scan, one line each."""
+    figure = go.Figure()
+    for label, values in probabilities.items():
+        figure.add_trace(go.Scatter(x=list(alphas), y=values, mode="lines+markers", name=label))
+    figure.update_layout(
+        title="Candidate probabilities across alpha",
+        xaxis_title="alpha",
+        yaxis_title="P(label | one of the candidates)",
+        yaxis={"range": [0, 1]},
+        height=320,
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure

@@ -24,6 +24,7 @@ from naturelm_core.requests import GenerationSettings
 from ui.errors import user_facing
 from ui.explore_detect import detect_section
 from ui.explore_figures import alpha_scan_figure
+from ui.explore_labels import label_outputs, match_line, scan_chart_handler, score_labels_handler
 from ui.explore_recipes import recipe_scan_section
 from ui.explore_recording import recording_for_answer, recording_section
 from ui.zero_gpu import on_gpu
@@ -45,12 +46,13 @@ EXAMPLES = (
 
 @dataclass(frozen=True)
 class Question:
-    """The widgets every answer reads: the recording, the prompt and the decoding settings."""
+    """The widgets every answer reads: the recording, the prompt, the decoding settings, the candidate labels."""
 
     audio: gr.Audio
     prompt: gr.Textbox
     num_beams: gr.Slider
     max_new_tokens: gr.Slider
+    candidates: gr.Textbox
 
 
 def build_prompt(preset: str, species: str) -> str:
@@ -58,6 +60,11 @@ def build_prompt(preset: str, species: str) -> str:
     names = [name.strip() for name in (species or "").split(",") if name.strip()]
     prompt = PAPER_PROMPTS[preset]
     return prompt.render(labels=names) if prompt.needs_species_list else prompt.render()
+
+
+def preset_candidates(preset: str, species: str) -> str:
+    """A closed-set preset's candidates are its species list; an open question starts with none (no scoring)."""
+    return species if PAPER_PROMPTS[preset].needs_species_list else ""
 
 
 def explore_tab(engine: Engine) -> None:
@@ -70,7 +77,7 @@ def explore_tab(engine: Engine) -> None:
                 question, alpha, recipe = _question_section(audio)
                 _answer_section(engine, question, alpha, recipe)
         _examples(question)
-        detect_section(engine, question, alpha, recipe)
+        detect_section(engine, question, alpha, recipe, question.candidates)
         _scan_section(engine, question)
         recipe_scan_section(engine, question)
 
@@ -89,6 +96,12 @@ def _question_section(audio: gr.Audio) -> tuple[Question, gr.Slider, gr.Textbox]
     preset = gr.Dropdown(choices=list(PAPER_PROMPTS), value=DEFAULT_PRESET, label="Prompt preset (from the paper)")
     species = gr.Textbox(value=DEFAULT_SPECIES, label="Species list (closed-set presets)")
     prompt = gr.Textbox(value=PAPER_PROMPTS[DEFAULT_PRESET].template, label="Prompt", lines=3, elem_id="prompt")
+    candidates = gr.Textbox(
+        value=preset_candidates(DEFAULT_PRESET, DEFAULT_SPECIES),
+        label="Candidate labels (comma- or newline-separated; empty = no likelihood scores)",
+        lines=2,
+        elem_id="candidate-labels",
+    )
     alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=ALPHA_LABEL, elem_id="alpha")
     recipe = gr.Textbox(
         value="",
@@ -103,7 +116,10 @@ def _question_section(audio: gr.Audio) -> tuple[Question, gr.Slider, gr.Textbox]
     fill_prompt = user_facing(build_prompt)
     preset.change(fill_prompt, [preset, species], prompt, api_visibility="private")
     species.submit(fill_prompt, [preset, species], prompt, api_visibility="private")
-    return Question(audio, prompt, num_beams, max_new_tokens), alpha, recipe
+    fill_candidates = user_facing(preset_candidates)
+    preset.change(fill_candidates, [preset, species], candidates, api_visibility="private")
+    species.submit(fill_candidates, [preset, species], candidates, api_visibility="private")
+    return Question(audio, prompt, num_beams, max_new_tokens, candidates), alpha, recipe
 
 
 def _answer_section(engine: Engine, question: Question, alpha: gr.Slider, recipe: gr.Textbox) -> None:
@@ -112,6 +128,7 @@ def _answer_section(engine: Engine, question: Question, alpha: gr.Slider, recipe
     answer = gr.Textbox(
         label=f"Answer (per {WINDOW_SECONDS:g} s window for long recordings)", lines=4, elem_id="answer"
     )
+    match, label_table = label_outputs()
 
     @user_facing
     @on_gpu
@@ -129,7 +146,10 @@ def _answer_section(engine: Engine, question: Question, alpha: gr.Slider, recipe
         return row.text
 
     inputs = [question.audio, question.prompt, alpha, question.num_beams, question.max_new_tokens, recipe]
-    run.click(explore, inputs, answer, api_name="explore")
+    scored = [question.audio, question.prompt, question.candidates, alpha, recipe]
+    run.click(explore, inputs, answer, api_name="explore").then(
+        score_labels_handler(engine), scored, label_table, api_name="score_labels"
+    ).then(match_line, [answer, question.candidates], match, api_visibility="private")
 
 
 def _scan_section(engine: Engine, question: Question) -> None:
@@ -141,6 +161,7 @@ def _scan_section(engine: Engine, question: Question) -> None:
             scan = gr.Button("Scan alphas", elem_id="scan")
         scan_table = gr.Dataframe(headers=["alpha", "answer"], label="Answers by alpha", wrap=True)
         scan_plot = gr.Plot(label="Answers vs alpha")
+        candidate_plot = gr.Plot(label="Candidate probabilities vs alpha (when candidate labels are given)")
 
     @user_facing
     @on_gpu
@@ -163,6 +184,11 @@ def _scan_section(engine: Engine, question: Question) -> None:
     inputs = [question.audio, question.prompt, alphas, question.num_beams, question.max_new_tokens]
     scan.click(alpha_scan, inputs, scan_table, api_name="alpha_scan").then(
         scan_chart, [scan_table, expected], scan_plot, api_visibility="private"
+    ).then(
+        scan_chart_handler(engine),
+        [question.audio, question.prompt, alphas, question.candidates],
+        candidate_plot,
+        api_visibility="private",
     )
 
 

@@ -262,3 +262,17 @@ def prompt_choice_label(name: str, question: str) -> str:
     """A prompt checkbox's label: its id and the question it asks ("common — What is the common name ...")."""
     first = " ".join(question.split())
     return f"{name} — {first[:90]}{'…' if len(first) > 90 else ''}"
+
+
+# --- the Explore tab's candidate labels (issue 19)
+
+
+def candidate_match_markdown(answer: str, match: str | None, candidates: Sequence[str]) -> str:
+    """Whether the generated answer is one of the candidates (compared case-, space- and punctuation-blind)."""
+    if not candidates:
+        return ""
+    if not answer.strip():
+        return ""
+    if match is not None:
+        return f"✅ The answer is one of the {len(candidates)} candidates: **{html.escape(match)}**."
+    return f"⚠️ The answer is none of the {len(candidates)} candidates: the table says how the model ranks them."

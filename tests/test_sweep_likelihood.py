@@ -128,3 +128,14 @@ def test_the_cli_runs_a_likelihood_spec_on_the_tiny_checkpoint_and_refuses_it_on
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r[DISTRIBUTION_FIELD]) == len(WATKINS_LABELS) for r in records)
     assert main([str(spec_path), "--runs-dir", str(runs_dir), "--ray"]) == EXIT_BAD_INPUT
+
+
+def test_likelihood_metrics_of_the_stored_sweep(likelihood_run):
+    from evaluation.likelihood_metrics import likelihood_metrics_frame
+    from evaluation.sweep import likelihood_groups
+
+    spec, runs_dir, _, _ = likelihood_run
+    frame = likelihood_metrics_frame(likelihood_groups(runs_dir, spec.sweep_id))
+    assert frame["alpha"].tolist() == [0.0, 1.0] and frame["n"].tolist() == [4, 4]
+    assert frame["labels"].tolist() == [len(WATKINS_LABELS)] * 2
+    assert ((frame["top5_accuracy"] >= frame["accuracy"]) & frame["ece"].between(0, 1)).all()

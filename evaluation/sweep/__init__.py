@@ -54,7 +54,7 @@ from evaluation.sweep.plan import (
 )
 from evaluation.sweep.queue import QueuedSweep, SweepQueue, start_sweep
 from evaluation.sweep.runner import DECODE_AHEAD_PER_WORKER, ProgressCallback, SweepRunner, run_sweep
-from evaluation.sweep.scores import planned_label_sets, score_sweep
+from evaluation.sweep.scores import likelihood_groups, planned_label_sets, score_sweep
 from evaluation.sweep.spec import ANSWER_FIELDS, AnswerMode, DataSource, SweepSpec, SweepSpecError
 from evaluation.sweep.store import (
     SweepFolder,
@@ -101,6 +101,7 @@ __all__ = [
     "check_sweep",
     "default_runs_dir",
     "item_key",
+    "likelihood_groups",
     "list_sweeps",
     "load_examples",
     "load_results",

@@ -139,3 +139,35 @@ def test_likelihood_metrics_of_the_stored_sweep(likelihood_run):
     assert frame["alpha"].tolist() == [0.0, 1.0] and frame["n"].tolist() == [4, 4]
     assert frame["labels"].tolist() == [len(WATKINS_LABELS)] * 2
     assert ((frame["top5_accuracy"] >= frame["accuracy"]) & frame["ece"].between(0, 1)).all()
+
+
+def test_figures_and_exports_of_a_likelihood_sweep(likelihood_run, tiny_model, data_dir, tmp_path):
+    import pandas as pd
+
+    from evaluation.sweep_views import SweepViews, export_view
+    from ui.sweep_display import knows_vs_says, view_figures
+
+    spec, runs_dir, _, _ = likelihood_run
+    views = SweepViews(runs_dir)
+    view = views.load(spec.sweep_id)
+    assert view.is_likelihood and len(view.distributions) == 8
+    figures = view_figures(view)
+    assert "knows" in figures.accuracy.layout.title.text and "reliability" in figures.breakdown.layout.title.text
+    assert {trace.name for trace in figures.breakdown.data} >= {"alpha 0", "alpha 1"}
+
+    generated = SweepSpec.from_dict(likelihood_dict(data_dir, answer_mode="generate"))
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    try:
+        run_sweep(engine, generated, runs_dir)
+    finally:
+        engine.stop()
+    says = views.load(generated.sweep_id)
+    assert not says.is_likelihood
+    names = [trace.name for trace in knows_vs_says(view, says).data]
+    assert any(n.startswith("knows") for n in names) and any(n.startswith("says") for n in names)
+
+    document = json.loads(export_view(view, "json", tmp_path).read_text())
+    assert document["label_sets"]["watkins"] == read_label_sets(runs_dir / spec.sweep_id)["watkins"]
+    assert all(len(r[DISTRIBUTION_FIELD]) == len(WATKINS_LABELS) for r in document["results"])
+    table = pd.read_csv(export_view(view, "csv", tmp_path))
+    assert all(len(json.loads(cell)) == len(WATKINS_LABELS) for cell in table[DISTRIBUTION_FIELD])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ PROMPT_NAMES_FILE = "prompt_names.json"
 MAPPING_FILE_PATTERN = "{dataset}_vernacular_scientific_mapping.jsonl"
 RESULT_COLUMNS = ["dataset", "id", "prompt_name", "prompt", "alpha", "label", "prediction"]
 SCORE_COLUMNS = ["scored_label", "scored_as", "outcome", "tied_labels"]
+DISTRIBUTION_COLUMN = "label_log_likelihoods"  # a likelihood sweep's row distribution (evaluation.sweep.label_sets)
 TIED_LABELS_SEPARATOR = " | "  # labels hold commas ("Fin, Finback Whale"), never this
 
 
@@ -73,9 +74,22 @@ def _flat(row: ResultRow) -> dict[str, Any]:
     return data
 
 
-def export_csv(rows: Sequence[ResultRow], path: str | os.PathLike[str], scores: Sequence[GroupScore] = ()) -> Path:
+def export_csv(
+    rows: Sequence[ResultRow],
+    path: str | os.PathLike[str],
+    scores: Sequence[GroupScore] = (),
+    distributions: Mapping[tuple, list[float]] | None = None,
+) -> Path:
+    """With a likelihood sweep's `distributions` ((dataset, prompt_name, alpha, id) -> log-likelihoods in its
+    label_sets.json order), a `label_log_likelihoods` column holds each row's as JSON text."""
     path = Path(path)
-    results_frame(rows, scores).to_csv(path, index=False)
+    frame = results_frame(rows, scores)
+    if distributions:
+        keys = zip(frame["dataset"], frame["prompt_name"], frame["alpha"], frame["id"], strict=True)
+        frame[DISTRIBUTION_COLUMN] = [
+            json.dumps(distributions.get(key)) if key in distributions else "" for key in keys
+        ]
+    frame.to_csv(path, index=False)
     return path
 
 
@@ -84,14 +98,26 @@ def export_json(
     path: str | os.PathLike[str],
     scores: Sequence[GroupScore] = (),
     spec: dict[str, Any] | None = None,
+    label_sets: Mapping[str, list[str]] | None = None,
+    distributions: Mapping[tuple, list[float]] | None = None,
 ) -> Path:
     """{"spec", "metrics", "results"}; "metrics" is evaluation.score's --json: dataset -> prompt -> alpha -> the
     headline numbers, BEANS-Zero's own ("official") and the tie sensitivity ("ties") of each group.
+    A likelihood sweep adds "label_sets" (subset -> label order) and each result's `label_log_likelihoods`.
     """
     path = Path(path)
-    document = {"spec": spec, "metrics": summary_json(scores), "results": [row.to_dict() for row in rows]}
+    distributions = distributions or {}
+    results = [{**row.to_dict(), **_distribution(row, distributions)} for row in rows]
+    document = {"spec": spec, "metrics": summary_json(scores), "results": results}
+    if label_sets:
+        document["label_sets"] = dict(label_sets)
     path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _distribution(row: ResultRow, distributions: Mapping[tuple, list[float]]) -> dict[str, Any]:
+    key = (row.dataset, row.prompt_name, row.alpha, row.id)
+    return {DISTRIBUTION_COLUMN: distributions[key]} if key in distributions else {}
 
 
 def export_paper_layout(

@@ -21,7 +21,7 @@ from evaluation.fork_config import ForkConfig, read_fork_config
 from evaluation.presets import get_preset, preset_of
 from evaluation.prompts import PAPER_PROMPTS, Prompt, custom_prompt
 from evaluation.scoring import ScoringMode
-from evaluation.sweep import DataSource, SweepSpec, plan_sweep
+from evaluation.sweep import AnswerMode, DataSource, SweepSpec, plan_sweep
 from evaluation.sweep_uploads import UPLOADS_DIR, persist_mapping, persist_uploads, slug
 from naturelm_core.alphas import (
     DEFAULT_ALPHA_TEXT,
@@ -62,6 +62,7 @@ class SweepForm:
     max_new_tokens: float | None = 100
     scoring_mode: str = ScoringMode.PAPER.value
     mapping_file: str | None = None
+    answer_mode: str = AnswerMode.GENERATE.value
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -134,6 +135,7 @@ def spec_from_form(
         "num_beams": _whole(form.num_beams, "beams", 1),
         "max_new_tokens": _whole(form.max_new_tokens, "max new tokens", 1),
         "scoring_mode": ScoringMode(form.scoring_mode),
+        "answer_mode": _answer_mode(form.answer_mode),
     }
     if source is DataSource.RECORDINGS:
         if not form.labels_csv:
@@ -153,6 +155,13 @@ def spec_from_form(
     if form.mapping_file:
         values["mapping_file"] = persist_mapping(form.mapping_file, runs_dir)
     return SweepSpec(**values)
+
+
+def _answer_mode(value: str | None) -> AnswerMode:
+    try:
+        return AnswerMode(value or AnswerMode.GENERATE.value)
+    except ValueError:
+        raise SweepFormError(f"unknown answer mode {value!r}; choose {[m.value for m in AnswerMode]}") from None
 
 
 def _data_source(value: str) -> DataSource:

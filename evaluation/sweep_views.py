@@ -12,15 +12,23 @@ import os
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation.export import export_csv, export_json, export_paper_layout, import_paper_folder
+from evaluation.likelihood_metrics import Distributions, group_distributions
 from evaluation.reference import LabelMapping
-from evaluation.results import ResultRow
+from evaluation.results import GridKey, ResultRow
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
-from evaluation.sweep import SweepFolder, load_results, load_spec, planned_label_sets
+from evaluation.sweep import (
+    DISTRIBUTION_FIELD,
+    SweepFolder,
+    load_results,
+    load_spec,
+    planned_label_sets,
+    read_label_sets,
+)
 from evaluation.sweep_uploads import IMPORT_PREFIX, IMPORTS_DIR
 
 EXPORT_FORMATS = ("csv", "json", "paper")
@@ -39,6 +47,29 @@ class SweepView:
     scores: list[GroupScore]
     mapping: LabelMapping | None
     spec: dict[str, Any] | None
+    # A likelihood sweep's label order per subset and each row's stored log-likelihoods, keyed by
+    # (dataset, prompt_name, alpha, id); empty for generation sweeps and imports.
+    label_sets: dict[str, list[str]] = field(default_factory=dict)
+    distributions: dict[tuple[str, str, GridKey, str], list[float]] = field(default_factory=dict)
+
+    @property
+    def is_likelihood(self) -> bool:
+        return bool(self.distributions)
+
+    def distribution_groups(self) -> dict[tuple[str, str, GridKey], Distributions]:
+        """The stored distributions per (dataset, prompt, grid point), for evaluation.likelihood_metrics."""
+        records = [
+            {
+                "dataset": row.dataset,
+                "prompt_name": row.prompt_name,
+                "alpha": row.alpha,
+                "label": row.label,
+                DISTRIBUTION_FIELD: self.distributions[(row.dataset, row.prompt_name, row.alpha, row.id)],
+            }
+            for row in self.rows
+            if (row.dataset, row.prompt_name, row.alpha, row.id) in self.distributions
+        ]
+        return group_distributions(records, self.label_sets)
 
     @property
     def short_key(self) -> str:
@@ -83,7 +114,14 @@ class SweepViews:
         rows = load_results(self.runs_dir, key)
         mapping = spec.label_mapping()
         scores = score_rows(rows, mode or spec.scoring_mode, mapping=mapping, label_sets=planned_label_sets(spec))
-        return SweepView(key, rows, scores, mapping, spec.to_dict())
+        folder = SweepFolder(self.runs_dir, key)
+        label_sets = read_label_sets(folder.path)
+        distributions = {
+            (r["dataset"], r["prompt_name"], r["alpha"], r["id"]): r[DISTRIBUTION_FIELD]
+            for r in (folder.results.read() if label_sets else ())
+            if DISTRIBUTION_FIELD in r
+        }
+        return SweepView(key, rows, scores, mapping, spec.to_dict(), label_sets, distributions)
 
     def _import_view(self, key: str, mode: ScoringMode | None) -> SweepView:
         imported = import_paper_folder(self._import_folder(key))
@@ -115,9 +153,11 @@ def export_view(view: SweepView, fmt: str, out_dir: str | os.PathLike[str] | Non
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="naturelm-export-"))
     stem = view.short_key
     if fmt == "csv":
-        return export_csv(view.rows, folder / f"{stem}.csv", view.scores)
+        return export_csv(view.rows, folder / f"{stem}.csv", view.scores, view.distributions)
     if fmt == "json":
-        return export_json(view.rows, folder / f"{stem}.json", view.scores, view.spec)
+        return export_json(
+            view.rows, folder / f"{stem}.json", view.scores, view.spec, view.label_sets, view.distributions
+        )
     if all(row.recipe is not None for row in view.rows):
         raise ViewError(f"{view.short_key} has merge recipes only; the paper's layout holds plain alphas")
     layout = folder / stem

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import pandas as pd
 import plotly.graph_objects as go
 
+from evaluation.likelihood_metrics import likelihood_metrics_frame, reliability_frame
 from evaluation.presets import Preset, preset_of
 from evaluation.scoring import GroupScore
 from evaluation.sweep import SweepSpec
@@ -27,8 +28,10 @@ from ui.sweep_figures import (
     CORRECT_FILTERS,
     answers_table,
     error_breakdown_figure,
+    knows_vs_says_figure,
     metric_vs_alpha_figure,
     overlay_figure,
+    reliability_figure,
     tradeoff_figure,
 )
 from ui.tables import per_class_table
@@ -76,14 +79,15 @@ def view_figures(view: SweepView, dataset: str = ALL, prompt: str = ALL, correct
     chosen_prompt = prompt if prompt in prompts[1:] else None
     scores = named_scores(view)
     frame = metrics_frame(scores)
+    accuracy, breakdown = _likelihood_pair(view, chosen_dataset, chosen_prompt)
     tradeoff = tradeoff_figure(frame)
     # a half-width plot cuts the long title: a shorter one, and room above it
     tradeoff.update_layout(title={"text": TRADEOFF_TITLE, "font": {"size": 14}}, margin={"t": 60, "l": 60, "r": 20})
     return SweepFigures(
-        accuracy=metric_vs_alpha_figure(frame, "accuracy"),
+        accuracy=accuracy or metric_vs_alpha_figure(frame, "accuracy"),
         f1=metric_vs_alpha_figure(frame, "f1_weighted"),
         tradeoff=tradeoff,
-        breakdown=error_breakdown_figure(frame, *_breakdown_pair(frame, chosen_dataset, chosen_prompt)),
+        breakdown=breakdown or error_breakdown_figure(frame, *_breakdown_pair(frame, chosen_dataset, chosen_prompt)),
         answers=short_answer_headers(
             answers_table(
                 scores,
@@ -93,6 +97,27 @@ def view_figures(view: SweepView, dataset: str = ALL, prompt: str = ALL, correct
             )
         ),
     )
+
+
+def _likelihood_pair(
+    view: SweepView, dataset: str | None, prompt: str | None
+) -> tuple[go.Figure | None, go.Figure | None]:
+    """A likelihood sweep's (knows-vs-says accuracy, reliability diagram), shown in the accuracy and breakdown
+    places (its answers are always in the label set, so the breakdown is only right vs confused); else Nones."""
+    if not view.is_likelihood:
+        return None, None
+    groups = view.distribution_groups()
+    return knows_vs_says_figure(likelihood_metrics_frame(groups)), reliability_figure(
+        reliability_frame(groups), dataset, prompt
+    )
+
+
+def knows_vs_says(likelihood: SweepView, generation: SweepView, metric: str = "accuracy") -> go.Figure:
+    """One likelihood sweep against one generation sweep (the same data, prompts and grid, answered both ways)."""
+    if not likelihood.is_likelihood:
+        raise DisplayError(f"{likelihood.short_key} is not a likelihood sweep")
+    knows = likelihood_metrics_frame(likelihood.distribution_groups())
+    return knows_vs_says_figure(knows, metrics_frame(named_scores(generation)), metric)
 
 
 def _breakdown_pair(frame: pd.DataFrame, dataset: str | None, prompt: str | None) -> tuple[str | None, str | None]:

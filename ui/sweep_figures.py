@@ -442,3 +442,68 @@ def add_baselines(figure: go.Figure, baselines: Mapping[str, float]) -> go.Figur
             )
         )
     return figure
+
+
+# -- likelihood sweeps: what the model knows (its label distribution) vs what it says (its generated answer) --
+
+KNOWS_DASH, SAYS_DASH = "solid", "dash"
+
+
+def knows_vs_says_figure(knows: pd.DataFrame, says: pd.DataFrame | None = None, metric: str = "accuracy") -> go.Figure:
+    """`metric` against alpha of a likelihood sweep (solid: the most likely label, what the model *knows*) and,
+    where given, of a generation sweep (dashed: its answer text, what it *says*); colour = prompt.
+
+    `knows` is evaluation.likelihood_metrics' frame, `says` evaluation.sweep_metrics' (both have the metric
+    columns accuracy / f1_macro / f1_weighted, and recipes are left out: they lie on no alpha axis).
+    """
+    label = check_metric(metric)
+    frames = {"knows": plain_alphas(knows), **({"says": plain_alphas(says)} if says is not None else {})}
+    colours = _prompt_colours(list(frames.values()))
+    figure = go.Figure()
+    for which, frame in frames.items():
+        for (dataset, prompt), group in frame.groupby(["dataset", "prompt"], sort=True):
+            figure.add_trace(
+                go.Scatter(
+                    x=group["alpha"].astype(float),
+                    y=group[metric],
+                    mode="lines+markers",
+                    name=f"{which} · {_curve_name(dataset, prompt, frame['dataset'].nunique() > 1)}",
+                    line={"color": colours.get(prompt), "dash": KNOWS_DASH if which == "knows" else SAYS_DASH},
+                )
+            )
+    title = f"{label} vs alpha: knows (likelihood){' vs says (generation)' if says is not None else ''}"
+    return _alpha_layout(figure, title, label)
+
+
+def reliability_figure(bins: pd.DataFrame, dataset: str | None = None, prompt: str | None = None) -> go.Figure:
+    """The reliability diagram, one line per grid point: each confidence bin's accuracy against its mean
+    confidence (evaluation.likelihood_metrics.reliability_frame), over the diagonal of perfect calibration.
+    One (dataset, prompt): the given one, else the first."""
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dot"}))
+    if not bins.empty:
+        dataset = dataset or str(bins["dataset"].iloc[0])
+        chosen = bins[bins["dataset"] == dataset]
+        prompt = prompt or str(chosen["prompt"].iloc[0])
+        chosen = chosen[(chosen["prompt"] == prompt) & (chosen["count"] > 0)]
+        for alpha in sorted(chosen["alpha"].unique(), key=grid_order):
+            group = chosen[chosen["alpha"] == alpha]
+            figure.add_trace(
+                go.Scatter(
+                    x=group["confidence"],
+                    y=group["accuracy"],
+                    mode="lines+markers",
+                    name=alpha if isinstance(alpha, str) else f"alpha {format_alpha(float(alpha))}",
+                    customdata=group["count"],
+                    hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} rows",
+                )
+            )
+    figure.update_layout(
+        title=f"reliability: {dataset} · {prompt}" if dataset else "reliability",
+        xaxis_title="confidence (probability of the most likely label)",
+        yaxis_title="accuracy",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+        height=380,
+    )
+    return figure

@@ -16,12 +16,12 @@ from evaluation.backend_choice import RAY_ADDRESS_HINT, RUN_ON_CHOICES, THIS_MAC
 from evaluation.datasets import SUBSETS
 from evaluation.prompts import PAPER_PROMPTS
 from evaluation.scoring import ScoringMode
-from evaluation.sweep import DataSource
+from evaluation.sweep import AnswerMode, DataSource
 from evaluation.sweep_forms import SweepForm
 from naturelm_core.alphas import DEFAULT_ALPHA_TEXT, RECIPE_EXAMPLE
 from ui.errors import user_facing
 from ui.sweeps_service import SweepsService
-from ui.text import queued_markdown
+from ui.text import ANSWER_MODE_INFO, queued_markdown
 
 SOURCE_CHOICES = [
     ("BEANS-Zero subsets (fetched once, then cached)", DataSource.BEANS_ZERO.value),
@@ -141,6 +141,13 @@ def _decoding_column(fields: dict[str, Any]) -> tuple[gr.Radio, gr.Textbox]:
     fields["num_beams"] = gr.Slider(1, 8, value=2, step=1, label="beams", elem_id="sweep-beams")
     fields["max_new_tokens"] = gr.Slider(
         1, 300, value=100, step=1, label="max new tokens", elem_id="sweep-max-new-tokens"
+    )
+    fields["answer_mode"] = gr.Radio(
+        [mode.value for mode in AnswerMode],
+        value=AnswerMode.GENERATE.value,
+        label="Answer mode",
+        info=ANSWER_MODE_INFO,
+        elem_id="sweep-answer-mode",
     )
     run_on = gr.Radio(list(RUN_ON_CHOICES), value=THIS_MACHINE, label="Run on", elem_id="sweep-run-on")
     ray_address = gr.Textbox(

@@ -15,6 +15,7 @@ One job a module, each importing only the ones before it in this list (no cycles
     spec.py         SweepSpec: the schema, its validation, its JSON form, the sweep id
     plan.py         what a spec asks: subsets, samples, work items and their keys; the check at start
     durable.py      files that survive kill -9 and a full disk (atomic JSON, append-only jsonl)
+    label_sets.py   a likelihood sweep's label order per subset (label_sets.json) and a row's distribution
     store.py        the runs folder: each sweep's spec.json, results.jsonl, status.json, cancel file, lock
     scores.py       a stored sweep's scores, against the labels its finished results will have
     backends.py     where rows are answered: the SweepBackend protocol, EngineBackend (this process)
@@ -27,8 +28,16 @@ Nothing here imports torch when imported: the model code is imported where audio
 model is loaded, so the UI and the scorer import sweeps cheaply.
 """
 
-from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, EngineBackend, Row, SweepBackend, as_backend
+from evaluation.sweep.backends import (
+    SWEEP_REQUEST_TIMEOUT_S,
+    EngineBackend,
+    LabelBackend,
+    Row,
+    SweepBackend,
+    as_backend,
+)
 from evaluation.sweep.durable import ResultsCorruptError, RunsStorageError
+from evaluation.sweep.label_sets import DISTRIBUTION_FIELD, LabelSetError, read_label_sets
 from evaluation.sweep.plan import (
     ItemKey,
     SubsetPlan,
@@ -45,8 +54,8 @@ from evaluation.sweep.plan import (
 )
 from evaluation.sweep.queue import QueuedSweep, SweepQueue, start_sweep
 from evaluation.sweep.runner import DECODE_AHEAD_PER_WORKER, ProgressCallback, SweepRunner, run_sweep
-from evaluation.sweep.scores import planned_label_sets, score_sweep
-from evaluation.sweep.spec import ANSWER_FIELDS, DataSource, SweepSpec, SweepSpecError
+from evaluation.sweep.scores import likelihood_groups, planned_label_sets, score_sweep
+from evaluation.sweep.spec import ANSWER_FIELDS, AnswerMode, DataSource, SweepSpec, SweepSpecError
 from evaluation.sweep.store import (
     SweepFolder,
     SweepLockedError,
@@ -63,10 +72,14 @@ from evaluation.sweep.store import (
 __all__ = [
     "ANSWER_FIELDS",
     "DECODE_AHEAD_PER_WORKER",
+    "DISTRIBUTION_FIELD",
     "SWEEP_REQUEST_TIMEOUT_S",
+    "AnswerMode",
     "DataSource",
     "EngineBackend",
     "ItemKey",
+    "LabelBackend",
+    "LabelSetError",
     "ProgressCallback",
     "QueuedSweep",
     "ResultsCorruptError",
@@ -88,6 +101,7 @@ __all__ = [
     "check_sweep",
     "default_runs_dir",
     "item_key",
+    "likelihood_groups",
     "list_sweeps",
     "load_examples",
     "load_results",
@@ -97,6 +111,7 @@ __all__ = [
     "plan_sweep",
     "planned_label_sets",
     "prepare_folder",
+    "read_label_sets",
     "rows_from_records",
     "run_sweep",
     "sample_items",

@@ -15,6 +15,7 @@ import numpy as np
 
 from evaluation.icl import ContextBudget
 from naturelm_core.alphas import GridPoint
+from naturelm_core.label_scores import Candidates
 from naturelm_core.requests import GenerationSettings, Priority
 
 if TYPE_CHECKING:
@@ -50,12 +51,22 @@ class SweepBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class LabelBackend(Protocol):
+    """A backend that also answers likelihood sweeps: rows scored against one closed label set."""
+
+    def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
+        """Queue one recording's rows to score against `labels`; each Future resolves to a LabelScores."""
+        ...
+
+
 class EngineBackend:
     """The local backend: rows go to the shared Engine at sweep priority, behind interactive users."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.caller = engine.new_caller()  # one sweep is one caller: the engine shares batches fairly between callers
+        self._candidates: dict[tuple[str, ...], Candidates | tuple[str, ...]] = {}
 
     @property
     def inflight_rows(self) -> int:
@@ -83,6 +94,29 @@ class EngineBackend:
             )
             for windows, prompt, alpha in rows
         ]
+
+    def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
+        """Score each row against the subset's whole label set, tokenized once per set (not once per row)."""
+        candidates = self._label_candidates(tuple(labels))
+        return [
+            self.engine.submit_labels(
+                windows,
+                prompt,
+                candidates,
+                alpha,
+                priority=Priority.SWEEP,
+                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
+                block=True,
+                caller=self.caller,
+            )
+            for windows, prompt, alpha in rows
+        ]
+
+    def _label_candidates(self, labels: tuple[str, ...]) -> Candidates | tuple[str, ...]:
+        if labels not in self._candidates:
+            tokenize = getattr(self.engine.model, "label_candidates", None)
+            self._candidates[labels] = tokenize(labels) if tokenize is not None else labels
+        return self._candidates[labels]
 
 
 def as_backend(engine: Engine | SweepBackend) -> SweepBackend:

@@ -25,8 +25,9 @@ import numpy as np
 from evaluation.datasets import SampleRow, UnreadableRowError
 from evaluation.prefetch import default_workers, prefetch_map
 from evaluation.results import ResultRow
-from evaluation.sweep.backends import Row, SweepBackend, as_backend
+from evaluation.sweep.backends import LabelBackend, Row, SweepBackend, as_backend
 from evaluation.sweep.durable import ResultsCorruptError, RunsStorageError
+from evaluation.sweep.label_sets import distribution_fields, record_label_sets
 from evaluation.sweep.plan import (
     ItemKey,
     SubsetPlan,
@@ -37,8 +38,9 @@ from evaluation.sweep.plan import (
     model_window,
     sample_items,
 )
-from evaluation.sweep.spec import SweepSpec
+from evaluation.sweep.spec import AnswerMode, SweepSpec
 from evaluation.sweep.store import SweepFolder, SweepState, SweepStatus, default_runs_dir, prepare_folder, record_key
+from naturelm_core.label_scores import LabelScores
 from naturelm_core.requests import GenerationSettings
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ class _InFlight:
     futures: list[Future]
     submitted: float
     finished: dict[int, float] = field(default_factory=dict)
+    candidates: tuple[str, ...] = ()  # a likelihood sweep's label order for this subset (its rows' distributions)
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -152,6 +155,11 @@ class SweepRunner:
     def _run_locked(self) -> None:
         settings = self.spec.generation_settings()
         plan = self.plan or SweepPlan.of(self.spec)
+        if self.spec.answer_mode is AnswerMode.LIKELIHOOD:
+            if not isinstance(self.backend, LabelBackend):
+                name = type(self.backend).__name__
+                raise TypeError(f"{name} does not answer likelihood sweeps; run this sweep on the local engine")
+            record_label_sets(self.folder.path, {subset.name: subset.labels for subset in plan.subsets})
         planned = plan.keys()
         try:
             records = self.folder.results.read(repair=True)
@@ -239,8 +247,14 @@ class SweepRunner:
         self, plan: SubsetPlan, label: str, items: list[WorkItem], window: np.ndarray, settings: GenerationSettings
     ) -> None:
         """Queue one recording's rows together, then wait while more than `max_inflight_rows` are queued."""
-        futures = self.backend.submit_group(self._rows(plan, items, window), settings)
-        flight = _InFlight(label, items, futures, time.monotonic())
+        rows = self._rows(plan, items, window)
+        if self.spec.answer_mode is AnswerMode.LIKELIHOOD:
+            assert isinstance(self.backend, LabelBackend)  # checked when the run began
+            futures = self.backend.submit_label_group(rows, plan.labels)
+            flight = _InFlight(label, items, futures, time.monotonic(), candidates=tuple(plan.labels))
+        else:
+            futures = self.backend.submit_group(rows, settings)
+            flight = _InFlight(label, items, futures, time.monotonic())
         for index, future in enumerate(futures):
             future.add_done_callback(lambda _, i=index, f=flight: f.finished.setdefault(i, time.monotonic()))
         self._inflight.append(flight)
@@ -346,7 +360,14 @@ class SweepRunner:
                 raise
 
 
-def _record(flight: _InFlight, index: int, item: WorkItem, prediction: str) -> dict[str, Any]:
+def _record(flight: _InFlight, index: int, item: WorkItem, answer: str | LabelScores) -> dict[str, Any]:
+    """A results row; a scored answer's prediction is its most likely label, and its distribution is kept."""
+    distribution: dict[str, Any] = {}
+    if isinstance(answer, LabelScores):
+        distribution = distribution_fields(answer, flight.candidates)
+        prediction = answer.best
+    else:
+        prediction = answer
     row = ResultRow.at(
         item.alpha,
         id=item.sample_id,
@@ -359,7 +380,7 @@ def _record(flight: _InFlight, index: int, item: WorkItem, prediction: str) -> d
     finished = flight.finished.get(index, time.monotonic())
     examples = {"examples": list(item.example_ids)} if item.example_ids else {}
     timing = {"latency_s": round(finished - flight.submitted, 4), "written_at": round(time.time(), 3)}
-    return {**row.to_dict(), **examples, **timing}
+    return {**row.to_dict(), **examples, **distribution, **timing}
 
 
 def run_sweep(

@@ -7,10 +7,13 @@ import logging
 import os
 
 from evaluation.datasets import DatasetError, cached_subset_path
+from evaluation.likelihood_metrics import Distributions, group_distributions
+from evaluation.results import GridKey
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
+from evaluation.sweep.label_sets import read_label_sets
 from evaluation.sweep.plan import plan_sweep
 from evaluation.sweep.spec import DataSource, SweepSpec
-from evaluation.sweep.store import load_results, load_spec
+from evaluation.sweep.store import SweepFolder, default_runs_dir, load_results, load_spec
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +48,12 @@ def planned_label_sets(spec: SweepSpec) -> dict[str, frozenset[str]] | None:
     except (DatasetError, OSError) as error:
         logger.info("sweep %s: scoring with the labels seen so far (%s)", spec.sweep_id, error)
         return None
+
+
+def likelihood_groups(
+    runs_dir: str | os.PathLike[str] | None, sweep_id: str
+) -> dict[tuple[str, str, GridKey], Distributions]:
+    """A likelihood sweep's stored distributions per (dataset, prompt, grid point); empty for a generation sweep."""
+    folder = SweepFolder(runs_dir if runs_dir is not None else default_runs_dir(), sweep_id)
+    label_sets = read_label_sets(folder.path)
+    return group_distributions(folder.results.read(), label_sets) if label_sets else {}

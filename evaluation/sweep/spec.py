@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from evaluation.datasets import task_of
 from evaluation.icl import ExtendedPrompt, InContextError, Species, parse_species, uses_extended_language
 from evaluation.prompts import PAPER_PROMPTS, Prompt, PromptTemplateError
 from evaluation.reference import LabelMapping, load_label_mapping
@@ -39,6 +40,14 @@ class DataSource(StrEnum):
     RECORDINGS = "recordings"  # a folder of recordings + labels CSV
 
 
+class AnswerMode(StrEnum):
+    """How an item is answered: by generating text (the paper's way), or by scoring every label of the subset's
+    closed set (Engine.submit_labels) and answering the most likely one, which keeps the whole distribution."""
+
+    GENERATE = "generate"
+    LIKELIHOOD = "likelihood"
+
+
 # Fields whose values decide the answers; the sweep id hashes these, so scoring options can change freely.
 PATH_FIELDS = ("path", "labels_csv", "mapping_file")
 ANSWER_FIELDS = (
@@ -56,6 +65,7 @@ ANSWER_FIELDS = (
     "max_new_tokens",
     "window_s",
     "species",
+    "answer_mode",
 )
 
 
@@ -92,6 +102,7 @@ class SweepSpec:
     species: tuple[Species, ...] = ()
     max_context_tokens: int | None = None
     recipes: tuple[MergeRecipe, ...] = ()
+    answer_mode: AnswerMode = AnswerMode.GENERATE
     # The folder a spec was read back from: its id stays that folder's, however the paths were written.
     saved_as: str | None = field(default=None, compare=False, repr=False)
 
@@ -136,8 +147,24 @@ class SweepSpec:
                 raise SweepSpecError(f"{key} must be an integer, got {value!r}")
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise SweepSpecError("num_beams and max_new_tokens must be at least 1")
+        self._check_answer_mode()
         if self.window_s is not None and not MIN_WINDOW_S <= self.window_s <= WINDOW_SECONDS:
             raise SweepSpecError(f"window_s must lie in [{MIN_WINDOW_S:g}, {WINDOW_SECONDS:g}] s, got {self.window_s}")
+
+    def _check_answer_mode(self) -> None:
+        """Likelihood answers need a closed label set: BEANS-Zero classification subsets, or a labels CSV."""
+        try:
+            object.__setattr__(self, "answer_mode", AnswerMode(self.answer_mode))
+        except ValueError:
+            modes = [mode.value for mode in AnswerMode]
+            raise SweepSpecError(f"answer_mode must be one of {modes}, got {self.answer_mode!r}") from None
+        if self.answer_mode is AnswerMode.LIKELIHOOD and self.source is not DataSource.RECORDINGS:
+            open_sets = [name for name in self.subsets if task_of(name) != "classification"]
+            if open_sets:
+                raise SweepSpecError(
+                    f"answer_mode 'likelihood' needs subsets with a closed label set (classification); "
+                    f"{open_sets} are not"
+                )
 
     # -- identity --------------------------------------------------------------------------
 
@@ -164,8 +191,8 @@ class SweepSpec:
     # -- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """species, max_context_tokens and recipes came after sweeps existed: written only when set, so older
-        ids stay."""
+        """species, max_context_tokens, recipes and answer_mode came after sweeps existed: written only when set
+        (answer_mode: when not "generate"), so older ids stay."""
         return {
             "name": self.name,
             "source": self.source.value,
@@ -185,6 +212,7 @@ class SweepSpec:
             **({"species": [s.to_dict() for s in self.species]} if self.species else {}),
             **({"max_context_tokens": self.max_context_tokens} if self.max_context_tokens is not None else {}),
             **({"recipes": [recipe.to_dict() for recipe in self.recipes]} if self.recipes else {}),
+            **({"answer_mode": self.answer_mode.value} if self.answer_mode is not AnswerMode.GENERATE else {}),
         }
 
     @classmethod

@@ -8,6 +8,7 @@ see the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from evaluation.results import GridKey, ResultRow
 from evaluation.scoring import GroupScore, ScoringMode, score_rows
 from evaluation.sweep import (
     DISTRIBUTION_FIELD,
+    AnswerMode,
     SweepFolder,
     load_results,
     load_spec,
@@ -108,6 +110,18 @@ class SweepViews:
         with self._lock:
             self._cache[(key, mode)] = (signature, view)
         return view
+
+    def generation_twin(self, key: str) -> str | None:
+        """The generation sweep asking what likelihood sweep `key` asks (same data, prompts, grid and decoding,
+        whatever its name), if one is in the runs folder: the "says" beside this sweep's "knows"."""
+        if key.startswith(IMPORT_PREFIX):
+            return None
+        spec = load_spec(self.runs_dir, key)
+        if spec.answer_mode is not AnswerMode.LIKELIHOOD:
+            return None
+        digest = dataclasses.replace(spec, answer_mode=AnswerMode.GENERATE, saved_as=None).sweep_id.rsplit("-", 1)[1]
+        twins = sorted(p.name for p in self.runs_dir.glob(f"*-{digest}") if SweepFolder(self.runs_dir, p.name).exists())
+        return twins[0] if twins else None
 
     def _sweep_view(self, key: str, mode: ScoringMode | None) -> SweepView:
         spec = load_spec(self.runs_dir, key)

@@ -72,14 +72,17 @@ def filter_choices(view: SweepView) -> tuple[list[str], list[str]]:
     return [ALL, *datasets], [ALL, *prompts]
 
 
-def view_figures(view: SweepView, dataset: str = ALL, prompt: str = ALL, correct: str = ALL) -> SweepFigures:
-    """The tab's figures; filters not present in this view (left over from another sweep) fall back to all."""
+def view_figures(
+    view: SweepView, dataset: str = ALL, prompt: str = ALL, correct: str = ALL, says: SweepView | None = None
+) -> SweepFigures:
+    """The tab's figures; filters not present in this view (left over from another sweep) fall back to all.
+    `says`: for a likelihood sweep, its generation twin, drawn beside it (knows vs says)."""
     datasets, prompts = filter_choices(view)
     chosen_dataset = dataset if dataset in datasets[1:] else None
     chosen_prompt = prompt if prompt in prompts[1:] else None
     scores = named_scores(view)
     frame = metrics_frame(scores)
-    accuracy, breakdown = _likelihood_pair(view, chosen_dataset, chosen_prompt)
+    accuracy, breakdown = _likelihood_pair(view, chosen_dataset, chosen_prompt, says)
     tradeoff = tradeoff_figure(frame)
     # a half-width plot cuts the long title: a shorter one, and room above it
     tradeoff.update_layout(title={"text": TRADEOFF_TITLE, "font": {"size": 14}}, margin={"t": 60, "l": 60, "r": 20})
@@ -100,14 +103,15 @@ def view_figures(view: SweepView, dataset: str = ALL, prompt: str = ALL, correct
 
 
 def _likelihood_pair(
-    view: SweepView, dataset: str | None, prompt: str | None
+    view: SweepView, dataset: str | None, prompt: str | None, says: SweepView | None = None
 ) -> tuple[go.Figure | None, go.Figure | None]:
     """A likelihood sweep's (knows-vs-says accuracy, reliability diagram), shown in the accuracy and breakdown
     places (its answers are always in the label set, so the breakdown is only right vs confused); else Nones."""
     if not view.is_likelihood:
         return None, None
     groups = view.distribution_groups()
-    return knows_vs_says_figure(likelihood_metrics_frame(groups)), reliability_figure(
+    said = metrics_frame(named_scores(says)) if says is not None else None
+    return knows_vs_says_figure(likelihood_metrics_frame(groups), said), reliability_figure(
         reliability_frame(groups), dataset, prompt
     )
 

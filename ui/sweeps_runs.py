@@ -132,7 +132,7 @@ def _drawn(service: SweepsService, key: str, dataset: str, prompt: str, correct:
     view = service.view(key, mode)
     datasets, prompts = filter_choices(view)
     return [
-        *view_figures(view, dataset, prompt, correct),
+        *view_figures(view, dataset, prompt, correct, says=service.generation_twin(view, mode)),
         gr.update(choices=datasets, value=dataset if dataset in datasets else ALL),
         gr.update(choices=prompts, value=prompt if prompt in prompts else ALL),
     ]

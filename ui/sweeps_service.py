@@ -142,6 +142,11 @@ class SweepsService:
     def view(self, key: str, mode: str = SPEC_SCORING) -> SweepView:
         return self.views.load(key, scoring_of(mode))
 
+    def generation_twin(self, view: SweepView, mode: str = SPEC_SCORING) -> SweepView | None:
+        """A likelihood sweep's generation twin in the runs folder (its "says"), scored in `mode`; else None."""
+        twin = self.views.generation_twin(view.key) if view.is_likelihood else None
+        return self.view(twin, mode) if twin else None
+
     def signature(self, key: str) -> tuple:
         """Changes whenever what `view(key)` shows would (its results or its spec)."""
         return self.views.signature(key)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from naturelm_core.alphas import GRID_EXAMPLE, parse_alpha_grid
 from naturelm_core.annotations import FORMATS, NYQUIST_HZ, check_band, write_exports
 from naturelm_core.audio import FFMPEG_ONLY_FORMATS, SOUNDFILE_FORMATS, AudioError, ffmpeg_available
-from naturelm_core.config import PUBLISHED_REPO_ID, WINDOW_SECONDS
+from naturelm_core.config import WINDOW_SECONDS
 from naturelm_core.detection import (
     DetectionPlan,
     check_alphas,
@@ -38,6 +38,7 @@ from naturelm_core.detection import (
 )
 from naturelm_core.events import DEFAULT_ABSENT_ANSWERS, DetectionResult, parse_candidates
 from naturelm_core.requests import EngineError, GenerationSettings
+from naturelm_core.startup import add_model_arguments
 
 if TYPE_CHECKING:
     from naturelm_core.engine import Engine
@@ -71,15 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--low-freq-hz", type=float, default=0.0, help="Raven selections' low frequency")
     parser.add_argument("--high-freq-hz", type=float, default=NYQUIST_HZ, help="Raven selections' high frequency")
-    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
-    parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
-    parser.add_argument("--num-beams", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument(
-        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
-    )
+    add_model_arguments(parser)
     return parser
 
 

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from naturelm_core.audio import AudioError, Window, load_recording, windows
-from naturelm_core.config import PUBLISHED_REPO_ID, WINDOW_SECONDS
+from naturelm_core.config import WINDOW_SECONDS
 from naturelm_core.events import parse_candidates
+from naturelm_core.startup import add_model_arguments
 
 if TYPE_CHECKING:
     from naturelm_core.model import NatureLM
@@ -42,19 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", required=True, help="recording to analyse (wav, flac, ogg, mp3)")
     parser.add_argument("--prompt", required=True, help="question or instruction, e.g. 'What is the common name ...?'")
     parser.add_argument("--alpha", required=True, type=float, help="0 = base Llama, 1 = NatureLM-audio")
-    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
-    parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
-    parser.add_argument("--num-beams", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
+    add_model_arguments(parser)
     parser.add_argument("--window-s", type=float, default=WINDOW_SECONDS, help="window length in seconds")
     parser.add_argument("--hop-s", type=float, default=WINDOW_SECONDS, help="seconds between window starts")
     parser.add_argument("--candidates", default="", help="closed set of labels, comma-separated, to score")
     parser.add_argument("--score-only", action="store_true", help="with --candidates: score them, answer nothing")
-    parser.add_argument(
-        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
-    )
     return parser
 
 

@@ -6,6 +6,7 @@ answers for NatureLM's, so the reason for the fallback travels with the model to
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -75,6 +76,19 @@ def load_served_model(
         logger.warning("NatureLM-audio could not be loaded (%s); starting the offline demo", reason)
         return load_demo_model(reason=reason)
     return ServedModel(model, source, str(model.device), str(model.dtype).removeprefix("torch."), demo=False)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every command-line tool that answers with the model takes (read by load_command_line_model)."""
+    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
+    parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
+    parser.add_argument("--num-beams", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument(
+        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
+    )
 
 
 def load_command_line_model(source: str, llm: str | None, device: str | None, dtype: str | None, demo: bool) -> object:

@@ -121,3 +121,14 @@ def launch_app(tiny_model, tiny_checkpoint, tmp_path_factory):
     finally:
         for served_app in reversed(launched):
             served_app.close()
+
+
+@pytest.fixture(scope="module")
+def served_app(launch_app):
+    """The app as `python app.py --demo` serves it, once per test module (a module may define its own)."""
+    return launch_app()
+
+
+@pytest.fixture(scope="module")
+def client(served_app):
+    return served_app.client()

@@ -17,16 +17,6 @@ PROMPT = "What is the common name for the focal species in the audio?"
 
 
 @pytest.fixture(scope="module")
-def served_app(launch_app):
-    return launch_app()
-
-
-@pytest.fixture(scope="module")
-def client(served_app):
-    return served_app.client()
-
-
-@pytest.fixture(scope="module")
 def recording(tmp_path_factory) -> str:
     """A 3 s, 44.1 kHz stereo chirp: resampling and mono mixing run on the way in."""
     t = np.arange(44100 * 3) / 44100

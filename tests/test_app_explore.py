@@ -22,16 +22,6 @@ PROMPT = "What is the common name for the focal species in the audio?"
 RECIPE = {"alpha": 0.8, "layers": "linear:0.2:1"}
 
 
-@pytest.fixture(scope="module")
-def served_app(launch_app):
-    return launch_app()
-
-
-@pytest.fixture(scope="module")
-def client(served_app):
-    return served_app.client()
-
-
 def _chirp(path, seconds: float, rate: int = 16000) -> str:
     t = np.arange(int(rate * seconds)) / rate
     sf.write(path, 0.4 * np.sin(2 * np.pi * (500 + 40 * t) * t), rate)

@@ -20,16 +20,6 @@ LABELS = ["Humpback Whale", "Killer Whale", "Walrus"]
 
 
 @pytest.fixture(scope="module")
-def served_app(launch_app):
-    return launch_app()
-
-
-@pytest.fixture(scope="module")
-def client(served_app):
-    return served_app.client()
-
-
-@pytest.fixture(scope="module")
 def short_wav(tmp_path_factory) -> str:
     rate = 16000
     t = np.arange(3 * rate) / rate

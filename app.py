@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default=None, help="Llama override: Hub id or folder (default: from config)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bf16 on GPU")
+    parser.add_argument(
+        "--audio-precision",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
+    )
     parser.add_argument("--demo", action="store_true", help="serve the tiny random model (offline demo)")
     parser.add_argument("--host", default=None, help="default: Gradio's (GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (GRADIO_SERVER_PORT or 7860)")
@@ -88,7 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    served = load_served_model(args.model, llm=args.llm, device=args.device, dtype=args.dtype, demo=args.demo)
+    served = load_served_model(
+        args.model,
+        llm=args.llm,
+        device=args.device,
+        dtype=args.dtype,
+        demo=args.demo,
+        audio_precision=args.audio_precision,
+    )
     if served.demo:
         logger.warning("%s (reason: %s)", DEMO_BANNER, served.fallback_reason)
     engine = create_engine(served.model)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torchaudio.compliance import kaldi
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +47,7 @@ from naturelm_core.config import NatureLMConfig
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.encoder import AudioEncoder
 from naturelm_core.engine import Engine, GenerationSettings, Priority
+from naturelm_core.fbank import NUM_MEL_BINS, WAVEFORM_SCALE, beats_fbank
 from naturelm_core.model import NatureLM, decode_answers
 from naturelm_core.tiny import LLAMA3_ROPE
 
@@ -488,6 +490,50 @@ def _time_steps(
         return (time.perf_counter() - start) / (new_tokens - 1)
 
 
+@torch.no_grad()
+def section_audio_encoder(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """The audio encoder per window, float32 vs bf16 autocast (the default beside a bf16 LLM, as upstream
+    runs it), at an Explore request (1 window), a sweep's shared windows (16) and one window per answer
+    (176); the batched fbank against kaldi.fbank's row-by-row loop (what the encoder used before); and
+    what bf16 changes: the embeddings' relative L2 to float32 and the first generated token at 4 alphas."""
+    result: dict[str, Any] = {}
+    for count in (1, 16, args.sweep_batch):
+        windows = torch.as_tensor(np.stack(recordings(count, seed=91)), device=device)
+        entry: dict[str, Any] = {}
+        for precision in ("float32", "bfloat16"):
+            model.audio_precision = precision
+            model.encode_audio(windows)  # warm-up
+            seconds = [timed(device, lambda w=windows: model.encode_audio(w))[0] for _ in range(5)]
+            entry[f"{precision}_ms_per_window"] = 1000 * statistics.median(seconds) / count
+        seconds = [timed(device, lambda w=windows: beats_fbank(w))[0] for _ in range(5)]
+        entry["fbank_batched_ms"] = 1000 * statistics.median(seconds)
+        entry["fbank_kaldi_rows_ms"] = 1000 * timed(device, lambda w=windows: _kaldi_rows(w))[0]
+        result[f"windows_{count}"] = entry
+    windows = np.stack(recordings(16, seed=92))
+    model.audio_precision = "float32"
+    reference = model.encode_audio(windows)
+    model.audio_precision = "bfloat16"
+    rounded = model.encode_audio(windows)
+    model.audio_precision = None
+    result["embeddings_relative_l2_bf16_vs_float32"] = _relative(rounded.float(), reference.float())
+    alphas = [0.0, 0.35, 0.7, 1.0]
+    row_alphas = [a for _ in range(len(windows)) for a in alphas]
+    logits = [
+        model.next_token_logits([[e] for e in embeds for _ in alphas], PROMPT, row_alphas).float()
+        for embeds in (reference, rounded)
+    ]
+    result["first_step_logits_relative_l2"] = _relative(logits[1], logits[0])
+    result["first_token_agreement"] = float((logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean())
+    return result
+
+
+def _kaldi_rows(windows: torch.Tensor) -> torch.Tensor:
+    """The encoder's fbank as it was computed before: torchaudio's kaldi.fbank, one call per row."""
+    scaled = windows * WAVEFORM_SCALE
+    options = {"num_mel_bins": NUM_MEL_BINS, "sample_frequency": 16000, "frame_length": 25, "frame_shift": 10}
+    return torch.stack([kaldi.fbank(row.unsqueeze(0), **options) for row in scaled])
+
+
 def section_breakdown(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Where one interactive request and one sweep batch spend their time (static decoding)."""
     model.decode_with_static_cache = True
@@ -913,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default=(
-            "correctness,alpha_change,latency,decode_step,breakdown,sweep,sweep_files,app_path,profile,precision,"
+            "correctness,alpha_change,latency,decode_step,breakdown,audio_encoder,sweep,sweep_files,app_path,profile,precision,"
             "label_likelihoods,recipes"
         ),
     )
@@ -939,6 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency": lambda: section_latency(model, device, args),
         "decode_step": lambda: section_decode_step(model, device, args, bandwidth, matmul_tflops),
         "breakdown": lambda: section_breakdown(model, device, args),
+        "audio_encoder": lambda: section_audio_encoder(model, device, args),
         "profile": lambda: section_profile(model, device, args, out),
         "precision": lambda: section_precision(device, args),
         "sweep": lambda: section_sweep(model, device, args),

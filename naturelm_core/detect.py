@@ -179,7 +179,7 @@ def _start_engine(args: argparse.Namespace) -> Engine | None:
     from naturelm_core.startup import load_command_line_model
 
     try:
-        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo)
+        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo, args.audio_precision)
     except (ModelLoadError, ValueError, OSError) as error:
         _fail(error)
         return None

@@ -74,7 +74,9 @@ class AudioEncoder(nn.Module):
                 f"it needs at least {min_num_samples(self.config)} samples at 16 kHz"
             )
         weight = self.audio_llama_proj.weight
-        features = beats_fbank(windows.to(weight.device)).to(weight.dtype)  # fbank in float32 whatever the dtype
+        with torch.autocast(weight.device.type, enabled=False):  # fbank in float32, even inside a bf16 autocast
+            features = beats_fbank(windows.to(weight.device))
+        features = features.to(weight.dtype)
         audio_tokens = self.ln_audio(self.beats(features))
         batch, _, beats_dim = audio_tokens.shape
         # Windows slide over the time-major token sequence (they do not align with time patches).

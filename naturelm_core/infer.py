@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from naturelm_core.startup import load_command_line_model
 
     try:
-        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo)
+        model = load_command_line_model(args.model, args.llm, args.device, args.dtype, args.demo, args.audio_precision)
         answer_windows(model, pieces, args, labels)
     except (ModelLoadError, AudioError, ValueError, TypeError) as error:
         return _fail(error)

@@ -106,13 +106,15 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     token: str | None = None,
+    audio_precision: str | None = None,
 ) -> NatureLM:
     """Load NatureLM-audio (or any checkpoint in its layout, like the tiny one) ready for `generate`.
 
     `llm` replaces the config's `llama_path` (a Hub id or a folder), e.g. a local copy of
     Llama-3.1-8B-Instruct. `dtype` is the Llama's: bfloat16 on CUDA and float32 on CPU by default.
-    The audio stack stays float32 (0.4 GB, and BEATs is precision-sensitive); the LoRA adapters are in
-    the Llama's dtype, as the checkpoint stores them (see NatureLM).
+    The audio stack's weights stay float32 (0.4 GB); it computes under bf16 autocast with a bf16 Llama,
+    as upstream does, unless `audio_precision="float32"` (see NatureLM.audio_precision). The LoRA
+    adapters are in the Llama's dtype, as the checkpoint stores them (see NatureLM).
     """
     token = token or os.environ.get("HF_TOKEN") or None
     device = _resolve_device(device)
@@ -125,6 +127,7 @@ def load_model(
     with torch.device(device):
         audio_encoder = AudioEncoder(config, llama.config.hidden_size)
     model = NatureLM(config, audio_encoder, llama, tokenizer)
+    model.audio_precision = audio_precision
     try:
         checkpoint = safe_open(checkpoint_path, framework="pt")
     except SafetensorError as error:

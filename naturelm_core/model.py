@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 LORA_TARGET_MODULES = MERGE_MODULES
 WINDOW_SAMPLES = round(WINDOW_SECONDS * SAMPLE_RATE)
+AUDIO_PRECISIONS = ("float32", "bfloat16")
 PROMPT_CACHE_SIZE = 1024  # distinct prompts whose token pieces are kept
 # Generation options a caller may pass, with the only values our decoding loop implements (None: any float).
 _NEUTRAL_GENERATION_OPTIONS: dict[str, Any] = {
@@ -95,6 +96,7 @@ class NatureLM(nn.Module):
         self.decode_with_static_cache: bool | None = None
         self.static_decoding = StaticDecoding()
         self._pieces_cache: dict[str, list[list[int]]] = {}
+        self._audio_precision: str | None = None
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 
     @property
@@ -110,15 +112,38 @@ class NatureLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
+    @property
+    def audio_precision(self) -> str:
+        """How the audio encoder computes: "bfloat16" (its float32 weights under bf16 autocast) or "float32".
+
+        The default follows the LLM: bfloat16 with a bfloat16 LLM, because upstream's encode_audio runs
+        under bf16 autocast (the published model was evaluated that way); float32 with a float32 LLM,
+        which is what the golden target records. Set it to override, e.g. float32 BEATs beside a bf16 LLM.
+        """
+        if self._audio_precision is not None:
+            return self._audio_precision
+        return "bfloat16" if self.dtype == torch.bfloat16 else "float32"
+
+    @audio_precision.setter
+    def audio_precision(self, precision: str | None) -> None:
+        if precision not in (None, *AUDIO_PRECISIONS):
+            raise ValueError(
+                f"audio precision must be one of {AUDIO_PRECISIONS} (or None: follow the LLM), got {precision!r}"
+            )
+        self._audio_precision = precision
+
     @torch.no_grad()
     def encode_audio(self, windows: Tensor | np.ndarray) -> Tensor:
         """Waveform windows [B, S] at 16 kHz -> audio embeddings [B, T, H] in the LLM's dtype.
 
         Windows stay float32 on the way in: the encoder computes its fbank in float32 whatever its
-        weights' dtype, and a bf16 waveform would lose the quiet parts of a recording.
+        precision, and a bf16 waveform would lose the quiet parts of a recording. Under bf16 autocast
+        (see audio_precision) matrix products run in bf16 and norms and softmax in float32.
         """
         windows = torch.as_tensor(windows, dtype=torch.float32).to(self.device)
-        return self.audio_encoder(windows).to(self.dtype)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.audio_precision == "bfloat16"):
+            embeddings = self.audio_encoder(windows)
+        return embeddings.to(self.dtype)
 
     def generate(
         self,

@@ -63,6 +63,7 @@ def load_served_model(
     device: str | None = None,
     dtype: str | None = None,
     demo: bool = False,
+    audio_precision: str | None = None,
 ) -> ServedModel:
     """The real model when it loads; otherwise the demo, with the reason stated (never a token)."""
     if demo:
@@ -70,7 +71,7 @@ def load_served_model(
     from naturelm_core.loading import load_model
 
     try:
-        model = load_model(source, llm=llm, device=device, dtype=dtype)
+        model = load_model(source, llm=llm, device=device, dtype=dtype, audio_precision=audio_precision)
     except Exception as error:  # any failure to load means: say why, then serve the demo
         reason = f"{type(error).__name__}: {error}"
         logger.warning("NatureLM-audio could not be loaded (%s); starting the offline demo", reason)
@@ -84,6 +85,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
+    parser.add_argument(
+        "--audio-precision",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
+    )
     parser.add_argument("--num-beams", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument(
@@ -91,7 +98,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_command_line_model(source: str, llm: str | None, device: str | None, dtype: str | None, demo: bool) -> object:
+def load_command_line_model(
+    source: str,
+    llm: str | None,
+    device: str | None,
+    dtype: str | None,
+    demo: bool,
+    audio_precision: str | None = None,
+) -> object:
     """The model a command-line tool answers with: the real one as asked, or with `--demo` the tiny random
     one, its banner written to stderr first so no output is mistaken for NatureLM's. Load errors propagate:
     a tool reports them as its one line of bad input (a command line never falls back silently)."""
@@ -100,4 +114,4 @@ def load_command_line_model(source: str, llm: str | None, device: str | None, dt
         return load_demo_model(reason="--demo was given").model
     from naturelm_core.loading import load_model
 
-    return load_model(source, llm=llm, device=device, dtype=dtype)
+    return load_model(source, llm=llm, device=device, dtype=dtype, audio_precision=audio_precision)

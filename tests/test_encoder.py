@@ -61,8 +61,11 @@ def test_relative_position_table_is_one_tensor_shared_by_all_layers():
 
 
 def test_fbank_equals_torchaudio_kaldi_fbank_with_beats_options():
-    waveforms = _noise(2, 16_000 + 123)
+    """The batched fbank, row by row against kaldi.fbank (one call per row), to the bit: with a silent
+    stretch and an all-zero row (the log's epsilon floor) in the same batch as ordinary noise."""
+    waveforms = _noise(4, 16_000 + 123)
     waveforms[1, 4000:8000] = 0.0
+    waveforms[2] = 0.0
     expected = torch.stack(
         [
             kaldi.fbank(
@@ -71,7 +74,7 @@ def test_fbank_equals_torchaudio_kaldi_fbank_with_beats_options():
             for row in waveforms
         ]
     )
-    assert expected.shape == (2, 1 + (16_123 - 400) // 160, 128)
+    assert expected.shape == (4, 1 + (16_123 - 400) // 160, 128)
     torch.testing.assert_close(raw_fbank(waveforms), expected, rtol=0, atol=0)
     torch.testing.assert_close(beats_fbank(waveforms), (expected - 15.41663) / (2 * 6.55582), rtol=0, atol=0)
 

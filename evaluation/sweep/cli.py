@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
+    parser.add_argument(
+        "--audio-precision",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
+    )
     parser.add_argument("--demo", action="store_true", help="the tiny random model: exercises the pipeline only")
     parser.add_argument(
         "--max-batch-rows",
@@ -156,7 +162,7 @@ def _start_engine(args: argparse.Namespace) -> Engine | int:
         model = (
             load_demo_model(reason="--demo").model
             if args.demo
-            else load_model(args.model, args.llm, args.device, args.dtype)
+            else load_model(args.model, args.llm, args.device, args.dtype, audio_precision=args.audio_precision)
         )
     except (ModelLoadError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -29,6 +30,36 @@ def content_key(waveform: np.ndarray | torch.Tensor, **params: object) -> str:
     digest.update(f"{samples.dtype.str}|{samples.shape}|{sorted(params.items())}|".encode())
     digest.update(memoryview(samples).cast("B"))
     return digest.hexdigest()
+
+
+class WindowKeys:
+    """content_key of each window array, computed once per array object, in the caller's thread.
+
+    Hashing a 10 s window (640 KB) takes about half a millisecond; on the engine's thread, for the
+    hundreds of windows of a sweep batch, that stalled the GPU and every user waiting on it. Callers
+    compute keys as they submit (hashlib releases the GIL), and a sweep that submits one array for all
+    of a recording's rows hashes it once: entries are keyed by the array's identity, checked through a
+    weak reference so a recycled id never returns another array's key. An array changed in place after
+    it was submitted keeps its first key, as it would have inside one batch before.
+    """
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[weakref.ref, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, window: np.ndarray) -> str:
+        with self._lock:
+            entry = self._entries.get(id(window))
+            if entry is not None and entry[0]() is window:
+                self._entries.move_to_end(id(window))
+                return entry[1]
+        key = content_key(window)
+        with self._lock:
+            self._entries[id(window)] = (weakref.ref(window), key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return key
 
 
 def tensor_nbytes(tensor: torch.Tensor) -> int:

@@ -26,7 +26,7 @@ import torch
 
 from naturelm_core.alphas import GridPoint, PointLike, check_grid_point
 from naturelm_core.batch_limits import BatchLimits
-from naturelm_core.cache import AudioEmbeddingCache, content_key
+from naturelm_core.cache import AudioEmbeddingCache, WindowKeys
 from naturelm_core.label_scores import DEFAULT_CANDIDATES_PER_PASS, Candidates, LabelScores, LabelsLike
 from naturelm_core.requests import EngineBusy, EngineError, GenerationSettings, Priority, RequestTimeout
 
@@ -38,6 +38,9 @@ LABELS = "labels"
 GPU_BATCH_ROWS = 176
 CPU_BATCH_ROWS = 32
 RECENT_BATCHES = 32
+# Windows a sweep batch encodes between two chances for waiting users: a few decode steps' time, in one
+# call large enough to keep the encoder's products efficient.
+ENCODER_CHUNK = 32
 _OUT_OF_MEMORY = {
     GENERATE: "Out of GPU memory even for a single request; try fewer beams or tokens.",
     LABELS: "Out of GPU memory even scoring one label at a time for a single request; try a shorter prompt.",
@@ -109,6 +112,7 @@ class Request:
     """
 
     windows: list[np.ndarray]
+    window_keys: list[str]  # content keys of `windows`, computed by the submitting thread (see WindowKeys)
     prompt: str
     alpha: GridPoint  # checked and canonical (naturelm_core.alphas): a float, or a MergeRecipe
     settings: GenerationSettings
@@ -269,6 +273,7 @@ class Engine:
         self.max_wait_s = max_wait_ms / 1000.0
         self.default_timeout_s = default_timeout_s
         self.cache = AudioEmbeddingCache(cache_bytes)
+        self._window_keys = WindowKeys()
         self.stats = EngineStats()
         self._queue = _RequestQueue({Priority.INTERACTIVE: interactive_capacity, Priority.SWEEP: sweep_capacity})
         self._sequence = itertools.count()
@@ -370,8 +375,10 @@ class Engine:
         alpha = check(alpha, allow_extrapolation) if check else check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
+        windows = [np.ascontiguousarray(w, dtype=np.float32) for w in windows]
         return Request(
-            windows=[np.ascontiguousarray(w, dtype=np.float32) for w in windows],
+            windows=windows,
+            window_keys=[self._window_keys.key(w) for w in windows],
             prompt=prompt,
             alpha=alpha,
             settings=settings,
@@ -540,9 +547,9 @@ class Engine:
             self._run_with_oom_backoff(live)
 
     def _generate(self, rows: list[Request]) -> list[str]:
-        embeds = self._embed_windows(rows)
-        settings = rows[0].settings
         pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
+        embeds = self._embed_windows(rows, pausable)
+        settings = rows[0].settings
         answers = self.model.generate_from_embeddings(
             embeds,
             [r.prompt for r in rows],
@@ -557,8 +564,8 @@ class Engine:
         return answers
 
     def _score(self, rows: list[Request], per_pass: int) -> list[LabelScores]:
-        embeds = self._embed_windows(rows)
         pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
+        embeds = self._embed_windows(rows, pausable)
         scores = self.model.score_labels_from_embeddings(
             embeds,
             [r.prompt for r in rows],
@@ -573,22 +580,16 @@ class Engine:
         self.stats.candidates_scored += sum(len(r.candidates) for r in rows)
         return scores
 
-    def _embed_windows(self, rows: list[Request]) -> list[list[torch.Tensor]]:
-        """Embeddings per row and placeholder, encoding only windows the cache has not seen."""
-        # A sweep submits one window array for all its (prompt, alpha) rows: hash each array once per batch.
-        # Every array is referenced by a live request, so no id can be reused within the batch.
-        key_by_array: dict[int, str] = {}
+    def _embed_windows(self, rows: list[Request], pausable: bool) -> list[list[torch.Tensor]]:
+        """Embeddings per row and placeholder, encoding only windows the cache has not seen.
 
-        def key_of(window: np.ndarray) -> str:
-            if id(window) not in key_by_array:
-                key_by_array[id(window)] = content_key(window)
-            return key_by_array[id(window)]
-
-        keys = [[key_of(w) for w in r.windows] for r in rows]
+        A pausable (sweep) batch encodes in chunks of ENCODER_CHUNK windows and answers waiting users
+        between them, as its decode steps do: a batch with one window per answer has hundreds to encode.
+        """
         found: dict[str, torch.Tensor] = {}
         missing: dict[str, np.ndarray] = {}
-        for request, row_keys in zip(rows, keys, strict=True):
-            for key, window in zip(row_keys, request.windows, strict=True):
+        for request in rows:
+            for key, window in zip(request.window_keys, request.windows, strict=True):
                 if key in found or key in missing:
                     continue
                 cached = self.cache.get(key)
@@ -599,14 +600,19 @@ class Engine:
         by_length: dict[int, list[str]] = {}
         for key, window in missing.items():
             by_length.setdefault(len(window), []).append(key)
+        chunk = ENCODER_CHUNK if pausable else max(map(len, by_length.values()), default=1)
         for same_length in by_length.values():
-            encoded = self.model.encode_audio(np.stack([missing[k] for k in same_length]))
-            self.stats.encoder_calls += 1
-            self.stats.windows_encoded += len(same_length)
-            for key, embedding in zip(same_length, encoded, strict=True):
-                found[key] = embedding
-                self.cache.put(key, embedding)
-        return [[found[k] for k in row_keys] for row_keys in keys]
+            for start in range(0, len(same_length), chunk):
+                if start and pausable:
+                    self._answer_waiting_users()
+                keys = same_length[start : start + chunk]
+                encoded = self.model.encode_audio(np.stack([missing[k] for k in keys]))
+                self.stats.encoder_calls += 1
+                self.stats.windows_encoded += len(keys)
+                for key, embedding in zip(keys, encoded, strict=True):
+                    found[key] = embedding
+                    self.cache.put(key, embedding)
+        return [[found[k] for k in request.window_keys] for request in rows]
 
     @staticmethod
     def _fail(rows: list[Request], message: str) -> None:

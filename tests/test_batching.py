@@ -292,3 +292,78 @@ def test_the_sweeps_tab_shows_rows_per_batch_and_says_when_batches_are_small():
     assert "small batches" not in progress_html(running)
     running.rows_per_batch = 1.0
     assert "1 of at most 176 rows per batch (small batches" in progress_html(running)
+
+
+class EncodeGatedModel(BatchRecorder):
+    """Records encoder calls (windows per call), and holds the first one until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder_calls: list[int] = []
+        self.first_encode_started = threading.Event()
+        self.release_encoder = threading.Event()
+
+    def encode_audio(self, windows):
+        self.encoder_calls.append(len(windows))
+        self.first_encode_started.set()
+        self.release_encoder.wait(timeout=10)
+        return super().encode_audio(windows)
+
+
+def _distinct_windows(count: int) -> list[np.ndarray]:
+    return [np.full(16000, i / count, dtype=np.float32) for i in range(count)]
+
+
+def test_a_sweep_batch_encodes_in_chunks_and_answers_a_waiting_user_between_them():
+    """One window per answer: the batch's 80 windows are encoded 32 at a time, and a user who arrived
+    during the first chunk is answered before the second, not after the whole batch."""
+    from naturelm_core.engine import ENCODER_CHUNK
+
+    model = EncodeGatedModel()
+    engine = Engine(model, max_batch_rows=80, max_wait_ms=5000)  # the worker waits for all 80 rows
+    caller = engine.new_caller()
+    sweep = [
+        engine.submit([w], f"s{i}", 0.5, priority=Priority.SWEEP, caller=caller)
+        for i, w in enumerate(_distinct_windows(80))
+    ]
+    try:
+        assert model.first_encode_started.wait(timeout=10)
+        user = engine.submit([np.full(16000, 2.0, dtype=np.float32)], "user", 0.5)
+        model.release_encoder.set()
+        assert user.result(timeout=10) == "user@0.5"
+        assert [f.result(timeout=10) for f in sweep] == [f"s{i}@0.5" for i in range(80)]
+    finally:
+        engine.stop()
+    assert model.encoder_calls == [ENCODER_CHUNK, 1, ENCODER_CHUNK, 80 - 2 * ENCODER_CHUNK]
+    assert model.batches[0] == ["user"]
+    assert engine.stats.sweep_pauses == 1
+
+
+def test_an_interactive_batch_encodes_its_windows_in_one_call():
+    model = EncodeGatedModel()
+    model.release_encoder.set()
+    engine = Engine(model, max_batch_rows=80, max_wait_ms=0, inline=True)
+    engine.answer_many([([w], "scan", 0.5) for w in _distinct_windows(40)])
+    assert model.encoder_calls == [40]
+
+
+def test_windows_are_hashed_by_the_submitting_thread_once_per_array(monkeypatch):
+    """The engine's thread never hashes audio (it would stall the GPU), and the 11 rows of one recording
+    hash its window once."""
+    import naturelm_core.cache as cache_module
+
+    hashed_by: list[str] = []
+    original = cache_module.content_key
+
+    def spy(window, **params):
+        hashed_by.append(threading.current_thread().name)
+        return original(window, **params)
+
+    monkeypatch.setattr(cache_module, "content_key", spy)
+    engine = Engine(BatchRecorder(), max_batch_rows=16, max_wait_ms=0)
+    window = np.full(16000, 0.25, dtype=np.float32)
+    try:
+        engine.answer_many([([window], "scan", a / 10) for a in range(11)])
+    finally:
+        engine.stop()
+    assert hashed_by == [threading.current_thread().name]

@@ -117,3 +117,22 @@ def test_concurrent_puts_and_gets_keep_the_byte_bound_and_accounting():
     assert not errors
     assert cache.hits + cache.misses == 8 * 300
     assert cache.nbytes == len(cache) * entry_bytes <= cache.max_bytes
+
+
+def test_window_keys_hash_an_array_once_and_never_confuse_two_arrays(monkeypatch):
+    import naturelm_core.cache as cache_module
+    from naturelm_core.cache import WindowKeys
+
+    calls: list[int] = []
+    original = cache_module.content_key
+    monkeypatch.setattr(cache_module, "content_key", lambda w, **p: calls.append(1) or original(w, **p))
+    keys = WindowKeys(max_entries=2)
+    first = np.arange(100, dtype=np.float32)
+    assert keys.key(first) == keys.key(first) == original(first)
+    assert len(calls) == 1
+    same_content = first.copy()
+    assert keys.key(same_content) == original(first)  # another array, hashed itself, same content key
+    for value in range(5):  # arrays that die and may reuse an id: each gets its own content's key
+        fresh = np.full(100, value, dtype=np.float32)
+        assert keys.key(fresh) == original(fresh)
+    assert len(keys._entries) <= 2

@@ -945,6 +945,40 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def targets(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 23's yardsticks, from this run's own measurements: the sweep's compute floor (answers/s if
+    every matrix product ran at the measured bf16 rate) and an Explore answer's bound (the measured
+    encoder, then prefill and each decode step at the larger of their compute and memory bounds)."""
+    env, bandwidth = results["environment"], results.get("bandwidth")
+    if not bandwidth:
+        return {}
+    flop_rate = bandwidth["bf16_matmul_tflop_per_s"] * 1e12
+    copy_rate = bandwidth["copy_gb_per_s"] * 1e9
+    weights = env["weight_bytes_per_step"] / 2  # bf16 parameters a token passes through (lm_head included)
+    prompt, new_tokens = env["prompt_tokens_with_audio"], env["new_tokens"]
+    flops_per_answer = 2 * weights * (prompt + args.beams * (new_tokens - 1))
+    out: dict[str, Any] = {"sweep_compute_floor_answers_per_s": flop_rate / flops_per_answer}
+    sweep = results.get("sweep", {}).get("ours")
+    if sweep:
+        out["sweep_answers_per_s"] = sweep["answers_per_s"]
+        out["sweep_share_of_floor"] = sweep["answers_per_s"] / out["sweep_compute_floor_answers_per_s"]
+    step = results.get("decode_step", {}).get("rows_1", {}).get("bound_weights_and_kv_ms")
+    encoder = results.get("audio_encoder", {}).get("windows_1", {}).get("bfloat16_ms_per_window")
+    latency = results.get("latency", {}).get("static_graphs_beams_1", {}).get("p50_ms")
+    if step and encoder and latency:
+        prefill = 1000 * max(env["weight_bytes_per_step"] / copy_rate, 2 * weights * prompt / flop_rate)
+        bound = encoder + prefill + (new_tokens - 1) * step
+        out["explore_bound_ms"] = {
+            "total": bound,
+            "encoder_measured": encoder,
+            "prefill": prefill,
+            "decode": bound - encoder - prefill,
+        }
+        out["explore_p50_ms"] = latency
+        out["explore_over_bound"] = latency / bound
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmark-results"))
@@ -1012,6 +1046,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "results.md").write_text(markdown(results))
         print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+    results["targets"] = targets(results, args)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
     print(markdown(results), flush=True)
     return 0
 

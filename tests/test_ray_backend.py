@@ -1,5 +1,5 @@
-"""Sweeps on a local Ray instance (CPU, tiny model): same rows as the local runner, and no item lost or doubled
-when an actor dies mid-sweep."""
+"""Sweeps on a local Ray instance (CPU, tiny model): same rows as the local runner, generated or scored against
+the labels (likelihood sweeps), and no item lost or doubled when an actor dies mid-sweep or a sweep resumes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import pytest
 ray = pytest.importorskip("ray")  # an optional extra (requirements-ray.txt); CI installs it
 
 from evaluation.icl import ContextLengthError  # noqa: E402
-from evaluation.sweep import SweepFolder, SweepSpec, SweepState, run_sweep  # noqa: E402
+from evaluation.sweep import (  # noqa: E402
+    DISTRIBUTION_FIELD,
+    LabelBackend,
+    SweepFolder,
+    SweepSpec,
+    SweepState,
+    read_label_sets,
+    run_sweep,
+)
 from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main  # noqa: E402
 from evaluation.sweep.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
@@ -38,8 +46,12 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def pool(ray_instance, tiny_checkpoint):
-    """Two CPU actors that loaded the tiny checkpoint; dead actors are replaced, so the tests can share it."""
-    backend = RayBackend(ModelSource(str(tiny_checkpoint), device="cpu"), num_actors=2, max_batch_rows=8).start()
+    """Two CPU actors that loaded the tiny checkpoint; dead actors are replaced, so the tests can share it.
+
+    Replacements are capped (by default at the pool's size): enough here for every test that kills an actor.
+    """
+    model = ModelSource(str(tiny_checkpoint), device="cpu")
+    backend = RayBackend(model, num_actors=2, max_batch_rows=8, max_replacements=len(KILLS)).start()
     yield backend
     backend.stop()
 
@@ -94,7 +106,26 @@ def _wait_for_actors(backend, count, timeout_s=60.0):
 
 def _engine_counters(backend):
     stats = backend.actor_stats()
-    return {key: sum(s[key] for s in stats) for key in ("rows_generated", "windows_encoded")}, stats
+    return {key: sum(s[key] for s in stats) for key in ("rows_generated", "rows_scored", "windows_encoded")}, stats
+
+
+def _assert_same_answers(records, reference):
+    """Same items and predictions (none written twice) and, in a likelihood sweep, the same log-likelihoods.
+
+    To 1e-6 relative, not exactly: float32 scores move in their last bits with the rows batched together, which
+    differ between two local runs already (a stored value, 5 decimals, of about -150 then differs by 1e-5 or so).
+    """
+    assert item_predictions(records) == item_predictions(reference)
+    assert {(r["id"], r["label"]) for r in records} == {(r["id"], r["label"]) for r in reference}
+
+    def scores(rows):
+        keyed = {(r["dataset"], r["id"], r["prompt_name"], r["alpha"]): r.get(DISTRIBUTION_FIELD) for r in rows}
+        return {key: values for key, values in keyed.items() if values is not None}  # none in a generation sweep
+
+    found, expected = scores(records), scores(reference)
+    assert found.keys() == expected.keys()
+    for key, values in found.items():
+        assert values == pytest.approx(expected[key], rel=1e-6), key
 
 
 # -- same results as the local runner ----------------------------------------------------------------
@@ -155,6 +186,61 @@ def test_a_prompt_too_long_for_the_actors_model_is_refused_before_it_reaches_the
     assert SweepFolder(tmp_path, spec.sweep_id).read_status().state is SweepState.FAILED
 
 
+# -- likelihood sweeps -------------------------------------------------------------------------------
+
+
+def _likelihood_spec(data_dir, **overrides):
+    """12 watkins samples x 2 prompts x 3 alphas = 72 items, each scored against the subset's 12 labels."""
+    return SweepSpec.from_dict(spec_dict(data_dir, answer_mode="likelihood", **overrides))
+
+
+def test_a_likelihood_sweep_on_ray_writes_the_rows_the_local_engine_writes(pool, tiny_model, data_dir, tmp_path):
+    """The pool scores labels (it used to refuse likelihood sweeps) through the local EngineBackend's entry point."""
+    assert isinstance(pool, LabelBackend)
+    spec = _likelihood_spec(data_dir)
+    local_status, local_records = _run_locally(tiny_model, spec, tmp_path / "local")
+    before, _ = _engine_counters(pool)
+
+    status = _run_with_deadline(pool, spec, tmp_path / "ray")
+
+    folder = SweepFolder(tmp_path / "ray", spec.sweep_id)
+    records = folder.results.read()
+    assert status.state is SweepState.COMPLETE and (status.total, status.done, status.failed) == (72, 72, 0)
+    assert (local_status.total, local_status.done) == (72, 72)
+    _assert_same_answers(records, local_records)
+    assert all(len(r[DISTRIBUTION_FIELD]) == len(WATKINS_LABELS) for r in records)
+    assert [set(r) for r in records] == [set(r) for r in local_records]  # the same row format
+    assert read_label_sets(folder.path) == read_label_sets(tmp_path / "local" / spec.sweep_id)
+    after, per_actor = _engine_counters(pool)
+    assert after["rows_scored"] - before["rows_scored"] == 72
+    assert all(s["rows_scored"] > 0 for s in per_actor)  # both actors scored
+
+
+def test_a_likelihood_sweep_cancelled_on_ray_resumes_on_ray_and_writes_each_item_once(
+    pool, tiny_model, data_dir, tmp_path
+):
+    spec = _likelihood_spec(data_dir, prompts=["common"])  # 36 items
+    cancel = threading.Event()
+
+    def on_progress(status):
+        if status.done >= 6:
+            cancel.set()
+
+    first = _run_with_deadline(pool, spec, tmp_path / "runs", cancel=cancel, on_progress=on_progress)
+    folder = SweepFolder(tmp_path / "runs", spec.sweep_id)
+    assert first.state is SweepState.CANCELLED and 6 <= first.done < 36
+    assert len(folder.results.read()) == first.done
+    answered = pool.stats.rows_answered
+
+    resumed = _run_with_deadline(pool, spec, tmp_path / "runs")
+
+    assert resumed.state is SweepState.COMPLETE and (resumed.done, resumed.failed) == (36, 0)
+    assert pool.stats.rows_answered - answered == 36 - first.done  # only what the first run left
+    assert folder.results_path.read_bytes().count(b"\n") == 36
+    _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")
+    _assert_same_answers(folder.results.read(), reference)
+
+
 # -- an actor dies mid-sweep ------------------------------------------------------------------------
 
 
@@ -166,11 +252,18 @@ def _kill_process(actor):
     os.kill(actor.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
 
 
-@pytest.mark.parametrize("kill", [_kill_with_ray, _kill_process], ids=["ray.kill", "SIGKILL"])
+KILLS = {
+    "ray.kill": (_kill_with_ray, "generate"),
+    "SIGKILL": (_kill_process, "generate"),
+    "SIGKILL-likelihood": (_kill_process, "likelihood"),
+}
+
+
+@pytest.mark.parametrize(("kill", "answer_mode"), list(KILLS.values()), ids=list(KILLS))
 def test_an_actor_killed_mid_sweep_has_its_recordings_retried_and_every_item_is_written_once(
-    pool, tiny_model, data_dir, tmp_path, kill
+    pool, tiny_model, data_dir, tmp_path, kill, answer_mode
 ):
-    spec = SweepSpec.from_dict(spec_dict(data_dir, alphas=SIX_ALPHAS))
+    spec = SweepSpec.from_dict(spec_dict(data_dir, alphas=SIX_ALPHAS, answer_mode=answer_mode))
     _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")
     assert len(_wait_for_actors(pool, 2)) == 2
     lost, retried = pool.stats.actors_lost, pool.stats.shards_retried
@@ -188,7 +281,7 @@ def test_an_actor_killed_mid_sweep_has_its_recordings_retried_and_every_item_is_
     assert status.state is SweepState.COMPLETE and (status.total, status.done, status.failed) == (144, 144, 0)
     results = SweepFolder(tmp_path / "runs", spec.sweep_id).results_path
     assert results.read_bytes().count(b"\n") == 144  # no row written twice
-    assert item_predictions(SweepFolder(tmp_path / "runs", spec.sweep_id).results.read()) == item_predictions(reference)
+    _assert_same_answers(SweepFolder(tmp_path / "runs", spec.sweep_id).results.read(), reference)
     assert pool.stats.actors_lost == lost + 1
     assert pool.stats.shards_retried > retried  # the dead actor's recording went to another actor
     actors = _wait_for_actors(pool, 2)
@@ -198,20 +291,25 @@ def test_an_actor_killed_mid_sweep_has_its_recordings_retried_and_every_item_is_
 # -- the command line -------------------------------------------------------------------------------
 
 
-def test_the_command_line_runs_a_spec_on_ray_with_the_demo_model(pool, tiny_model, data_dir, tmp_path, capsys):
-    spec_path = tmp_path / "spec.json"
-    SweepSpec.from_dict(spec_dict(data_dir, limit=4)).to_json_file(spec_path)
-    spec = SweepSpec.from_json_file(spec_path)
+def test_the_command_line_runs_a_generation_and_a_likelihood_spec_on_ray_with_the_demo_model(
+    pool, tiny_model, data_dir, tmp_path, capsys
+):
+    paths = [tmp_path / "generate.json", tmp_path / "likelihood.json"]
+    for path, mode in zip(paths, ["generate", "likelihood"], strict=True):
+        SweepSpec.from_dict(spec_dict(data_dir, limit=4, answer_mode=mode)).to_json_file(path)
+    specs = [SweepSpec.from_json_file(path) for path in paths]
     runs_dir = tmp_path / "runs"
 
-    argv = [str(spec_path), "--runs-dir", str(runs_dir), "--demo", "--ray", "--ray-actors", "1"]
+    argv = [*map(str, paths), "--runs-dir", str(runs_dir), "--demo", "--ray", "--ray-actors", "1"]
     code = _within_deadline(lambda: main(argv), lambda: "the command line")
 
     out = capsys.readouterr()
     assert code == EXIT_COMPLETE, out.err
-    assert "Ray: 1 actor(s)" in out.err and f"{spec.sweep_id}: complete, 24/24 items" in out.out
-    _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")  # the demo is the seed-0 tiny model
-    assert item_predictions(SweepFolder(runs_dir, spec.sweep_id).results.read()) == item_predictions(reference)
+    assert "Ray: 1 actor(s)" in out.err
+    for spec in specs:
+        assert f"{spec.sweep_id}: complete, 24/24 items" in out.out
+        _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")  # the demo is the seed-0 tiny model
+        _assert_same_answers(SweepFolder(runs_dir, spec.sweep_id).results.read(), reference)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Likelihood sweeps (answer_mode "likelihood") on the tiny model and synthetic BEANS-Zero: the spec field, the
-stored distributions, resume, refusals, scoring and the headless CLI."""
+stored distributions, resume, refusals, scoring and the headless CLI (on Ray: tests/test_ray_backend.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from evaluation.sweep import (
     run_sweep,
     score_sweep,
 )
-from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main
+from evaluation.sweep.cli import EXIT_COMPLETE, main
 from evaluation.sweep.label_sets import label_sets_path
 from naturelm_core.engine import Engine
 from tests.sweep_helpers import WATKINS_LABELS, ToneBackend, spec_dict, write_sweep_data
@@ -116,9 +116,7 @@ def test_a_backend_that_cannot_score_labels_refuses_the_sweep_clearly(data_dir, 
         run_sweep(ToneBackend(), spec, tmp_path)
 
 
-def test_the_cli_runs_a_likelihood_spec_on_the_tiny_checkpoint_and_refuses_it_on_ray(
-    tiny_checkpoint, data_dir, tmp_path
-):
+def test_the_cli_runs_a_likelihood_spec_on_the_tiny_checkpoint(tiny_checkpoint, data_dir, tmp_path):
     spec_path = tmp_path / "likelihood.json"
     spec_path.write_text(json.dumps(likelihood_dict(data_dir, alphas=[0.5])))
     runs_dir = tmp_path / "runs"
@@ -127,7 +125,6 @@ def test_the_cli_runs_a_likelihood_spec_on_the_tiny_checkpoint_and_refuses_it_on
     (folder,) = [path for path in runs_dir.iterdir() if path.is_dir()]
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r[DISTRIBUTION_FIELD]) == len(WATKINS_LABELS) for r in records)
-    assert main([str(spec_path), "--runs-dir", str(runs_dir), "--ray"]) == EXIT_BAD_INPUT
 
 
 def test_likelihood_metrics_of_the_stored_sweep(likelihood_run):

@@ -19,7 +19,6 @@ from evaluation.fork_config import ForkConfig
 from evaluation.scoring import ScoringMode
 from evaluation.server_data import DataRoot
 from evaluation.sweep import (
-    AnswerMode,
     DataSource,
     SweepQueue,
     SweepSpec,
@@ -31,7 +30,6 @@ from evaluation.sweep import (
 from evaluation.sweep_audio import SampleAudio, SampleAudioError, sample_audio
 from evaluation.sweep_forms import (
     SweepForm,
-    SweepFormError,
     check_spec_data,
     fork_config_from_upload,
     preset_run_notes,
@@ -41,7 +39,7 @@ from evaluation.sweep_forms import (
 )
 from evaluation.sweep_uploads import IMPORT_PREFIX, import_paper_uploads, imported_folders
 from evaluation.sweep_views import SweepView, SweepViews, export_view
-from ui.text import LIKELIHOOD_LOCAL_ONLY, ZERO_GPU_SWEEPS
+from ui.text import ZERO_GPU_SWEEPS
 
 SPEC_SCORING = "as in the spec"  # the scoring choice that means: the sweep's own mode (the paper's for imports)
 
@@ -117,12 +115,6 @@ def scoring_of(choice: str) -> ScoringMode | None:
     return None if choice == SPEC_SCORING else ScoringMode(choice)
 
 
-def refuse_likelihood_on_ray(spec: SweepSpec, run_on: str) -> None:
-    """Likelihood sweeps score labels on the local engine only: say so before a Ray pool is started for one."""
-    if spec.answer_mode is AnswerMode.LIKELIHOOD and run_on != THIS_MACHINE:
-        raise SweepFormError(LIKELIHOOD_LOCAL_ONLY)
-
-
 class SweepsService:
     """The runs folder, the sweep queues (this machine's, or a Ray pool's) and the scored views of sweeps."""
 
@@ -174,7 +166,6 @@ class SweepsService:
         """The form's sweep, checked and queued where "Run on" says (a Ray pool starts only for good data)."""
         self._refuse_on_zero_gpu()
         spec = spec_from_form(form, self.runs_dir)
-        refuse_likelihood_on_ray(spec, run_on)
         return self._queue(spec, lambda: self.backends.queue_for(run_on, ray_address))
 
     def start_server_folder(

@@ -37,7 +37,6 @@ ANSWER_MODE_INFO = (
     "generate: the model writes its answer (the paper's way). likelihood: every label of the subset's closed set "
     "is scored and the most likely is the answer; the whole distribution is kept (calibration, top-k, AUROC)."
 )
-LIKELIHOOD_LOCAL_ONLY = "Likelihood sweeps run on this machine only: choose it under Run on."
 PAPER_EXPERIMENTS_INTRO = (
     "Each experiment of the paper as a ready sweep, with the paper's questions and alpha grid. It runs "
     "on the data, sample limit, seed, beams, max new tokens, scoring mode and label mapping set under "

@@ -53,7 +53,7 @@ class SweepBackend(Protocol):
 
 @runtime_checkable
 class LabelBackend(Protocol):
-    """A backend that also answers likelihood sweeps: rows scored against one closed label set."""
+    """A backend that also answers likelihood sweeps (EngineBackend, RayBackend): rows scored against one label set."""
 
     def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
         """Queue one recording's rows to score against `labels`; each Future resolves to a LabelScores."""

@@ -25,7 +25,7 @@ from evaluation.sweep.backends import SweepBackend
 from evaluation.sweep.durable import RunsStorageError
 from evaluation.sweep.plan import SweepPlan
 from evaluation.sweep.runner import run_sweep
-from evaluation.sweep.spec import AnswerMode, SweepSpec, SweepSpecError
+from evaluation.sweep.spec import SweepSpec, SweepSpecError
 from evaluation.sweep.store import (
     RESULTS_FILE,
     SPEC_FILE,
@@ -104,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     except (SweepSpecError, DatasetError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)
-    if args.ray is not None and any(plan.spec.answer_mode is AnswerMode.LIKELIHOOD for plan, _ in plans):
-        return _fail(SweepSpecError("likelihood sweeps run on the local engine only, not with --ray"), EXIT_BAD_INPUT)
     engine = _start_ray_backend(args) if args.ray is not None else _start_engine(args)
     if isinstance(engine, int):
         return engine

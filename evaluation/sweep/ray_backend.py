@@ -1,12 +1,13 @@
 """Sweeps on a Ray cluster: a pool of actors, one model each, answering the rows a local sweep would.
 
-Only generation moves. The driver (evaluation.sweep.runner.SweepRunner) still reads the data,
-decides what is left to do, checks each prompt against the context of the actors' model (one actor
-reports it when the pool starts) and alone writes results.jsonl, so the file, resume, metrics and
-refusals are those of a local sweep, and a restarted driver resumes like one. Work is handed out a
-recording at a time (all its prompt x alpha rows in one call), so each recording is encoded once,
-by one actor, whose own Engine keeps the embedding cached and batches rows across the recordings it
-holds.
+Only answering moves: generating, or scoring a likelihood sweep's rows against their subset's
+labels, each through the actor's Engine (`submit`, `submit_labels`) as the local EngineBackend does.
+The driver (evaluation.sweep.runner.SweepRunner) still reads the data, decides what is left to do,
+checks each prompt against the context of the actors' model (one actor reports it when the pool
+starts) and alone writes results.jsonl, so the file, resume, metrics and refusals are those of a
+local sweep, and a restarted driver resumes like one. Work is handed out a recording at a time (all
+its prompt x alpha rows in one call), so each recording is encoded once, by one actor, whose own
+Engine keeps the embedding cached and batches rows across the recordings it holds.
 
 An actor that dies (node lost, out of memory, killed) is replaced and its recordings go to the
 actors still alive; a recording that kills MAX_SHARD_ATTEMPTS actors fails its rows instead of
@@ -26,7 +27,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from evaluation.icl import ContextBudget
 from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
 from naturelm_core.alphas import GridPoint, MergeRecipe
 from naturelm_core.config import PUBLISHED_REPO_ID
+from naturelm_core.label_scores import Candidates, LabelScores
 from naturelm_core.requests import EngineError, GenerationSettings, Priority
 
 try:
@@ -108,6 +110,7 @@ class SweepActor:
         self.model_source = model
         self.max_batch_rows = max_batch_rows
         self.engine = None
+        self.candidates: dict[tuple[str, ...], Candidates] = {}  # label sets tokenized by this actor's model
 
     def ready(self) -> dict[str, Any]:
         """Load the model (a load error reaches the driver as itself) and say where this actor runs."""
@@ -119,25 +122,59 @@ class SweepActor:
         return {"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address(), "device": str(device)}
 
     async def answer(
-        self, windows: list[np.ndarray], rows: list[tuple[list[int], str, WirePoint]], settings: GenerationSettings
-    ) -> list[tuple[bool, str]]:
+        self, windows: list[np.ndarray], rows: list[WireRow], settings: GenerationSettings
+    ) -> list[Outcome]:
         """(True, answer) or (False, why) per row; rows name their windows by index, so a recording travels once."""
-        outcomes: list[tuple[bool, str] | asyncio.Future] = []
+
+        def submit(row_windows: list[np.ndarray], prompt: str, alpha: GridPoint) -> Future:
+            return self.engine.submit(
+                row_windows,
+                prompt,
+                alpha,
+                settings=settings,
+                priority=Priority.SWEEP,
+                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
+            )
+
+        return await self._gather(windows, rows, submit)
+
+    async def score_labels(
+        self, windows: list[np.ndarray], rows: list[WireRow], labels: tuple[str, ...]
+    ) -> list[Outcome]:
+        """(True, LabelScores) or (False, why) per row, through `Engine.submit_labels` as a local likelihood sweep.
+
+        The label set is tokenized once per actor, not once per row; a set that cannot be scored fails each
+        row with the reason, as a bad alpha does.
+        """
+
+        def submit(row_windows: list[np.ndarray], prompt: str, alpha: GridPoint) -> Future:
+            return self.engine.submit_labels(
+                row_windows,
+                prompt,
+                self._candidates(labels),
+                alpha,
+                priority=Priority.SWEEP,
+                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
+            )
+
+        return await self._gather(windows, rows, submit)
+
+    async def _gather(
+        self,
+        windows: list[np.ndarray],
+        rows: list[WireRow],
+        submit: Callable[[list[np.ndarray], str, GridPoint], Future],
+    ) -> list[Outcome]:
+        """Queue every row before awaiting any, so the Engine can batch them; failures stay per row."""
+        outcomes: list[Outcome | asyncio.Future] = []
         for indices, prompt, alpha in rows:
             try:
-                future = self.engine.submit(
-                    [windows[i] for i in indices],
-                    prompt,
-                    from_wire(alpha),
-                    settings=settings,
-                    priority=Priority.SWEEP,
-                    timeout_s=SWEEP_REQUEST_TIMEOUT_S,
-                )
+                future = submit([windows[i] for i in indices], prompt, from_wire(alpha))
             except (EngineError, ValueError) as error:
                 outcomes.append((False, str(error)))
             else:
                 outcomes.append(asyncio.wrap_future(future))
-        results = []
+        results: list[Outcome] = []
         for outcome in outcomes:
             if isinstance(outcome, tuple):
                 results.append(outcome)
@@ -147,6 +184,12 @@ class SweepActor:
             except Exception as error:  # the Engine's failures are per row and meant for the user
                 results.append((False, str(error)))
         return results
+
+    def _candidates(self, labels: tuple[str, ...]) -> Candidates:
+        """A subset's labels tokenized once by this actor's model, like EngineBackend's: not once per row."""
+        if labels not in self.candidates:
+            self.candidates[labels] = self.engine.model.label_candidates(labels)
+        return self.candidates[labels]
 
     def stats(self) -> dict[str, int]:
         return asdict(self.engine.stats) if self.engine is not None else {}
@@ -187,6 +230,8 @@ class _Worker:
 
 
 WirePoint = float | dict[str, Any]  # a grid point as it crosses to an actor: a float, or a recipe's JSON object
+WireRow = tuple[list[int], str, WirePoint]  # a row as it crosses: indices into its recording's windows, prompt, point
+Outcome = tuple[bool, str | LabelScores]  # (True, the answer or the label scores) or (False, why the row failed)
 
 
 def to_wire(point: GridPoint) -> WirePoint:
@@ -200,13 +245,22 @@ def from_wire(point: WirePoint) -> GridPoint:
 
 @dataclass(eq=False)
 class _Shard:
-    """One recording's rows: the windows once, the rows by window index, one driver-side Future per row."""
+    """One recording's rows: the windows once, the rows by window index, one driver-side Future per row.
+
+    `task` says how they are answered: generated with these settings, or scored against this label set.
+    """
 
     windows: list[np.ndarray]
-    rows: list[tuple[list[int], str, WirePoint]]
-    settings: GenerationSettings
+    rows: list[WireRow]
+    task: GenerationSettings | tuple[str, ...]
     futures: list[Future]
     attempts: int = 0
+
+    def send(self, actor: Any) -> Any:
+        """Ask `actor` (a handle) for this recording's answers; the ref resolves to one Outcome per row."""
+        if isinstance(self.task, GenerationSettings):
+            return actor.answer.remote(self.windows, self.rows, self.task)
+        return actor.score_labels.remote(self.windows, self.rows, self.task)
 
 
 def connect(address: str | None = None, **init_options: Any) -> bool:
@@ -359,9 +413,22 @@ class RayBackend:
         return None if self._budget is None else self._budget.with_limit(max_context_tokens)
 
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
+        return self._submit(rows, settings)
+
+    def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
+        """A likelihood sweep's recording: each Future resolves to the row's LabelScores over `labels`.
+
+        Scored by an actor's Engine.submit_labels, the entry point of the local EngineBackend, so the
+        log-likelihoods and the predicted label are those of a local sweep; a dead actor's rows are
+        re-sent like generation's.
+        """
+        return self._submit(rows, tuple(labels))
+
+    def _submit(self, rows: Sequence[Row], task: GenerationSettings | tuple[str, ...]) -> list[Future]:
+        """Send one recording's rows to an actor as one shard: each distinct window travels once."""
         windows: list[np.ndarray] = []
         index_of: dict[int, int] = {}
-        indexed_rows = []
+        indexed_rows: list[WireRow] = []
         for row_windows, prompt, alpha in rows:
             indices = []
             for window in row_windows:
@@ -370,7 +437,7 @@ class RayBackend:
                     windows.append(np.ascontiguousarray(window, dtype=np.float32))
                 indices.append(index_of[id(window)])
             indexed_rows.append((indices, prompt, to_wire(alpha)))
-        shard = _Shard(windows, indexed_rows, settings, [Future() for _ in rows])
+        shard = _Shard(windows, indexed_rows, task, [Future() for _ in rows])
         with self._changed:
             if self._stopped:
                 raise EngineError("the Ray pool has stopped")
@@ -408,7 +475,7 @@ class RayBackend:
                 self._fail(shard, "every Ray actor of the pool has died and none could be replaced")
             return
         worker = min(self._live, key=lambda w: w.outstanding_rows)
-        ref = worker.handle.answer.remote(shard.windows, shard.rows, shard.settings)
+        ref = shard.send(worker.handle)
         worker.outstanding_rows += len(shard.rows)
         self._running[ref] = (shard, worker)
         self._changed.notify_all()
@@ -450,15 +517,15 @@ class RayBackend:
             else:
                 self._resolve(shard, outcome)
 
-    def _resolve(self, shard: _Shard, outcome: list[tuple[bool, str]]) -> None:
-        for future, (ok, text) in zip(shard.futures, outcome, strict=True):
+    def _resolve(self, shard: _Shard, outcome: list[Outcome]) -> None:
+        for future, (ok, answer) in zip(shard.futures, outcome, strict=True):
             if future.done():
                 continue
             if ok:
-                future.set_result(text)
+                future.set_result(answer)
                 self.stats.rows_answered += 1
             else:
-                future.set_exception(EngineError(text))
+                future.set_exception(EngineError(str(answer)))
                 self.stats.rows_failed += 1
 
     def _fail(self, shard: _Shard, message: str) -> None:

@@ -49,7 +49,12 @@ def build_app(
     """
     sweeps = sweeps if sweeps is not None else SweepQueue(engine)
     backends = SweepBackends(
-        sweeps, source=served.source, dtype=served.dtype, demo=served.demo, on_progress=sweeps.on_progress
+        sweeps,
+        source=served.source,
+        dtype=served.dtype,
+        demo=served.demo,
+        audio_precision=getattr(served.model, "audio_precision", None),
+        on_progress=sweeps.on_progress,
     )
     with gr.Blocks(title="NatureLM-audio merging explorer") as app:
         gr.Markdown(header_markdown(served), elem_id="model-header")

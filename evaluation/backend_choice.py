@@ -42,12 +42,14 @@ class SweepBackends:
         source: str,
         dtype: str | None = None,
         demo: bool = False,
+        audio_precision: str | None = None,
         on_progress: ProgressCallback | None = None,
         max_batch_rows: int = RAY_BATCH_ROWS,
         ray_options: dict[str, Any] | None = None,
     ) -> None:
         self.local = local
         self.source, self.dtype, self.demo = source, dtype, demo
+        self.audio_precision = audio_precision  # the served model's, so Ray actors encode audio as it does
         self.on_progress = on_progress
         self.max_batch_rows = max_batch_rows
         self.ray_options = ray_options or {}
@@ -105,7 +107,9 @@ class SweepBackends:
     def _ray_pool(self, address: str) -> Any:
         from evaluation.sweep.ray_backend import ModelSource, RayBackend  # Ray is an optional extra
 
-        model = ModelSource(self.source, None, device=None, dtype=self.dtype, demo=self.demo)
+        model = ModelSource(
+            self.source, None, device=None, dtype=self.dtype, demo=self.demo, audio_precision=self.audio_precision
+        )
         return RayBackend(model, address=address, max_batch_rows=self.max_batch_rows, **self.ray_options)
 
 

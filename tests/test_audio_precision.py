@@ -87,3 +87,10 @@ def test_an_unknown_precision_is_refused_by_name(tiny_model):
     with pytest.raises(ValueError, match="float16"):
         tiny_model.audio_precision = "float16"
     assert tiny_model.audio_precision == "float32"
+
+
+def test_ray_actors_load_the_model_with_the_same_audio_precision(tiny_checkpoint):
+    from evaluation.sweep.ray_backend import ModelSource
+
+    source = ModelSource(str(tiny_checkpoint), device="cpu", dtype="bfloat16", audio_precision="float32")
+    assert source.load().audio_precision == "float32"

@@ -181,7 +181,7 @@ def _start_ray_backend(args: argparse.Namespace) -> RayBackend | int:
     except ImportError as error:
         return _fail(error, EXIT_BAD_INPUT)
     try:
-        model = ModelSource(args.model, args.llm, args.device, args.dtype, args.demo)
+        model = ModelSource(args.model, args.llm, args.device, args.dtype, args.demo, args.audio_precision)
         backend = RayBackend(model, address=args.ray or None, num_actors=args.ray_actors, max_batch_rows=rows).start()
     except (RayBackendError, ModelLoadError, OSError, ValueError) as error:
         return _fail(error, EXIT_BAD_INPUT)

@@ -66,7 +66,8 @@ class RayBackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Which model every actor loads: the command line's --model, --llm, --device, --dtype and --demo.
+    """Which model every actor loads: the command line's --model, --llm, --device, --dtype, --audio-precision
+    and --demo.
 
     `device` may be "cpu" or "cuda" but not "cuda:1": Ray gives each actor its own GPU, which the
     actor sees as cuda:0. The demo is the same tiny checkpoint as `--demo` locally (seed 0), written
@@ -79,6 +80,7 @@ class ModelSource:
     device: str | None = None
     dtype: str | None = None
     demo: bool = False
+    audio_precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.device is not None and ":" in str(self.device):
@@ -91,7 +93,7 @@ class ModelSource:
         from naturelm_core.loading import load_model
 
         if not self.demo:
-            return load_model(self.source, self.llm, self.device, self.dtype)
+            return load_model(self.source, self.llm, self.device, self.dtype, audio_precision=self.audio_precision)
         from naturelm_core.tiny import write_tiny_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="naturelm-demo-") as folder:

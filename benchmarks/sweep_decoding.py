@@ -6,9 +6,9 @@
 A GPU answers a few hundred rows a second; a sweep with one row per recording needs as many
 recordings decoded a second, or the GPU waits. This writes synthetic 44.1 kHz recordings (noise
 under a tone, so FLAC cannot compress them away) and a labels CSV to a temporary folder, then reads
-them exactly as the sweep does: Subset.rows on this thread, Subset.decode + model_window on
-evaluation.prefetch threads, as far ahead as SweepRunner lets them run. Each setting is timed after
-one warm-up pass (page cache, torch kernels), best of --repeats.
+them exactly as the sweep does: Subset.rows on this thread, Subset.decode (of each file's window
+only) + model_window on evaluation.prefetch threads, as far ahead as SweepRunner lets them run.
+Each setting is timed after one warm-up pass (page cache, torch kernels), best of --repeats.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def decode_all(subset: Subset, workers: int) -> int:
     """Read every recording as a sweep does; returns how many gave a model window."""
 
     def decode_window(row: SampleRow) -> np.ndarray:
-        return model_window(subset.decode(row))
+        return model_window(subset.decode(row, head_s=subset.window_s))
 
     ahead = DECODE_AHEAD_PER_WORKER * workers
     decoded = 0

@@ -263,10 +263,14 @@ class Subset:
 
     def __iter__(self) -> Iterator[Sample]:
         """Samples in source order; `skipped` is refilled on every pass."""
+        return self.samples()
+
+    def samples(self, head_s: float | None = None) -> Iterator[Sample]:
+        """Samples in source order, each decoded by `decode(row, head_s)`; `skipped` is refilled on every pass."""
         self.skipped = []
         for row in self.rows():
             try:
-                sample = self.decode(row)
+                sample = self.decode(row, head_s)
             except UnreadableRowError as error:
                 self._skip(row.id, str(error))
                 continue
@@ -298,10 +302,16 @@ class Subset:
                     position=position,
                 )
 
-    def decode(self, row: SampleRow) -> Sample:
-        """The row's Sample with its audio decoded; raises UnreadableRowError. Safe to call from any thread."""
+    def decode(self, row: SampleRow, head_s: float | None = None) -> Sample:
+        """The row's Sample with its audio decoded; raises UnreadableRowError. Safe to call from any thread.
+
+        `head_s`: the caller needs the first `head_s` seconds only (a sweep's model window), so a recording file
+        is read and resampled only as far as those need (naturelm_core.audio.load_audio_head, which says how its
+        checks differ) and the Sample's audio, and duration, are that head. A parquet row's audio is decoded
+        samples already, kept whole: `evaluation.sweep.model_window` resamples only its head.
+        """
         if row.audio_column is None:
-            audio, rate = self._decode_file(row.file_name)
+            audio, rate = self._decode_file(row.file_name, head_s)
         else:
             audio, rate = _row_audio(row.audio_column, row.position, row.metadata)
         return Sample(
@@ -321,12 +331,15 @@ class Subset:
         self.skipped.append(SkippedRow(row_id, reason))
         logger.warning("%s: skipping row %s: %s", self.name, row_id, reason)
 
-    def _decode_file(self, file_name: str) -> tuple[np.ndarray, int]:
-        from naturelm_core.audio import AudioError, load_audio  # imports torch
+    def _decode_file(self, file_name: str, head_s: float | None) -> tuple[np.ndarray, int]:
+        from naturelm_core.audio import AudioError, load_audio, load_audio_head  # imports torch
 
         path = self._audio_root / file_name
         try:
-            audio, _ = load_audio(path, max_duration_s=self._max_duration_s)
+            if head_s is None:
+                audio, _ = load_audio(path, max_duration_s=self._max_duration_s)
+            else:
+                audio = load_audio_head(path, head_s, max_duration_s=self._max_duration_s)
         except AudioError as error:
             raise UnreadableRowError(str(error)) from error
         return audio, SAMPLE_RATE

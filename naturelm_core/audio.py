@@ -7,7 +7,8 @@ containers (m4a, aac, ...) go through torchcodec only where it and FFmpeg are in
 
 Every way a recording can be unusable raises its own `AudioError` subclass with a message a
 user can act on, and the cheap checks (duration from the header, sample rate) run before a
-possibly huge file is decoded into memory.
+possibly huge file is decoded into memory. `load_audio_head` reads only the start of a file, for
+callers (sweeps) that use its first window only.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
 HEADER_DURATION_SLACK = 1.25
 SOUNDFILE_FORMATS = ("wav", "flac", "ogg", "mp3")
+# libsndfile formats whose frame count is an estimate (from the byte size); every other header's count is exact.
+ESTIMATED_LENGTH_FORMATS = frozenset({"MP3"})
+# torchaudio.functional.resample's defaults, named because load_audio_head's read-ahead follows this filter.
+RESAMPLE_LOWPASS_WIDTH = 6  # zero crossings of the windowed sinc kept either side of its centre
+RESAMPLE_ROLLOFF = 0.99  # the low-pass cut-off, as a fraction of the lower rate's Nyquist frequency
+# A head is never read shorter than this: PyTorch's CPU convolution sums with oneDNN over more than 20,480 (padded)
+# input samples and with its own loop below that (torch 2.x, `use_mkldnn`), in different orders, so a shorter head could
+# differ from the whole file's resampling in the last bit.
+HEAD_MIN_SOURCE_FRAMES = 1 << 15
 # Containers libsndfile cannot open; naming them lets us say "needs FFmpeg" instead of "corrupt".
 FFMPEG_ONLY_FORMATS = frozenset({"m4a", "aac", "mp4", "m4b", "3gp", "wma", "webm", "mka", "amr", "ac3", "opus"})
 
@@ -153,6 +163,59 @@ def load_audio(
     return waveform, len(waveform) / SAMPLE_RATE
 
 
+def load_audio_head(source: EncodedSource, seconds: float, max_duration_s: float = MAX_DURATION_S) -> np.ndarray:
+    """The first `seconds` of `load_audio(source)`'s waveform (all of it, if shorter), decoding little more than that.
+
+    Why: a sweep asks about a recording's first model window only, and decoding and resampling a 10-minute file
+    for its first 10 s is sixty times the work. wav, flac, ogg and mp3 are read from the start up to
+    `head_source_frames` (the resampler's reach past the head included), so the result equals
+    `load_audio(source)[0][:round(seconds * SAMPLE_RATE)]` bit for bit; formats that need FFmpeg are decoded whole
+    and cut.
+
+    The checks are load_audio's, on what is read. Where that stops before the end of the file, the end is not seen,
+    which changes three things, intentionally:
+    - too long: judged by the header's length, exactly where the header's count is exact (wav, flac, ogg; a
+      truncated FLAC by the length it declares) and with HEADER_DURATION_SLACK where it is an estimate (mp3);
+    - damage, NaN or infinite samples after the head are not found: the head, all the model hears, is answered;
+    - like load_audio, a silent head is not refused (a benchmark answers every sample it has).
+    A read that stops short of what it asked for has reached the end of the file, so the length checks (empty, too
+    short, corrupt rather than short) are then load_audio's own; one that does not has read at least
+    MIN_DURATION_S.
+    """
+    if not max_duration_s > 0:
+        raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}")
+    if isinstance(source, np.ndarray) or not isinstance(source, EncodedSource):
+        raise InvalidAudioSourceError(f"load_audio_head reads files or encoded bytes, got {type(source).__name__}")
+    head_samples = _seconds_to_samples(seconds, SAMPLE_RATE, "seconds")
+    frames, rate, _ = _decode(source, max_duration_s, head_samples)
+    return _to_mono_16k(frames, rate)[:head_samples]
+
+
+def head_source_frames(head_samples: int, rate: int) -> int:
+    """Source frames at `rate` whose resampling gives the first `head_samples` at 16 kHz exactly as resampling the
+    whole recording does.
+
+    torchaudio's resampler is a strided convolution: each block of `new` output samples (the rates divided by their
+    gcd, `orig` -> `new`) is made from the block's `orig` source frames and `resampler_half_width` frames either
+    side, so those are all the head needs; reading at least HEAD_MIN_SOURCE_FRAMES keeps the convolution's
+    summation order, and MIN_DURATION_S means a read that stops here proves the recording long enough.
+    """
+    needed = head_samples
+    if rate != SAMPLE_RATE:
+        divisor = math.gcd(rate, SAMPLE_RATE)
+        orig, new = rate // divisor, SAMPLE_RATE // divisor
+        needed = -(-head_samples // new) * orig + resampler_half_width(rate)
+    return max(needed, HEAD_MIN_SOURCE_FRAMES, math.ceil(MIN_DURATION_S * rate))
+
+
+def resampler_half_width(rate: int) -> int:
+    """How many source frames past its own block `_to_mono_16k`'s resampler reads: torchaudio's kernel `width`
+    (e.g. 17 at 44.1 kHz, 19 at 48 kHz, 9 at 22.05 kHz), computed as torchaudio does."""
+    divisor = math.gcd(rate, SAMPLE_RATE)
+    orig, new = rate // divisor, SAMPLE_RATE // divisor
+    return math.ceil(RESAMPLE_LOWPASS_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+
+
 def load_recording(source: EncodedSource, max_duration_s: float = MAX_DURATION_S) -> Recording:
     """A user's file for the app or the command line: `load_audio`, plus the checks a person needs.
 
@@ -263,9 +326,15 @@ def _label(source: EncodedSource) -> str:
     return "the audio data" if isinstance(source, bytes | bytearray | memoryview) else f"'{Path(source).name}'"
 
 
-def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, int, str | None]:
+def _decode(
+    source: EncodedSource, max_duration_s: float, head_samples: int | None = None
+) -> tuple[np.ndarray, int, str | None]:
     """(frames [n, channels] float32, sample rate, a truncation warning or None) from a file or encoded
-    bytes, every check applied."""
+    bytes, every check applied.
+
+    With `head_samples`, a soundfile format is read only as far as those 16 kHz samples need (load_audio_head
+    says what that changes) and no truncation warning is made: the end of the file is not read.
+    """
     label = _label(source)
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -287,23 +356,35 @@ def _decode(source: EncodedSource, max_duration_s: float) -> tuple[np.ndarray, i
         truncation = None
     else:
         declared_frames = _declared_frames(sound_file, data)
-        frames, rate = _decode_with_soundfile(sound_file, label, max_duration_s, declared_frames)
-        truncation = _truncation_warning(sound_file, data, label, len(frames), declared_frames, rate)
+        frames, rate = _decode_with_soundfile(sound_file, label, max_duration_s, declared_frames, head_samples)
+        truncation = (
+            None
+            if head_samples is not None
+            else _truncation_warning(sound_file, data, label, len(frames), declared_frames, rate)
+        )
     if not np.isfinite(frames).all():
         raise NonFiniteAudioError(f"{label} contains NaN or infinite samples")
     return frames, rate, truncation
 
 
 def _decode_with_soundfile(
-    sound_file: sf.SoundFile, label: str, max_duration_s: float, declared_frames: int | None
+    sound_file: sf.SoundFile,
+    label: str,
+    max_duration_s: float,
+    declared_frames: int | None,
+    head_samples: int | None = None,
 ) -> tuple[np.ndarray, int]:
+    """The file's frames, or with `head_samples` its first `head_source_frames`; a head read that stops before the
+    end of the file is judged too long by the header, the only length it knows (see load_audio_head)."""
     with sound_file:
         rate = _checked_sample_rate(sound_file.samplerate, label)
         _refuse_if_header_too_long(sound_file.frames / rate, max_duration_s, label)
-        try:
-            frames = sound_file.read(dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError) as error:
-            raise CorruptAudioError(f"{label} is damaged and could not be decoded: {error}") from error
+        wanted = -1 if head_samples is None else head_source_frames(head_samples, rate)
+        frames = _read_frames(sound_file, label, wanted)
+    if len(frames) == wanted:
+        if sound_file.format not in ESTIMATED_LENGTH_FORMATS:
+            _check_length(sound_file.frames, rate, max_duration_s, label)
+        return frames, rate
     if declared_frames is not None and len(frames) / rate < MIN_DURATION_S <= declared_frames / rate:
         raise CorruptAudioError(
             f"{label} is corrupt or truncated: its header declares {declared_frames / rate:.2f} s of audio, but "
@@ -311,6 +392,14 @@ def _decode_with_soundfile(
         )
     _check_length(len(frames), rate, max_duration_s, label)
     return frames, rate
+
+
+def _read_frames(sound_file: sf.SoundFile, label: str, frames: int) -> np.ndarray:
+    """Up to `frames` frames from the start (-1: all of them), [n, channels] float32."""
+    try:
+        return sound_file.read(frames, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise CorruptAudioError(f"{label} is damaged and could not be decoded: {error}") from error
 
 
 def _declared_frames(sound_file: sf.SoundFile, data: str | bytes) -> int | None:
@@ -525,7 +614,13 @@ def _check_length(n_frames: int, rate: int, max_duration_s: float, label: str) -
 def _to_mono_16k(frames: np.ndarray, rate: int) -> np.ndarray:
     mono = frames.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
-        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, SAMPLE_RATE).numpy()
+        mono = torchaudio.functional.resample(
+            torch.from_numpy(mono),
+            rate,
+            SAMPLE_RATE,
+            lowpass_filter_width=RESAMPLE_LOWPASS_WIDTH,
+            rolloff=RESAMPLE_ROLLOFF,
+        ).numpy()
     # Resampling can overshoot a full-scale input slightly; the model saw clamped audio only.
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,32 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip("../shared is not present in this checkout")
     return SHARED_DIR
+
+
+@dataclass
+class FramesRead:
+    """Frames soundfile decoded while the `frames_read` fixture was on: that a file was not read whole, without
+    timing anything. Reads may come from several decoding threads at once."""
+
+    frames: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def frames_read(monkeypatch) -> FramesRead:
+    import soundfile as sf
+
+    counter = FramesRead()
+    original = sf.SoundFile.read
+
+    def counting(sound_file, *args, **kwargs):
+        block = original(sound_file, *args, **kwargs)
+        with counter.lock:
+            counter.frames += len(block)
+        return block
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting)
+    return counter
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ being made again. Items are identified by keys whose grid point goes through nat
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,10 +18,7 @@ from evaluation.datasets import DatasetError, Sample, Subset, cached_subset_path
 from evaluation.icl import ExampleBank, ExtendedPrompt, examples_needed
 from evaluation.sweep.spec import DataSource, SweepSpec
 from naturelm_core.alphas import GridPoint, grid_key
-from naturelm_core.config import WINDOW_SECONDS
-
-# Extra source samples kept past the model window, so resampling the cut clip matches resampling the whole.
-RESAMPLE_MARGIN_S = 0.1
+from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS
 
 ItemKey = tuple[str, str, str, float | str]
 
@@ -148,13 +144,22 @@ def plan_sweep(spec: SweepSpec) -> list[SubsetPlan]:
 
 
 def load_examples(spec: SweepSpec, plan: SubsetPlan) -> None:
-    """Read the subset's in-context example recordings into the plan (one pass), if any prompt uses them."""
+    """Read the subset's in-context example recordings into the plan (one pass), if any prompt uses them.
+
+    Only each recording's head is decoded: an example is heard as its first model window, nothing more.
+    """
     from naturelm_core.audio import AudioError  # naturelm_core.audio imports torch
 
     k = examples_needed(spec.prompts)
     if k and plan.examples is None:
         plan.examples = ExampleBank.collect(
-            plan.subset, plan.labels, k, spec.seed, model_window, unusable=(AudioError,), dataset=plan.name
+            plan.subset.samples(head_s=plan.subset.window_s),
+            plan.labels,
+            k,
+            spec.seed,
+            model_window,
+            unusable=(AudioError,),
+            dataset=plan.name,
         )
 
 
@@ -174,10 +179,13 @@ def sample_items(spec: SweepSpec, plan: SubsetPlan, sample_id: str) -> list[Work
 def model_window(sample: Sample) -> np.ndarray:
     """The sample's first model window at 16 kHz mono (zero-padded), as the paper's evaluation truncates clips.
 
-    Only the head of the clip is resampled: a long recording costs no more than a short one.
+    Only the head of the clip is resampled: a long recording costs no more than a short one. The head is the
+    source samples the window's resampling reaches (naturelm_core.audio.head_source_frames), so the window is
+    the one resampling the whole clip would give, bit for bit. A sample decoded with `Subset.decode(row,
+    head_s=window_s)` holds no more than that already.
     """
-    from naturelm_core.audio import load_audio, windows  # naturelm_core.audio imports torch
+    from naturelm_core.audio import head_source_frames, load_audio, windows  # naturelm_core.audio imports torch
 
-    keep = math.ceil((sample.window_s + RESAMPLE_MARGIN_S) * sample.sample_rate)
+    keep = head_source_frames(round(sample.window_s * SAMPLE_RATE), sample.sample_rate)
     waveform, _ = load_audio(sample.audio[:keep], sample_rate=sample.sample_rate)
     return windows(waveform, window_s=sample.window_s, hop_s=sample.window_s)[0].samples

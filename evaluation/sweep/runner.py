@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 # A group of rows that all failed, this many times in a row, means the model is broken: stop.
 MAX_FAILED_GROUPS_IN_A_ROW = 3
 # Recordings decoded ahead of the one being submitted, per decode thread: slack for a slow file at the head
-# while the other threads go on. Only model windows wait (the full audio is dropped on the decode thread).
+# while the other threads go on. Only model windows wait (a file is decoded only as far as its window needs, and a
+# parquet row's audio is dropped on the decode thread).
 DECODE_AHEAD_PER_WORKER = 4
 
 ProgressCallback = Callable[[SweepStatus], None]
@@ -204,8 +205,8 @@ class SweepRunner:
         seen: set[str] = set()
         unreadable: dict[str, str] = {}
 
-        def decode_window(row: SampleRow) -> np.ndarray:  # on a prefetch thread, which also drops the full audio
-            return model_window(plan.subset.decode(row))
+        def decode_window(row: SampleRow) -> np.ndarray:  # on a prefetch thread; a file is read up to its window
+            return model_window(plan.subset.decode(row, head_s=plan.subset.window_s))
 
         decoded = prefetch_map(
             decode_window,

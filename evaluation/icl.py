@@ -28,6 +28,7 @@ import numpy as np
 from evaluation.datasets import Sample
 from evaluation.prompts import Prompt, PromptTemplateError, shuffled_labels
 from naturelm_core.config import AUDIO_PLACEHOLDER, AUDIO_PROMPT_PREFIX, NatureLMConfig
+from naturelm_core.label_scores import Candidates
 
 TEMPLATE_FIELDS = frozenset({"species_list", "examples", "audio_examples", "randomize"})
 # Fields only the extended language has; a template using one of them cannot be a plain Prompt.
@@ -304,12 +305,26 @@ class ExampleBank:
 
 
 @dataclass(frozen=True)
+class AnswerRoom:
+    """The positions an answer takes after its prompt, and what sets that number (a refusal names it)."""
+
+    tokens: int
+    source: str
+
+    @classmethod
+    def generated(cls, max_new_tokens: int) -> AnswerRoom:
+        """A generated answer: up to max_new_tokens."""
+        return cls(max_new_tokens, f"max_new_tokens {max_new_tokens}")
+
+
+@dataclass(frozen=True)
 class ContextBudget:
     """How many positions a prompt takes in the LLM, and how many the model can hold.
 
     Positions = BOS + the templated text's tokens + each window's audio embeddings (29 for 10 s) +
-    the answer's max_new_tokens; the limit is the LLM's max_position_embeddings unless a smaller
-    one is configured (memory, not the model, is then what runs out).
+    the answer's room (`AnswerRoom`: max_new_tokens when generating, the longest label when scoring
+    labels); the limit is the LLM's max_position_embeddings unless a smaller one is configured
+    (memory, not the model, is then what runs out).
     """
 
     tokenizer: Any
@@ -353,13 +368,24 @@ class ContextBudget:
         audio = sum(audio_token_count(n, self.config) for n in window_samples)
         return text, audio
 
-    def check(self, prompt_text: str, window_samples: Sequence[int], max_new_tokens: int, what: str) -> None:
+    def label_room(self, labels: Sequence[str]) -> AnswerRoom:
+        """The room a likelihood row needs: its longest label's tokens, tokenized as they are scored.
+
+        Nothing is generated: naturelm_core.likelihood feeds each label's tokens after the prompt, and
+        reads the end of the answer off the last label token's logits, so the end takes no position.
+        """
+        candidates = Candidates.tokenize(self.tokenizer, labels)
+        lengths = [len(ids) for ids in candidates.token_ids]
+        tokens = max(lengths)
+        return AnswerRoom(tokens, f"{tokens} tokens of the longest label {candidates.labels[lengths.index(tokens)]!r}")
+
+    def check(self, prompt_text: str, window_samples: Sequence[int], answer: AnswerRoom, what: str) -> None:
         """Refuse a prompt that would not fit, naming what makes it long."""
         text, audio = self.positions(prompt_text, window_samples)
-        needed = text + audio + max_new_tokens
+        needed = text + audio + answer.tokens
         if needed > self.limit:
             raise ContextLengthError(
                 f"{what} needs {needed} positions ({text} text tokens + {audio} audio embeddings for "
-                f"{len(window_samples)} recording(s) + max_new_tokens {max_new_tokens}) but {self.limit_source} is "
+                f"{len(window_samples)} recording(s) + {answer.source}) but {self.limit_source} is "
                 f"{self.limit}; use fewer in-context examples per class, fewer species, or a shorter prompt"
             )

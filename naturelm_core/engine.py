@@ -371,8 +371,7 @@ class Engine:
         allow_extrapolation: bool,
         caller: int | None,
     ) -> Request:
-        check = getattr(self.model, "check_grid_point", None)
-        alpha = check(alpha, allow_extrapolation) if check else check_grid_point(alpha, allow_extrapolation)
+        alpha = self.check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
         windows = [np.ascontiguousarray(w, dtype=np.float32) for w in windows]
@@ -389,6 +388,17 @@ class Engine:
             group=self.new_caller() if caller is None else caller,
             candidates=candidates,
         )
+
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
+        """`value` as a row's alpha or recipe: checked against the model's layers and LoRA rank where the model
+        can say (`NatureLM.check_grid_point`), by its ranges alone for a stand-in that cannot.
+
+        Public so that a sweep can refuse its recipes when it starts, not when their first row is queued.
+        """
+        check = getattr(self.model, "check_grid_point", None)
+        if check is None:
+            return check_grid_point(value, allow_extrapolation, name=name)
+        return check(value, allow_extrapolation, name=name)
 
     def _put(self, request: Request, block: bool) -> Future:
         self.start()

@@ -334,9 +334,11 @@ class NatureLM(nn.Module):
         """Decoder layers of the LLM: the length of a recipe's `layers` list."""
         return self.llm.config.num_hidden_layers
 
-    def check_grid_point(self, value: object, allow_extrapolation: bool = False) -> GridPoint:
-        """One alpha or recipe checked against this model (its layers and LoRA rank); plain recipes become floats."""
-        return check_grid_point(value, allow_extrapolation, self.num_layers, self.config.lora_rank)
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
+        """One alpha or recipe checked against this model (its layers and LoRA rank); plain recipes become floats.
+
+        `name` is how a refusal names the value (a sweep names the spec's recipe it refuses)."""
+        return check_grid_point(value, allow_extrapolation, self.num_layers, self.config.lora_rank, name)
 
     def row_merge(
         self, alphas: Sequence[PointLike] | PointLike, rows: int, allow_extrapolation: bool = False

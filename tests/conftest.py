@@ -89,6 +89,10 @@ class PacedModel:
         time.sleep(self.seconds)
         return self.model.generate_from_embeddings(*args, **kwargs)
 
+    def check_grid_point(self, *args, **kwargs):
+        """The tiny model's own check (its layers and LoRA rank): a recipe it cannot run is refused as it would be."""
+        return self.model.check_grid_point(*args, **kwargs)
+
 
 # --- the served app and its client, shared by the UI tests ---
 

@@ -18,7 +18,9 @@ from evaluation.sweep import (  # noqa: E402
     DISTRIBUTION_FIELD,
     LabelBackend,
     SweepFolder,
+    SweepQueue,
     SweepSpec,
+    SweepSpecError,
     SweepState,
     read_label_sets,
     run_sweep,
@@ -26,6 +28,7 @@ from evaluation.sweep import (  # noqa: E402
 from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main  # noqa: E402
 from evaluation.sweep.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
+from naturelm_core.alphas import AlphaError, MergeRecipe  # noqa: E402
 from naturelm_core.engine import Engine  # noqa: E402
 from tests.sweep_helpers import WATKINS_LABELS, item_predictions, spec_dict, write_sweep_data  # noqa: E402
 
@@ -184,6 +187,22 @@ def test_a_prompt_too_long_for_the_actors_model_is_refused_before_it_reaches_the
         _run_with_deadline(pool, spec, tmp_path)
     assert pool.stats.shards_submitted == submitted
     assert SweepFolder(tmp_path, spec.sweep_id).read_status().state is SweepState.FAILED
+
+
+def test_a_recipe_the_actors_model_cannot_run_is_refused_before_the_pool_gets_a_row(pool, data_dir, tmp_path):
+    """The driver has no model: it checks recipes with the decoder layers and LoRA rank one actor reported."""
+    assert pool.check_grid_point({"rank": 4}) == MergeRecipe(rank=4)
+    with pytest.raises(AlphaError, match=r"rank 5 is outside 1..4 \(the LoRA rank\)"):
+        pool.check_grid_point({"rank": 5})
+    spec = SweepSpec.from_dict(spec_dict(data_dir, limit=2, alphas=[1.0], recipes=[{"layers": [1, 1, 1]}]))
+    refusal = r"recipes\[0\]: recipe 'L1x3': layers lists 3 multipliers but the model has 2 decoder layers"
+    submitted = pool.stats.shards_submitted
+    with pytest.raises(SweepSpecError, match=refusal):
+        SweepQueue(pool, tmp_path / "queued").submit(spec)
+    with pytest.raises(SweepSpecError, match=refusal):
+        _run_with_deadline(pool, spec, tmp_path / "runs")
+    assert pool.stats.shards_submitted == submitted
+    assert SweepFolder(tmp_path / "runs", spec.sweep_id).results.read() == []
 
 
 # -- likelihood sweeps -------------------------------------------------------------------------------

@@ -8,16 +8,20 @@ import math
 
 import pytest
 
+from evaluation.icl import ContextBudget, ContextLengthError
 from evaluation.sweep import (
     DISTRIBUTION_FIELD,
     AnswerMode,
     LabelSetError,
     SweepFolder,
+    SweepPlan,
     SweepSpec,
     SweepSpecError,
     SweepState,
+    model_window,
     read_label_sets,
     run_sweep,
+    sample_items,
     score_sweep,
 )
 from evaluation.sweep.cli import EXIT_COMPLETE, main
@@ -114,6 +118,33 @@ def test_a_backend_that_cannot_score_labels_refuses_the_sweep_clearly(data_dir, 
     spec = SweepSpec.from_dict(likelihood_dict(data_dir))
     with pytest.raises(TypeError, match="ToneBackend does not answer likelihood sweeps"):
         run_sweep(ToneBackend(), spec, tmp_path)
+
+
+def test_a_likelihood_prompt_needs_room_for_its_longest_label_not_for_max_new_tokens(tiny_model, data_dir, tmp_path):
+    """Scoring generates nothing: after the prompt come the labels' tokens, so a context that holds the prompt and
+    the longest label is enough, however large max_new_tokens is; the same prompt is refused when generating."""
+    spec = SweepSpec.from_dict(likelihood_dict(data_dir, limit=2, alphas=[1.0], max_new_tokens=100))
+    (plan,) = SweepPlan.of(spec).subsets
+    prompt = sample_items(spec, plan, plan.sample_ids[0])[0].prompt_text
+    text, audio = ContextBudget.of_model(tiny_model).positions(prompt, [len(model_window(next(iter(plan.subset))))])
+    longest = max(len(tiny_model.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in WATKINS_LABELS)
+    assert longest < spec.max_new_tokens
+    limit = text + audio + longest
+
+    def run(max_context_tokens: int, answer_mode: str = "likelihood"):
+        overrides = {"max_context_tokens": max_context_tokens, "answer_mode": answer_mode}
+        runs_dir = tmp_path / f"{answer_mode}-{max_context_tokens}"  # the limit is not part of the sweep id
+        return run_sweep(engine, SweepSpec.from_dict({**spec.to_dict(), **overrides}), runs_dir)
+
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    try:
+        assert run(limit).state is SweepState.COMPLETE
+        with pytest.raises(ContextLengthError, match=rf"\+ max_new_tokens 100\) but .* max_context_tokens is {limit}"):
+            run(limit, answer_mode="generate")
+        with pytest.raises(ContextLengthError, match=rf"\+ {longest} tokens of the longest label 'Whale species \d+'"):
+            run(limit - 1)
+    finally:
+        engine.stop()
 
 
 def test_the_cli_runs_a_likelihood_spec_on_the_tiny_checkpoint(tiny_checkpoint, data_dir, tmp_path):

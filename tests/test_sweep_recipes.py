@@ -4,6 +4,7 @@ exports, the CLI, the recipe presets, and the official tie range drawn on metric
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,17 @@ from evaluation.export import export_csv, export_json, export_paper_layout, resu
 from evaluation.presets import PRESETS, RECIPE_PRESETS, list_presets
 from evaluation.results import ResultRow
 from evaluation.scoring import ScoringMode
-from evaluation.sweep import SweepFolder, SweepSpec, SweepSpecError, load_results, run_sweep, score_sweep
-from evaluation.sweep.cli import EXIT_COMPLETE, main
+from evaluation.sweep import (
+    SweepFolder,
+    SweepQueue,
+    SweepSpec,
+    SweepSpecError,
+    SweepState,
+    load_results,
+    run_sweep,
+    score_sweep,
+)
+from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main
 from evaluation.sweep.ray_backend import from_wire, to_wire
 from evaluation.sweep_forms import SweepForm, grid_fields, spec_from_preset
 from evaluation.sweep_metrics import metrics_frame
@@ -131,6 +141,73 @@ def test_cli_runs_a_recipe_spec(data_dir, tiny_checkpoint, tmp_path):
     assert code == EXIT_COMPLETE
     spec = SweepSpec.from_json_file(spec_path)
     assert {row.alpha for row in load_results(runs, spec.sweep_id)} == {1.0, NAMES[0]}
+
+
+# The tiny model has 2 decoder layers and a LoRA rank of 4: each recipe passes the spec's checks, not the model's.
+MISFITS = [
+    ({"layers": [1, 1, 1]}, "layers lists 3 multipliers but the model has 2 decoder layers"),
+    ({"rank": 8}, r"rank 8 is outside 1..4 \(the LoRA rank\)"),
+    ({"spectrum": [1, 0.5, 0.5, 0.5, 0.5]}, "spectrum lists 5 weights but the LoRA rank is 4"),
+]
+
+
+def _misfit_spec(data_dir: Path, recipe: dict) -> SweepSpec:
+    return SweepSpec.from_dict(spec_dict(data_dir, alphas=[1.0], recipes=[RECIPES[0], recipe], limit=2))
+
+
+def _refusal(spec: SweepSpec, part: str) -> str:
+    """What a refusal says: the spec's recipe by position and name, then the part the model cannot run."""
+    return rf"recipes\[1\]: recipe '{re.escape(spec.recipes[1].name)}': {part}"
+
+
+@pytest.mark.parametrize(("recipe", "part"), MISFITS)
+def test_a_recipe_the_model_cannot_run_fails_the_sweep_before_any_row_is_queued(
+    tiny_model, data_dir, tmp_path, recipe, part
+):
+    spec = _misfit_spec(data_dir, recipe)
+    engine = Engine(tiny_model, max_batch_rows=8).start()
+    try:
+        with pytest.raises(SweepSpecError, match=_refusal(spec, part)):
+            run_sweep(engine, spec, tmp_path)
+    finally:
+        engine.stop()
+    assert engine.stats.requests == 0  # not even the plain alpha's rows of the first sample
+    folder = SweepFolder(tmp_path, spec.sweep_id)
+    assert folder.results.read() == []
+    status = folder.read_status()
+    assert status.state is SweepState.FAILED and "recipes[1]" in status.message
+
+
+@pytest.mark.parametrize(("recipe", "part"), MISFITS)
+def test_the_queue_refuses_such_a_recipe_when_the_sweep_is_submitted(tiny_model, data_dir, tmp_path, recipe, part):
+    """SweepQueue.submit is where the Sweeps tab (and start_sweep) hand a sweep over: the refusal reaches the caller
+    at once, and nothing is queued or written."""
+    spec = _misfit_spec(data_dir, recipe)
+    engine = Engine(tiny_model, max_batch_rows=8)
+    sweeps = SweepQueue(engine, tmp_path)
+    try:
+        with pytest.raises(SweepSpecError, match=_refusal(spec, part)):
+            sweeps.submit(spec)
+        assert sweeps.pending() == [] and sweeps.current is None
+    finally:
+        sweeps.close()
+        engine.stop()
+    assert not SweepFolder(tmp_path, spec.sweep_id).exists()
+
+
+def test_the_cli_checks_every_specs_recipes_against_the_model_before_running_any(
+    data_dir, tiny_checkpoint, tmp_path, capsys
+):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(spec_dict(data_dir, name="good", alphas=[1.0], limit=2)))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(spec_dict(data_dir, name="bad", alphas=[1.0], recipes=[MISFITS[0][0]], limit=2)))
+    runs = tmp_path / "runs"
+    code = main([str(good), str(bad), "--runs-dir", str(runs), "--model", str(tiny_checkpoint), "--device", "cpu"])
+    assert code == EXIT_BAD_INPUT
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "recipes[0]: recipe 'L1x3': " + MISFITS[0][1] in errors[0]
+    assert not runs.exists()  # the good spec, listed first, did not run either
 
 
 def test_ray_wire_format_carries_recipes():

@@ -450,6 +450,7 @@ def test_resume_runs_where_run_on_says_and_refuses_a_ray_choice_without_an_addre
         ({"custom_prompts": "Name it: {species}"}, "unknown placeholder"),
         ({"local_path": "/no/such/folder"}, "does not exist"),
         ({"subsets": ["esc50", "nope"]}, "nope"),
+        ({"recipes": '[{"layers": [1, 1, 1]}]'}, "layers lists 3 multipliers but the model has 2 decoder layers"),
     ],
 )
 def test_bad_form_input_gets_a_clear_message_and_queues_nothing(client, data_dir, runs_dir, fields, message):

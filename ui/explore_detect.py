@@ -6,13 +6,15 @@ the timeline. `/detect` is public: (audio, prompt, alpha, window_s, hop_s[, abse
 -> (events table, Raven selection table, Audacity labels). With candidates (the Explore tab's field),
 each event's confidence is its label's mean probability over its windows; without, it stays empty.
 Stop sets the running detection's cancel event, so its queued rows are withdrawn and the windows
-answered so far are kept.
+answered so far are kept. The exports are written once per detection, by `/detect`: the step that
+then draws the timeline lists the same files (they travel in the `Detected` state).
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,14 @@ class RunningDetections:
         if event is not None:
             event.set()
         return event is not None
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A detection and its export files by format, kept for the step after `/detect` so it writes none again."""
+
+    result: DetectionResult
+    exports: dict[str, Path]
 
 
 def events_table(result: DetectionResult) -> pd.DataFrame:
@@ -121,7 +131,7 @@ def _detect_handler(engine: Engine, running: RunningDetections) -> Any:
         candidates: str = "",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio's way of asking for a progress bar)
-    ) -> tuple[pd.DataFrame, str, str, DetectionResult]:
+    ) -> tuple[pd.DataFrame, str, str, Detected]:
         if not audio_path:
             raise ValueError("No recording: upload a file or record with the microphone first.")
         point = answer_point(alpha, recipe)
@@ -147,7 +157,7 @@ def _detect_handler(engine: Engine, running: RunningDetections) -> Any:
         for warning in found.warnings:
             gr.Warning(warning)
         paths = export_files(found)
-        return events_table(found), str(paths["raven"]), str(paths["audacity"]), found
+        return events_table(found), str(paths["raven"]), str(paths["audacity"]), Detected(found, paths)
 
     return detect_events
 
@@ -161,11 +171,12 @@ def _stop_handler(running: RunningDetections) -> Any:
 
 
 @user_facing
-def _show_result(audio_path: str | None, found: DetectionResult | None) -> tuple[Any, str, list[str]]:
-    """The timeline over the recording's spectrogram (its first minutes when long), the summary, every export."""
-    if found is None or not audio_path:
+def _show_result(audio_path: str | None, detected: Detected | None) -> tuple[Any, str, list[str]]:
+    """The timeline over the recording's spectrogram (its first minutes when long), the summary, and the export
+    files `/detect` wrote (listed, not written again)."""
+    if detected is None or not audio_path:
         return None, "", []
+    found = detected.result
     waveform, _ = preview_waveform(audio_path)
     figure = detection_timeline_figure(waveform, found.events, found.duration_s, min(PREVIEW_S, found.duration_s))
-    paths = export_files(found)
-    return figure, detection_summary_markdown(found), [str(path) for path in paths.values()]
+    return figure, detection_summary_markdown(found), [str(path) for path in detected.exports.values()]

@@ -35,6 +35,7 @@ from evaluation.sweep.backends import (
     Row,
     SweepBackend,
     as_backend,
+    check_recipes,
 )
 from evaluation.sweep.durable import ResultsCorruptError, RunsStorageError
 from evaluation.sweep.label_sets import DISTRIBUTION_FIELD, LabelSetError, read_label_sets
@@ -98,6 +99,7 @@ __all__ = [
     "SweepStatus",
     "WorkItem",
     "as_backend",
+    "check_recipes",
     "check_sweep",
     "default_runs_dir",
     "item_key",

@@ -2,7 +2,8 @@
 
 The runner alone reads the data, checks every prompt against the backend's context and writes
 results.jsonl, whatever the backend, so the file, resume, metrics and refusals do not depend on where
-the answers were computed (evaluation.sweep.ray_backend computes them on a Ray cluster).
+the answers were computed (evaluation.sweep.ray_backend computes them on a Ray cluster). A sweep's
+merge recipes are checked against the backend's model (`check_recipes`) before anything is queued.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from evaluation.icl import ContextBudget
-from naturelm_core.alphas import GridPoint
+from evaluation.sweep.spec import SweepSpec, SweepSpecError
+from naturelm_core.alphas import AlphaError, GridPoint
 from naturelm_core.label_scores import Candidates
 from naturelm_core.requests import GenerationSettings, Priority
 
@@ -60,6 +62,32 @@ class LabelBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class GridChecker(Protocol):
+    """What knows the shape of the model that answers (Engine, EngineBackend, RayBackend): a recipe's `layers`
+    list must have one multiplier per decoder layer, its `rank` or `spectrum` fit the LoRA rank."""
+
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
+        """`value` checked as one row's alpha or recipe against that model; a refusal's message starts with `name`."""
+        ...
+
+
+def check_recipes(answerer: Engine | SweepBackend, spec: SweepSpec) -> None:
+    """Refuse a sweep whose merge recipes the model cannot run, before any of its rows is queued or written.
+
+    The spec checked every recipe's ranges when it was read; only the model knows its decoder layers
+    and LoRA rank, and a recipe refused by them would otherwise fail at its first row, mid-sweep. An
+    answerer that cannot say (a test's stand-in) leaves that to its rows, as before.
+    """
+    if not isinstance(answerer, GridChecker):
+        return
+    for index, recipe in enumerate(spec.recipes):
+        try:
+            answerer.check_grid_point(recipe, name=f"the spec's recipes[{index}]")
+        except AlphaError as error:
+            raise SweepSpecError(f"sweep {spec.sweep_id} cannot start on this model: {error}") from None
+
+
 class EngineBackend:
     """The local backend: rows go to the shared Engine at sweep priority, behind interactive users."""
 
@@ -74,6 +102,9 @@ class EngineBackend:
 
     def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
         return ContextBudget.of_model(self.engine.model, max_context_tokens)
+
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
+        return self.engine.check_grid_point(value, allow_extrapolation, name)
 
     def batching(self) -> tuple[float | None, int]:
         """(mean rows of the recent batches that carried sweep rows, the most a batch may take): a sweep shows

@@ -1,7 +1,8 @@
 """The command line: run or resume sweeps headless (`python -m evaluation.sweep`, see the package docstring).
 
 Every spec is read and its data planned before a model is loaded, so a bad spec or missing data
-exits at once rather than after minutes of loading; the plans are then run as made.
+exits at once rather than after minutes of loading; once the model is loaded, every spec's merge
+recipes are checked against it before the first sweep runs; the plans are then run as made.
 
 Exit codes: 0 every sweep complete, 1 a sweep failed or was cancelled, 2 bad input (spec, data,
 model), 3 the runs folder cannot be written.
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from evaluation.datasets import DatasetError
 from evaluation.fork_config import is_yaml_path, spec_from_yaml
-from evaluation.sweep.backends import SweepBackend
+from evaluation.sweep.backends import SweepBackend, check_recipes
 from evaluation.sweep.durable import RunsStorageError
 from evaluation.sweep.plan import SweepPlan
 from evaluation.sweep.runner import run_sweep
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = _start_ray_backend(args) if args.ray is not None else _start_engine(args)
     if isinstance(engine, int):
         return engine
+    refused = _refuse_recipes(engine, [plan.spec for plan, _ in plans])
+    if refused is not None:
+        engine.stop()
+        return refused
     cancel = threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
@@ -148,6 +153,18 @@ def _plan(spec: SweepSpec) -> SweepPlan:
     """The spec's plan, made before any model is loaded: bad settings or data fail before minutes of loading."""
     spec.generation_settings()
     return SweepPlan.of(spec)
+
+
+def _refuse_recipes(engine: Engine | SweepBackend, specs: Sequence[SweepSpec]) -> int | None:
+    """EXIT_BAD_INPUT, said on stderr, if some spec's merge recipe does not fit the loaded model (its layers,
+    its LoRA rank); else None. Checked for every spec before the first runs: a bad recipe in the last spec
+    must not surface after the others have run for hours."""
+    try:
+        for spec in specs:
+            check_recipes(engine, spec)
+    except SweepSpecError as error:
+        return _fail(error, EXIT_BAD_INPUT)
+    return None
 
 
 def _start_engine(args: argparse.Namespace) -> Engine | int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluation.sweep.backends import SweepBackend
+from evaluation.sweep.backends import SweepBackend, check_recipes
 from evaluation.sweep.plan import SweepPlan, check_sweep
 from evaluation.sweep.runner import ProgressCallback, SweepRunner
 from evaluation.sweep.spec import SweepSpec
@@ -108,7 +108,10 @@ class SweepQueue:
         """Queue a sweep (or its resumption); a sweep already queued or running here is not queued twice.
 
         `plan` is the sweep's plan where it was made already (start_sweep's check): the runner reuses it.
+        Merge recipes the queue's model cannot run are refused here, before the folder is written, so the
+        caller (the Sweeps tab) says why at once instead of a sweep failing in the background.
         """
+        check_recipes(self.engine, spec)
         folder = prepare_folder(self.runs_dir, spec)
         with self._changed:
             if self._closed:

@@ -3,11 +3,13 @@
 Only answering moves: generating, or scoring a likelihood sweep's rows against their subset's
 labels, each through the actor's Engine (`submit`, `submit_labels`) as the local EngineBackend does.
 The driver (evaluation.sweep.runner.SweepRunner) still reads the data, decides what is left to do,
-checks each prompt against the context of the actors' model (one actor reports it when the pool
-starts) and alone writes results.jsonl, so the file, resume, metrics and refusals are those of a
-local sweep, and a restarted driver resumes like one. Work is handed out a recording at a time (all
-its prompt x alpha rows in one call), so each recording is encoded once, by one actor, whose own
-Engine keeps the embedding cached and batches rows across the recordings it holds.
+checks each prompt against the context of the actors' model and each merge recipe against its
+decoder layers and LoRA rank (one actor reports both when the pool starts; before start() a
+recipe's ranges alone can be checked), and alone writes results.jsonl, so the file, resume,
+metrics and refusals are those of a local sweep, and a restarted driver resumes like one. Work is
+handed out a recording at a time (all its prompt x alpha rows in one call), so each recording is
+encoded once, by one actor, whose own Engine keeps the embedding cached and batches rows across
+the recordings it holds.
 
 An actor that dies (node lost, out of memory, killed) is replaced and its recordings go to the
 actors still alive; a recording that kills MAX_SHARD_ATTEMPTS actors fails its rows instead of
@@ -39,7 +41,7 @@ import evaluation
 import naturelm_core
 from evaluation.icl import ContextBudget
 from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
-from naturelm_core.alphas import GridPoint, MergeRecipe
+from naturelm_core.alphas import GridPoint, MergeRecipe, check_grid_point
 from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.label_scores import Candidates, LabelScores
 from naturelm_core.requests import EngineError, GenerationSettings, Priority
@@ -99,6 +101,15 @@ class ModelSource:
         with tempfile.TemporaryDirectory(prefix="naturelm-demo-") as folder:
             write_tiny_checkpoint(folder, seed=0)
             return load_model(folder, device="cpu")
+
+
+@dataclass(frozen=True)
+class MergeShape:
+    """What a merge recipe must fit (naturelm_core.recipes): one `layers` multiplier per decoder layer, a
+    `rank` or `spectrum` within the LoRA rank. None of either: not known (a pool not started), not checked."""
+
+    num_layers: int | None = None
+    lora_rank: int | None = None
 
 
 class SweepActor:
@@ -199,6 +210,11 @@ class SweepActor:
     def context_budget(self) -> ContextBudget | None:
         """The model's own context (its tokenizer and limit), for the driver to check prompts against."""
         return ContextBudget.of_model(self.engine.model)
+
+    def merge_shape(self) -> MergeShape:
+        """The model's decoder layers and LoRA rank, for the driver to check a sweep's recipes against."""
+        model = self.engine.model
+        return MergeShape(model.num_layers, model.config.lora_rank)
 
 
 @dataclass
@@ -335,6 +351,7 @@ class RayBackend:
         self.init_options = init_options or {}
         self.stats = PoolStats()
         self._budget: ContextBudget | None = None
+        self._shape = MergeShape()
         self._actor_class: Any = None
         self._connected_here = False
         self._live: list[_Worker] = []
@@ -358,8 +375,11 @@ class RayBackend:
             self._actor_class = ray.remote(SweepActor).options(max_restarts=0, max_task_retries=0, **resources)
             self._live = [self._spawn() for _ in range(count)]
             infos = ray.get([worker.handle.ready.remote() for worker in self._live], timeout=self.start_timeout_s)
-            # Every actor loads the same model, so one actor's context is the pool's.
-            self._budget = ray.get(self._live[0].handle.context_budget.remote(), timeout=self.start_timeout_s)
+            # Every actor loads the same model, so one actor's context and merge shape are the pool's.
+            first = self._live[0].handle
+            self._budget, self._shape = ray.get(
+                [first.context_budget.remote(), first.merge_shape.remote()], timeout=self.start_timeout_s
+            )
         except GetTimeoutError:
             self.stop()
             raise RayBackendError(
@@ -413,6 +433,12 @@ class RayBackend:
     def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
         """The actors' model's context, reported when the pool started; None before start()."""
         return None if self._budget is None else self._budget.with_limit(max_context_tokens)
+
+    def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
+        """`value` checked as the actors' model checks a row's alpha or recipe, with the layers and LoRA rank
+        one actor reported when the pool started; before start(), by its ranges alone."""
+        shape = self._shape
+        return check_grid_point(value, allow_extrapolation, shape.num_layers, shape.lora_rank, name)
 
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
         return self._submit(rows, settings)

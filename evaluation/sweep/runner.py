@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evaluation.datasets import SampleRow, UnreadableRowError
+from evaluation.icl import AnswerRoom, ContextBudget
 from evaluation.prefetch import default_workers, prefetch_map
 from evaluation.results import ResultRow
-from evaluation.sweep.backends import LabelBackend, Row, SweepBackend, as_backend
+from evaluation.sweep.backends import LabelBackend, Row, SweepBackend, as_backend, check_recipes
 from evaluation.sweep.durable import ResultsCorruptError, RunsStorageError
 from evaluation.sweep.label_sets import distribution_fields, record_label_sets
 from evaluation.sweep.plan import (
@@ -127,6 +128,7 @@ class SweepRunner:
         self._failed_groups_in_a_row = 0
         self._first_error = ""
         self._budget = self.backend.context_budget(spec.max_context_tokens)
+        self._rooms: dict[str, AnswerRoom] = {}  # subset -> the room its answers need after the prompt
 
     # -- public ------------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class SweepRunner:
 
     def _run_locked(self) -> None:
         settings = self.spec.generation_settings()
+        check_recipes(self.backend, self.spec)
         plan = self.plan or SweepPlan.of(self.spec)
         if self.spec.answer_mode is AnswerMode.LIKELIHOOD:
             if not isinstance(self.backend, LabelBackend):
@@ -270,10 +273,20 @@ class SweepRunner:
             windows = [*(plan.examples.window(i) for i in item.example_ids), window] if item.example_ids else [window]
             if self._budget is not None and item.prompt_text not in checked:
                 what = f"prompt {item.prompt_name!r} for {item.dataset}/{item.sample_id}"
-                self._budget.check(item.prompt_text, [len(w) for w in windows], self.spec.max_new_tokens, what)
+                room = self._answer_room(self._budget, plan)
+                self._budget.check(item.prompt_text, [len(w) for w in windows], room, what)
                 checked.add(item.prompt_text)
             rows.append((windows, item.prompt_text, item.alpha))
         return rows
+
+    def _answer_room(self, budget: ContextBudget, plan: SubsetPlan) -> AnswerRoom:
+        """The positions after a prompt: max_new_tokens when generating; when scoring labels nothing is
+        generated, and the subset's longest label is what follows the prompt (tokenized once per subset)."""
+        if plan.name not in self._rooms:
+            likelihood = self.spec.answer_mode is AnswerMode.LIKELIHOOD
+            room = budget.label_room(plan.labels) if likelihood else AnswerRoom.generated(self.spec.max_new_tokens)
+            self._rooms[plan.name] = room
+        return self._rooms[plan.name]
 
     def _skip_sample(self, dataset: str, sample_id: str, reason: str) -> None:
         """An unusable recording leaves the plan (it could never be answered) instead of failing the sweep."""

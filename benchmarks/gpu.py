@@ -493,18 +493,25 @@ def _time_steps(
 @torch.no_grad()
 def section_audio_encoder(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """The audio encoder per window, float32 vs bf16 autocast (the default beside a bf16 LLM, as upstream
-    runs it), at an Explore request (1 window), a sweep's shared windows (16) and one window per answer
-    (176); the batched fbank against kaldi.fbank's row-by-row loop (what the encoder used before); and
-    what bf16 changes: the embeddings' relative L2 to float32 and the first generated token at 4 alphas."""
+    runs it), at an Explore request (1 window; from a CUDA graph, and eagerly), a sweep's shared windows
+    (16) and one window per answer (176); the batched fbank against kaldi.fbank's row-by-row loop (what
+    the encoder used before); and what bf16 changes: the embeddings' relative L2 to float32 and the first
+    generated token at 4 alphas."""
     result: dict[str, Any] = {}
     for count in (1, 16, args.sweep_batch):
         windows = torch.as_tensor(np.stack(recordings(count, seed=91)), device=device)
         entry: dict[str, Any] = {}
         for precision in ("float32", "bfloat16"):
             model.audio_precision = precision
-            model.encode_audio(windows)  # warm-up
-            seconds = [timed(device, lambda w=windows: model.encode_audio(w))[0] for _ in range(5)]
-            entry[f"{precision}_ms_per_window"] = 1000 * statistics.median(seconds) / count
+            graphs = model.encoder_graphs
+            for label, graphs_on in (("", True), ("eager_", False)):
+                if not graphs_on and count > graphs.max_windows:
+                    continue  # eager either way
+                enabled, graphs.enabled = graphs.enabled, graphs_on and graphs.enabled
+                model.encode_audio(windows)  # warm-up (and the capture, for a graph)
+                seconds = [timed(device, lambda w=windows: model.encode_audio(w))[0] for _ in range(5)]
+                entry[f"{label}{precision}_ms_per_window"] = 1000 * statistics.median(seconds) / count
+                graphs.enabled = enabled
         seconds = [timed(device, lambda w=windows: beats_fbank(w))[0] for _ in range(5)]
         entry["fbank_batched_ms"] = 1000 * statistics.median(seconds)
         entry["fbank_kaldi_rows_ms"] = 1000 * timed(device, lambda w=windows: _kaldi_rows(w))[0]
@@ -516,6 +523,7 @@ def section_audio_encoder(model: NatureLM, device: torch.device, args: argparse.
     rounded = model.encode_audio(windows)
     model.audio_precision = None
     result["embeddings_relative_l2_bf16_vs_float32"] = _relative(rounded.float(), reference.float())
+    result["graphs"] = {"enabled": model.encoder_graphs.enabled, "captures": model.encoder_graphs.captures}
     alphas = [0.0, 0.35, 0.7, 1.0]
     row_alphas = [a for _ in range(len(windows)) for a in alphas]
     logits = [

@@ -26,6 +26,7 @@ from naturelm_core.audio import load_audio
 from naturelm_core.config import SAMPLE_RATE, WINDOW_SECONDS, NatureLMConfig
 from naturelm_core.decoding import CachedDecoder, TokenDecoder, beam_search, greedy_search
 from naturelm_core.encoder import AudioEncoder
+from naturelm_core.encoder_graphs import EncoderGraphs
 from naturelm_core.label_scores import (
     DEFAULT_CANDIDATES_PER_PASS,
     Candidates,
@@ -97,6 +98,7 @@ class NatureLM(nn.Module):
         self.static_decoding = StaticDecoding()
         self._pieces_cache: dict[str, list[list[int]]] = {}
         self._audio_precision: str | None = None
+        self.encoder_graphs = EncoderGraphs()  # few-window encoder calls replayed as CUDA graphs (GPU only)
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 
     @property
@@ -141,9 +143,15 @@ class NatureLM(nn.Module):
         (see audio_precision) matrix products run in bf16 and norms and softmax in float32.
         """
         windows = torch.as_tensor(windows, dtype=torch.float32).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.audio_precision == "bfloat16"):
-            embeddings = self.audio_encoder(windows)
-        return embeddings.to(self.dtype)
+        precision = self.audio_precision
+        embeddings = self.encoder_graphs.encode(self.audio_encoder, self._encode_eagerly, windows, precision)
+        return (embeddings if embeddings is not None else self._encode_eagerly(windows)).to(self.dtype)
+
+    def _encode_eagerly(self, windows: Tensor) -> Tensor:
+        # No autocast cast cache: a CUDA graph may capture this call, and cached casts would outlive it.
+        bf16 = self.audio_precision == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            return self.audio_encoder(windows)
 
     def generate(
         self,

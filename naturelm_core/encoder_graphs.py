@@ -45,6 +45,12 @@ class EncoderGraphs:
         self._graphs: dict[tuple, _Graph] = {}
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict) -> EncoderGraphs:
+        """A copied model starts with no graphs: these read and write the original's tensors."""
+        copy = EncoderGraphs(self.max_windows)
+        copy.enabled = self.enabled
+        return copy
+
     def encode(
         self, module: nn.Module, encode: Callable[[Tensor], Tensor], windows: Tensor, precision: str
     ) -> Tensor | None:

@@ -51,3 +51,10 @@ def test_a_graph_is_captured_again_after_the_weights_are_replaced(tiny_checkpoin
     assert model.encoder_graphs.captures == 2 and not torch.equal(before, after)
     model.encoder_graphs.enabled = False
     assert torch.equal(after, model.encode_audio(window))
+
+
+def test_a_copied_model_gets_graphs_of_its_own(tiny_model):
+    import copy
+
+    copied = copy.deepcopy(tiny_model)
+    assert copied.encoder_graphs is not tiny_model.encoder_graphs and copied.encoder_graphs.captures == 0

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 DEMO_BANNER = (
     "Offline demo: tiny random model, answers are meaningless. Set HF_TOKEN (with access to "
     "meta-llama/Llama-3.1-8B-Instruct) and run `python app.py` on a machine with a 24 GB GPU "
-    "(or `--device cpu` with about 33 GB of RAM) to load NatureLM-audio."
+    "(or `--device cpu` with about 34 GB of RAM) to load NatureLM-audio."
 )
 
 

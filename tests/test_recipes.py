@@ -176,3 +176,20 @@ def test_anything_else_is_neither_alpha_nor_recipe(value):
 def test_the_recipe_grammar_imports_without_torch():
     code = "import sys; import naturelm_core.recipes, naturelm_core.alphas; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_recipe_checked_once_for_a_model_shape_is_not_checked_again_and_failures_always_raise(monkeypatch):
+    """Every row of a batch is checked: a sweep's repeated recipes must not redo the 32 x 4 products each time."""
+    from naturelm_core.recipes import MergeRecipe, RecipeError
+
+    calls: list[int] = []
+    original = MergeRecipe._scales
+    monkeypatch.setattr(MergeRecipe, "_scales", lambda self, n: calls.append(1) or original(self, n))
+    ramp = MergeRecipe.from_dict({"layers": "linear:0.25:1", "modules": {"k_proj": 0.5}})
+    for _ in range(3):
+        assert ramp.check(num_layers=17, rank=8) is ramp
+    assert len(calls) == 1
+    too_strong = MergeRecipe.from_dict({"alpha": 1.0, "layers": "linear:0.25:3"})
+    for _ in range(2):
+        with pytest.raises(RecipeError, match=r"alpha 1 x layers\[5\] 1.10938 x modules.q_proj 1 gives 1.10938"):
+            too_strong.check(num_layers=17)

@@ -20,7 +20,7 @@ import hashlib
 import random
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,8 @@ DEFAULT_EXAMPLES_PER_CLASS = 1
 # Each class's examples come from a seeded pool of at least this many recordings (more for larger k):
 # enough variety between test samples, while only the pool's windows are held in memory.
 MIN_POOL_PER_CLASS = 8
+
+PROMPT_CACHE_SIZE = 4096  # distinct prompt texts whose token counts a budget keeps
 
 
 class InContextError(ValueError):
@@ -159,9 +161,9 @@ class ExtendedPrompt(Prompt):
         before: list[str] = []
         after: list[str] = []
         seen = False
-        for literal, field, _, _ in string.Formatter().parse(self.template):
+        for literal, name, _, _ in string.Formatter().parse(self.template):
             (after if seen else before).append(literal)
-            seen = seen or field == "audio_examples"
+            seen = seen or name == "audio_examples"
         return "".join(before), "".join(after)
 
     @property
@@ -332,6 +334,8 @@ class ContextBudget:
     config: NatureLMConfig
     limit: int
     limit_source: str
+    # prompt text -> (placeholders, text tokens with BOS): a sweep checks every row, and its rows repeat a few prompts
+    _text_tokens: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of_model(cls, model: Any, limit: int | None = None) -> ContextBudget | None:
@@ -358,13 +362,17 @@ class ContextBudget:
         from naturelm_core.encoder import audio_token_count  # both import torch
         from naturelm_core.prompting import tokenize_prompt
 
-        pieces = tokenize_prompt(self.tokenizer, prompt_text, self.template)
-        if len(pieces) - 1 != len(window_samples):
+        if prompt_text not in self._text_tokens:
+            if len(self._text_tokens) >= PROMPT_CACHE_SIZE:
+                self._text_tokens.clear()
+            pieces = tokenize_prompt(self.tokenizer, prompt_text, self.template)
+            self._text_tokens[prompt_text] = (len(pieces) - 1, 1 + sum(len(piece) for piece in pieces))
+        placeholders, text = self._text_tokens[prompt_text]
+        if placeholders != len(window_samples):
             raise InContextError(
-                f"the prompt has {len(pieces) - 1} {AUDIO_PLACEHOLDER} placeholder(s) but {len(window_samples)} "
+                f"the prompt has {placeholders} {AUDIO_PLACEHOLDER} placeholder(s) but {len(window_samples)} "
                 "recording(s) were given"
             )
-        text = 1 + sum(len(piece) for piece in pieces)
         audio = sum(audio_token_count(n, self.config) for n in window_samples)
         return text, audio
 

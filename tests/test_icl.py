@@ -193,3 +193,18 @@ class RecordingBackend(EngineBackend):
     def submit_group(self, rows, settings):
         self.rows.extend(rows)
         return super().submit_group(rows, settings)
+
+
+def test_a_budget_tokenizes_each_prompt_text_once_however_many_rows_ask(tiny_model, monkeypatch):
+    import naturelm_core.prompting as prompting
+    from evaluation.icl import AnswerRoom, ContextBudget
+
+    calls: list[str] = []
+    original = prompting.tokenize_prompt
+    monkeypatch.setattr(prompting, "tokenize_prompt", lambda t, text, tpl: calls.append(text) or original(t, text, tpl))
+    budget = ContextBudget.of_model(tiny_model)
+    first = budget.positions("<Audio><AudioHere></Audio> What is it?", [160_000])
+    for _ in range(3):
+        budget.check("<Audio><AudioHere></Audio> What is it?", [160_000], AnswerRoom.generated(8), "row")
+    assert budget.positions("<Audio><AudioHere></Audio> What is it?", [160_000]) == first
+    assert calls == ["<Audio><AudioHere></Audio> What is it?"]

@@ -22,15 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.sweep_decoding import SOURCE_RATE, write_recordings
 from evaluation.datasets import SampleRow, Subset, load_recordings
 from evaluation.sweep import model_window
-
-SOURCE_RATE = 44_100
 
 Decoder = Callable[[Subset, SampleRow], np.ndarray]
 
@@ -44,22 +42,6 @@ def window_only(subset: Subset, row: SampleRow) -> np.ndarray:
 
 
 DECODERS: dict[str, Decoder] = {"whole file": whole_file, "window only": window_only}
-
-
-def write_flac_files(folder: Path, count: int, seconds: float, seed: int = 0) -> Path:
-    """`count` mono FLAC files of `seconds` at 44.1 kHz in `folder`, with the labels.csv load_recordings reads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * SOURCE_RATE)) / SOURCE_RATE
-    lines = ["file,label"]
-    for index in range(count):
-        frequency = 400.0 + 50.0 * (index % 40)
-        audio = 0.3 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(len(t))
-        name = f"recording-{index:04d}.flac"
-        sf.write(folder / name, audio.astype(np.float32), SOURCE_RATE)
-        lines.append(f"{name},tone {frequency:.0f} Hz")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def windows_of(subset: Subset, decode: Decoder) -> list[np.ndarray]:
@@ -101,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.window_s:g} s windows, best of {args.repeats}"
     )
     with tempfile.TemporaryDirectory(prefix="window-decoding-") as scratch:
-        subset = load_recordings(write_flac_files(Path(scratch), args.files, args.seconds), window_s=args.window_s)
+        subset = load_recordings(
+            write_recordings(Path(scratch), args.files, args.seconds, "flac"), window_s=args.window_s
+        )
         identical = same_windows(subset)
         rates = files_per_second(subset, args.repeats)
     print("| decoding | files/s | ms per file |")

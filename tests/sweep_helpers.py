@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.icl import ContextBudget
+from evaluation.sweep import SweepSpec
 from evaluation.synthetic import SyntheticRow, write_synthetic_beans_zero
 
 WATKINS_LABELS = [f"Whale species {i:02d}" for i in range(12)]
@@ -74,3 +75,14 @@ class ToneBackend:
             futures.append(future)
         self.rows += len(rows)
         return futures
+
+
+class RecordingQueue:
+    """Stands in for a sweep queue (the local one, or the Ray pool's): keeps the specs it is handed, starts nothing."""
+
+    def __init__(self) -> None:
+        self.specs: list[SweepSpec] = []
+
+    def submit(self, spec: SweepSpec) -> str:
+        self.specs.append(spec)
+        return spec.sweep_id

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from evaluation.backend_choice import RAY_CLUSTER, SweepBackends
-from evaluation.sweep import AnswerMode, SweepQueue, SweepSpec
+from evaluation.sweep import AnswerMode, SweepQueue
 from evaluation.sweep_forms import SweepForm, SweepFormError, spec_from_form
+from tests.sweep_helpers import RecordingQueue
 from ui.sweeps_service import SweepsService
 
 BASE_FORM = {"name": "s", "source": "beans-zero", "subsets": ["watkins"], "presets": ["common"]}
@@ -21,17 +22,6 @@ def test_the_form_answers_by_generating_unless_told_otherwise(tmp_path):
     with pytest.raises(SweepFormError, match="unknown answer mode"):
         spec_from_form(SweepForm(**BASE_FORM, answer_mode="guess"), tmp_path)
     assert "answer_mode" in SweepForm.field_names()
-
-
-class RecordingQueue:
-    """Stands for the Ray pool's queue: keeps what was submitted, starts nothing."""
-
-    def __init__(self) -> None:
-        self.specs: list[SweepSpec] = []
-
-    def submit(self, spec: SweepSpec) -> str:
-        self.specs.append(spec)
-        return spec.sweep_id
 
 
 class RecordingBackends(SweepBackends):

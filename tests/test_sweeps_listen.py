@@ -17,20 +17,9 @@ from evaluation.sweep_audio import SampleAudioError, sample_audio
 from evaluation.sweep_forms import SweepForm
 from evaluation.sweep_uploads import IMPORT_PREFIX
 from naturelm_core.audio import load_audio
-from tests.sweep_helpers import spec_dict, write_sweep_data
+from tests.sweep_helpers import RecordingQueue, spec_dict, write_sweep_data
 from ui.sweeps_listen import listen_to, row_sample
 from ui.sweeps_service import SweepsService
-
-
-class RecordingQueue:
-    """Stands in for a sweep queue: keeps the specs it is handed."""
-
-    def __init__(self) -> None:
-        self.specs: list[SweepSpec] = []
-
-    def submit(self, spec: SweepSpec) -> str:
-        self.specs.append(spec)
-        return spec.sweep_id
 
 
 def _service(runs_dir: Path, data_root: Path | None = None) -> tuple[SweepsService, RecordingQueue]:

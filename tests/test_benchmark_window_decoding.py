@@ -25,7 +25,7 @@ def benchmark():
 def test_the_written_files_are_44k1_flac_and_both_decoders_give_the_same_windows(benchmark, tmp_path):
     from evaluation.datasets import load_recordings
 
-    folder = benchmark.write_flac_files(tmp_path, count=2, seconds=12.0)
+    folder = benchmark.write_recordings(tmp_path, 2, 12.0, "flac")
     info = sf.info(folder / "recording-0000.flac")
     assert (info.format, info.samplerate, info.frames) == ("FLAC", 44_100, 12 * 44_100)
     assert benchmark.same_windows(load_recordings(folder))

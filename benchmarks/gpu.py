@@ -793,9 +793,7 @@ def file_sweep_spec(
 def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Whole sweeps from audio files (FLAC, 44.1 kHz, 10 s) through SweepRunner and the engine's own worker
     thread, recordings decoded on 1 thread or on the default pool while the GPU answers: with 1 answer
-    per recording decoding is the load; with 11 the GPU is. Compare with the in-memory sweep above.
-    With 1 answer per recording also in decoding processes (the default count, and 8): no GIL shared
-    with the engine's host loop."""
+    per recording decoding is the load; with 11 the GPU is. Compare with the in-memory sweep above."""
     import tempfile
 
     from benchmarks.sweep_decoding import write_recordings
@@ -807,12 +805,9 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
         recordings_folder = write_recordings(Path(folder) / "recordings", args.file_recordings, 10.0, "flac")
         engine = Engine(model, max_batch_rows=args.sweep_batch, sweep_capacity=100_000)
 
-        def sweep(
-            name: str, alphas: list[float], workers: int | None, limit: int | None = None, processes: bool = False
-        ) -> dict[str, Any]:
+        def sweep(name: str, alphas: list[float], workers: int | None, limit: int | None = None) -> dict[str, Any]:
             spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
-            runs = Path(folder) / "runs" / name
-            runner = SweepRunner(engine, spec, runs, decode_workers=workers, decode_processes=processes)
+            runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
             seconds, status = timed(device, runner.run)
             return {"answers": status.done, "seconds": seconds, "answers_per_s": status.done / seconds}
 
@@ -822,10 +817,6 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 for workers in (1, None):
                     key = f"{label}_decode_workers_{workers or 'default'}"
                     result[key] = sweep(f"{label}-{workers}", alphas, workers)
-            for workers in (None, 8):
-                sweep(f"warm-processes-{workers}", [1.0], workers, limit=16, processes=True)  # spawns them
-                key = f"one_alpha_decode_processes_{workers or 'default'}"
-                result[key] = sweep(f"processes-{workers}", [1.0], workers, processes=True)
         finally:
             engine.stop()
     return result

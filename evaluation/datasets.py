@@ -171,46 +171,6 @@ class UnreadableRowError(DatasetError):
     """One row's audio or metadata cannot be used; caught per row and turned into a SkippedRow."""
 
 
-@dataclass(frozen=True)
-class RecordingFiles:
-    """How a folder subset reads its recording files, apart from its row table: small and picklable, so a
-    decoding process can be sent it (evaluation.prefetch) while the Subset, with its arrow table, stays."""
-
-    name: str
-    audio_root: Path
-    window_s: float
-    max_duration_s: float
-
-    def decode(self, row: SampleRow, head_s: float | None = None) -> Sample:
-        """The file row's Sample (see Subset.decode); raises UnreadableRowError."""
-        from naturelm_core.audio import AudioError, load_audio, load_audio_head  # imports torch
-
-        path = self.audio_root / row.file_name
-        try:
-            if head_s is None:
-                audio, _ = load_audio(path, max_duration_s=self.max_duration_s)
-            else:
-                audio = load_audio_head(path, head_s, max_duration_s=self.max_duration_s)
-        except AudioError as error:
-            raise UnreadableRowError(str(error)) from error
-        return _sample(self.name, self.window_s, row, audio, SAMPLE_RATE)
-
-
-def _sample(dataset: str, window_s: float, row: SampleRow, audio: np.ndarray, rate: int) -> Sample:
-    return Sample(
-        id=row.id,
-        dataset=dataset,
-        audio=audio,
-        sample_rate=rate,
-        label=row.label,
-        window_s=window_s,
-        task=row.task,
-        instruction=row.instruction,
-        scientific_label=row.scientific_label,
-        file_name=row.file_name,
-    )
-
-
 class Subset:
     """One subset's rows, read lazily from an arrow dataset (parquet shards, our cache, a saved_to_disk copy,
     or a user's CSV of recordings). Iterating yields Samples; rows that cannot be used land in `skipped`.
@@ -230,7 +190,6 @@ class Subset:
         self.window_s = window_of(name) if window_s is None else window_s
         self._source = source
         self._classes = None if classes is None else tuple(sorted(set(classes)))
-        self.files = None if audio_root is None else RecordingFiles(name, audio_root, self.window_s, max_duration_s)
         self._audio_root = audio_root
         self._max_duration_s = max_duration_s
         self.skipped: list[SkippedRow] = []
@@ -351,14 +310,39 @@ class Subset:
         checks differ) and the Sample's audio, and duration, are that head. A parquet row's audio is decoded
         samples already, kept whole: `evaluation.sweep.model_window` resamples only its head.
         """
-        if self.files is not None and row.audio_column is None:
-            return self.files.decode(row, head_s)
-        audio, rate = _row_audio(row.audio_column, row.position, row.metadata)
-        return _sample(self.name, self.window_s, row, audio, rate)
+        if row.audio_column is None:
+            audio, rate = self._decode_file(row.file_name, head_s)
+        else:
+            audio, rate = _row_audio(row.audio_column, row.position, row.metadata)
+        return Sample(
+            id=row.id,
+            dataset=self.name,
+            audio=audio,
+            sample_rate=rate,
+            label=row.label,
+            window_s=self.window_s,
+            task=row.task,
+            instruction=row.instruction,
+            scientific_label=row.scientific_label,
+            file_name=row.file_name,
+        )
 
     def _skip(self, row_id: str, reason: str) -> None:
         self.skipped.append(SkippedRow(row_id, reason))
         logger.warning("%s: skipping row %s: %s", self.name, row_id, reason)
+
+    def _decode_file(self, file_name: str, head_s: float | None) -> tuple[np.ndarray, int]:
+        from naturelm_core.audio import AudioError, load_audio, load_audio_head  # imports torch
+
+        path = self._audio_root / file_name
+        try:
+            if head_s is None:
+                audio, _ = load_audio(path, max_duration_s=self._max_duration_s)
+            else:
+                audio = load_audio_head(path, head_s, max_duration_s=self._max_duration_s)
+        except AudioError as error:
+            raise UnreadableRowError(str(error)) from error
+        return audio, SAMPLE_RATE
 
 
 def _check_audio_type(name: str, audio_type: pa.DataType) -> None:

@@ -6,22 +6,14 @@ GIL, so a small thread pool runs them side by side. The input iterator is advanc
 consumer's thread (a dataset's row reader need not be thread-safe), results come back in input
 order (results files and progress stay reproducible), and at most `ahead` results wait at once
 (one recording's audio can be hundreds of megabytes).
-
-Threads still need the GIL between those parts, and a process whose other threads run Python (the
-engine's host loop between GPU steps, the sweep's runner) hands it over only every switch interval:
-a thread decoding beside one busy Python thread read 2.6 files a second instead of 124 on this
-project's 2-core CPU. `processes=True` runs the function in worker processes instead (spawned once
-and kept for the process's lifetime); function and items must then be picklable.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -61,9 +53,8 @@ def prefetch_map(
     *,
     workers: int,
     ahead: int,
-    processes: bool = False,
 ) -> Iterator[Prefetched[Item, Result]]:
-    """`function(item)` for every item, run on `workers` threads (or worker processes), yielded in input order.
+    """`function(item)` for every item, run on `workers` threads, yielded in input order.
 
     At most `ahead` items are submitted and not yet yielded, so memory stays bounded however slow the
     consumer is. An exception raised by the input iterator itself is raised after the items before it
@@ -75,16 +66,16 @@ def prefetch_map(
         raise ValueError(f"prefetch_map needs workers >= 1, got {workers}")
     if ahead < 1:
         raise ValueError(f"prefetch_map needs ahead >= 1, got {ahead}")
-    return _prefetch(function, iter(items), workers, ahead, processes)
+    return _prefetch(function, iter(items), workers, ahead)
 
 
 def _prefetch(
-    function: Callable[[Item], Result], source: Iterator[Item], workers: int, ahead: int, processes: bool
+    function: Callable[[Item], Result], source: Iterator[Item], workers: int, ahead: int
 ) -> Iterator[Prefetched[Item, Result]]:
     pending: deque[tuple[Item, Future[Result]]] = deque()
     exhausted = False
     source_error: BaseException | None = None
-    pool: Executor = _process_pool(workers) if processes else ThreadPoolExecutor(workers, thread_name_prefix="prefetch")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
     try:
         while True:
             while not exhausted and len(pending) < ahead:
@@ -107,41 +98,4 @@ def _prefetch(
     finally:
         for _, future in pending:
             future.cancel()
-        if processes:
-            _forget_if_broken(workers, pool)
-        else:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-_process_pools: dict[int, ProcessPoolExecutor] = {}
-_process_pools_lock = threading.Lock()
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    """The process's pool of `workers` decoding processes, started on first use and kept: spawning one
-    imports torch, seconds that a sweep per pool would pay again each time. Spawned, not forked: the
-    parent holds CUDA and threads a fork would copy mid-flight."""
-    with _process_pools_lock:
-        pool = _process_pools.get(workers)
-        if pool is None:
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_torch_thread)
-            _process_pools[workers] = pool
-        return pool
-
-
-def _forget_if_broken(workers: int, pool: Executor) -> None:
-    """A pool whose process died (killed, out of memory) refuses all work: the next sweep starts a new one."""
-    try:
-        pool.submit(int)
-    except RuntimeError:  # BrokenProcessPool
-        with _process_pools_lock:
-            if _process_pools.get(workers) is pool:
-                del _process_pools[workers]
-
-
-def _one_torch_thread() -> None:
-    """Each decoding process resamples on one core: `workers` processes share the machine with the model."""
-    import torch
-
-    torch.set_num_threads(1)
+        pool.shutdown(wait=True, cancel_futures=True)

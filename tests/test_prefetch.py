@@ -175,14 +175,3 @@ def test_a_prefetched_value_is_returned_by_result():
     assert Prefetched("a", 1, None).result() == 1
     with pytest.raises(KeyError):
         Prefetched("b", None, KeyError("b")).result()
-
-
-def test_a_broken_process_pool_is_replaced_on_the_next_use():
-    from evaluation import prefetch
-
-    pool = prefetch._process_pool(1)
-    pool.shutdown()  # as a pool whose process died refuses work
-    prefetch._forget_if_broken(1, pool)
-    fresh = prefetch._process_pool(1)
-    assert fresh is not pool
-    assert [f.result() for f in prefetch_map(abs, [-3, 4], workers=1, ahead=2, processes=True)] == [3, 4]

@@ -7,8 +7,6 @@ evidence that a long file is not read whole does not depend on timing.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -112,43 +110,3 @@ def test_a_parquet_rows_window_is_its_whole_resampling_even_for_a_short_window_a
     sample = Sample("row", "mine", audio, 22_050, "wren", window_s=0.7)
     waveform, _ = load_audio(audio, sample_rate=22_050)
     assert np.array_equal(model_window(sample), windows(waveform, 0.7, 0.7)[0].samples)
-
-
-def test_decoding_processes_give_the_threads_windows_bit_for_bit_and_the_same_skips(tmp_path):
-    """`decode_processes`: the same windows from worker processes (one torch thread each), and a broken or
-    short file skipped for the same reason as on threads (its error travels back from the process)."""
-    import functools
-
-    from evaluation.prefetch import prefetch_map
-    from evaluation.sweep.runner import file_window
-
-    folder = write_folder(tmp_path / "garden", MIXED)
-    (folder / "broken.wav").write_bytes(b"RIFF not really a wav file")
-    with (folder / "labels.csv").open("a") as labels:
-        labels.write("broken.wav,nothing\n")
-    subset = load_recordings(folder)
-    rows = list(subset.rows())
-    on_threads = list(prefetch_map(functools.partial(file_window, subset.files), rows, workers=2, ahead=4))
-    in_processes = list(
-        prefetch_map(functools.partial(file_window, subset.files), rows, workers=2, ahead=4, processes=True)
-    )
-    assert [f.item.id for f in in_processes] == [row.id for row in rows]
-    for thread, process in zip(on_threads, in_processes, strict=True):
-        if thread.error is not None:
-            assert type(process.error) is type(thread.error) and str(process.error) == str(thread.error)
-        else:
-            assert process.error is None and np.array_equal(process.value, thread.value)
-    assert sum(f.error is not None for f in in_processes) == 1
-
-    spec = SweepSpec.from_dict(
-        {"name": "garden", "source": "recordings", "path": str(folder)}
-        | {"subsets": ["garden"], "prompts": ["common"], "alphas": [1.0], "num_beams": 1, "max_new_tokens": 4}
-    )
-    answers = {}
-    for processes in (False, True):
-        runs = tmp_path / f"runs-{processes}"
-        status = run_sweep(ToneBackend(), spec, runs, decode_workers=2, decode_processes=processes)
-        assert status.state is SweepState.COMPLETE and status.done == len(MIXED)
-        rows = map(json.loads, (runs / spec.sweep_id / "results.jsonl").read_text().splitlines())
-        answers[processes] = sorted((row["id"], row["prediction"]) for row in rows)
-    assert answers[True] == answers[False]

@@ -9,7 +9,6 @@ a cancel stops submitting and writes what is in flight.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evaluation.datasets import RecordingFiles, SampleRow, UnreadableRowError
+from evaluation.datasets import SampleRow, UnreadableRowError
 from evaluation.icl import AnswerRoom, ContextBudget
 from evaluation.prefetch import default_workers, prefetch_map
 from evaluation.results import ResultRow
@@ -80,11 +79,6 @@ class _InFlight:
                 future.exception()  # waits without raising; SweepRunner._write_finished reads the outcome
 
 
-def file_window(files: RecordingFiles, row: SampleRow) -> np.ndarray:
-    """A recording file's model window, in a decoding process (module level, so it can be sent there)."""
-    return model_window(files.decode(row, head_s=files.window_s))
-
-
 class SweepRunner:
     """Runs (or resumes) one sweep on an Engine or another SweepBackend; `run()` returns the final status.
 
@@ -92,9 +86,7 @@ class SweepRunner:
     worth) are queued at once, so every worker always has its next batch ready while a cancel or a
     crash loses at most what is in flight. Recordings are decoded and resampled on `decode_workers`
     threads (default: evaluation.prefetch.default_workers()) a few ahead of submission, so one
-    thread's decoding does not starve a fast accelerator when a recording has few rows; with
-    `decode_processes`, a folder of recordings is decoded in worker processes instead (no GIL shared
-    with the engine's host loop; see evaluation.prefetch).
+    thread's decoding does not starve a fast accelerator when a recording has few rows.
 
     `plan` is the sweep's plan where it was made already (when the sweep was started); `folder` its
     folder where it was prepared already (SweepQueue.submit does): `run()` makes either only if missing.
@@ -112,7 +104,6 @@ class SweepRunner:
         on_progress: ProgressCallback | None = None,
         max_inflight_rows: int | None = None,
         decode_workers: int | None = None,
-        decode_processes: bool = False,
     ) -> None:
         if decode_workers is not None and decode_workers < 1:
             raise ValueError(f"decode_workers must be at least 1, got {decode_workers}")
@@ -125,7 +116,6 @@ class SweepRunner:
         self.on_progress = on_progress
         self.max_inflight_rows = max_inflight_rows or max(self.backend.inflight_rows, 2 * spec.items_per_sample)
         self.decode_workers = decode_workers or default_workers()
-        self.decode_processes = decode_processes
         if folder is not None and folder.sweep_id != spec.sweep_id:
             raise ValueError(f"the folder given is sweep {folder.sweep_id}'s, not {spec.sweep_id}'s")
         self.folder = folder or SweepFolder(runs_dir if runs_dir is not None else default_runs_dir(), spec.sweep_id)
@@ -221,14 +211,11 @@ class SweepRunner:
         def decode_window(row: SampleRow) -> np.ndarray:  # on a prefetch thread; a file is read up to its window
             return model_window(plan.subset.decode(row, head_s=plan.subset.window_s))
 
-        files = plan.subset.files
-        in_processes = self.decode_processes and files is not None  # parquet rows travel in arrow batches
         decoded = prefetch_map(
-            functools.partial(file_window, files) if in_processes else decode_window,
+            decode_window,
             self._rows_to_decode(plan, seen),
             workers=self.decode_workers,
             ahead=DECODE_AHEAD_PER_WORKER * self.decode_workers,
-            processes=in_processes,
         )
         with closing(decoded):
             for fetched in decoded:

@@ -1,11 +1,11 @@
 """CUDA graphs of the audio encoder for the few-window calls an Explore answer makes.
 
-One 10 s window through BEATs and the Q-Former is well under a millisecond of GPU work but hundreds
-of kernel launches, and bf16 autocast adds a cast before most of them: on an H100 the eager encoder
-took 18.5 ms for one window (benchmarks/gpu.py, section audio_encoder), a tenth of an Explore answer,
-while the host, not the GPU, was busy. A graph per (window count, length, precision) replays the same
-kernels without the host. Large batches (sweeps) stay eager: there the GPU is the bound already, and
-a graph per batch size would hold activation memory for every size seen.
+One 10 s window through BEATs and the Q-Former is hundreds of kernel launches, and bf16 autocast adds a
+cast before most of them. A graph per (window count, length, precision) replays the same kernels
+without the host: on an H100 (benchmarks/gpu.py, section audio_encoder, 2026-12-06 16:49Z) one window
+went from 17.9 to 17.0 ms in bf16 and from 9.8 to 8.9 ms in float32. The rest is the GPU's own time at
+batch 1. Large batches (sweeps) stay eager: there the GPU is the bound, and a graph per batch size
+would hold activation memory for every size seen.
 
 Each graph is checked once, when captured, against the eager encoder on the same input, bit for bit;
 a difference or a failure to capture turns graphs off for the process (logged), so a graph can cost

@@ -38,18 +38,25 @@ def num_frames(num_samples: int) -> int:
 def raw_fbank(waveforms: Tensor) -> Tensor:
     """Log-mel energies of 16 kHz waveforms [B, S] in [-1, 1] -> float32 [B, frames, 128].
 
-    torchaudio's kaldi.fbank with BEATs' options, computed for the whole batch at once: kaldi.fbank takes
-    one signal per call and rebuilds its mel banks on the CPU each time (a host-to-device copy per row),
-    which made the per-row loop most of the audio encoder's time on a GPU. The steps and their order
-    are kaldi.fbank's (snip_edges framing, DC removal, pre-emphasis 0.97, Povey window, 512-point power
-    spectrum, mel banks from 20 Hz to Nyquist, log floored at float32 epsilon); tests/test_encoder.py
-    holds it to kaldi.fbank row by row.
+    torchaudio's kaldi.fbank with BEATs' options, computed for the whole batch at once on a GPU: kaldi.fbank
+    takes one signal per call and rebuilds its mel banks on the CPU each time (a host-to-device copy per
+    row), which made the per-row loop most of the audio encoder's time there (127-192 ms for 176 windows
+    against 3.2 ms batched on an H100). On the CPU rows go one at a time, with the banks built once. The
+    steps and their order are kaldi.fbank's (snip_edges framing, DC removal, pre-emphasis 0.97, Povey
+    window, 512-point power spectrum, mel banks from 20 Hz to Nyquist, log floored at float32 epsilon);
+    tests/test_encoder.py holds it to kaldi.fbank row by row.
     """
     if waveforms.ndim != 2:
         raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
     if num_frames(waveforms.shape[1]) == 0:
         raise ValueError(f"need at least {FRAME_LENGTH_SAMPLES} samples for one fbank frame, got {waveforms.shape[1]}")
     scaled = waveforms.to(torch.float32) * WAVEFORM_SCALE
+    if scaled.device.type == "cpu":  # row by row, its frames stay in cache: 3x faster than whole at 32 rows (2 cores)
+        return torch.cat([_log_mel(row[None]) for row in scaled])
+    return _log_mel(scaled)
+
+
+def _log_mel(scaled: Tensor) -> Tensor:
     frames = scaled.unfold(1, FRAME_LENGTH_SAMPLES, FRAME_SHIFT_SAMPLES)  # [B, frames, 400], snip_edges
     frames = frames - frames.mean(dim=2, keepdim=True)
     previous = torch.cat((frames[..., :1], frames[..., :-1]), dim=2)  # each sample's predecessor, the first its own

@@ -100,10 +100,12 @@ def export_json(
     spec: dict[str, Any] | None = None,
     label_sets: Mapping[str, list[str]] | None = None,
     distributions: Mapping[tuple, list[float]] | None = None,
+    provenance: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """{"spec", "metrics", "results"}; "metrics" is evaluation.score's --json: dataset -> prompt -> alpha -> the
     headline numbers, BEANS-Zero's own ("official") and the tie sensitivity ("ties") of each group.
-    A likelihood sweep adds "label_sets" (subset -> label order) and each result's `label_log_likelihoods`.
+    A likelihood sweep adds "label_sets" (subset -> label order) and each result's `label_log_likelihoods`;
+    a sweep with run records adds them as "provenance" (evaluation.sweep.provenance: model, numerics, code).
     """
     path = Path(path)
     distributions = distributions or {}
@@ -111,6 +113,8 @@ def export_json(
     document = {"spec": spec, "metrics": summary_json(scores), "results": results}
     if label_sets:
         document["label_sets"] = dict(label_sets)
+    if provenance:
+        document["provenance"] = [dict(run) for run in provenance]
     path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return path
 

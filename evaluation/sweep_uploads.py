@@ -19,6 +19,7 @@ from pathlib import Path
 
 from evaluation.export import PROMPT_NAMES_FILE, import_paper_folder
 from evaluation.reference import FILE_PATTERN
+from evaluation.sweep.provenance import PROVENANCE_FILE, read_runs
 
 UPLOADS_DIR = "_uploads"
 IMPORTS_DIR = "_imports"
@@ -69,8 +70,9 @@ def slug(text: str) -> str:
 def import_paper_uploads(paths: Sequence[str], runs_dir: str | Path, name: str = "imported") -> str:
     """Keep uploaded paper-layout files (jsonl files, or zips of them) under the runs folder; return the view key.
 
-    Files other than results, prompt_names.json and label mappings are ignored; zip members are
-    taken by their base names only, so an archive cannot write outside the import folder.
+    Files other than results, prompt_names.json, label mappings and provenance.jsonl (an exported sweep's run
+    records) are ignored; zip members are taken by their base names only, so an archive cannot write outside
+    the import folder.
     """
     if not paths:
         raise UploadError("upload the beans_zero_eval_*.jsonl files (or a zip of them) first")
@@ -84,6 +86,7 @@ def import_paper_uploads(paths: Sequence[str], runs_dir: str | Path, name: str =
         if not any(FILE_PATTERN.match(p.name) for p in staging.iterdir()):
             raise UploadError("none of the uploads is named beans_zero_eval_{dataset}_query{q}_lora{NNN}.jsonl")
         import_paper_folder(staging)  # a malformed file fails here, before it is kept
+        read_runs(staging)  # and so does a torn-in-the-middle provenance.jsonl
         kept = sorted(str(p) for p in staging.iterdir())
         folder = persist_uploads(kept, Path(runs_dir) / IMPORTS_DIR, prefix=f"{slug(name)}-")
     finally:
@@ -108,7 +111,9 @@ def _file_digest(path: Path) -> bytes:
 
 
 def _wanted(name: str) -> bool:
-    return bool(FILE_PATTERN.match(name)) or name == PROMPT_NAMES_FILE or name.endswith(MAPPING_SUFFIX)
+    return (
+        bool(FILE_PATTERN.match(name)) or name in (PROMPT_NAMES_FILE, PROVENANCE_FILE) or name.endswith(MAPPING_SUFFIX)
+    )
 
 
 def _extract_flat(archive: Path, folder: Path) -> None:

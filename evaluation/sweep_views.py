@@ -31,6 +31,7 @@ from evaluation.sweep import (
     planned_label_sets,
     read_label_sets,
 )
+from evaluation.sweep.provenance import PROVENANCE_FILE, read_runs, write_runs
 from evaluation.sweep_uploads import IMPORT_PREFIX, IMPORTS_DIR
 
 EXPORT_FORMATS = ("csv", "json", "paper")
@@ -53,6 +54,8 @@ class SweepView:
     # (dataset, prompt_name, alpha, id); empty for generation sweeps and imports.
     label_sets: dict[str, list[str]] = field(default_factory=dict)
     distributions: dict[tuple[str, str, GridKey, str], list[float]] = field(default_factory=dict)
+    # Each run's model, numerics and code (evaluation.sweep.provenance), oldest first; an import keeps its export's.
+    provenance: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_likelihood(self) -> bool:
@@ -88,14 +91,15 @@ class SweepViews:
         self._lock = threading.Lock()
 
     def signature(self, key: str) -> tuple:
-        """Changes whenever the view's data does: results size and time, and the spec's (scoring options)."""
+        """Changes whenever the view's data does: results size and time, the spec's (scoring options), and the
+        run records' (a resume records itself before it writes a row)."""
         if key.startswith(IMPORT_PREFIX):
             folder = self._import_folder(key)
             return (key, folder.stat().st_mtime_ns)
         folder = SweepFolder(self.runs_dir, key)
         if not folder.exists():
             raise ViewError(f"no sweep {key!r} in {self.runs_dir}")
-        return (key, _stat(folder.results_path), _stat(folder.spec_path))
+        return (key, _stat(folder.results_path), _stat(folder.spec_path), _stat(folder.path / PROVENANCE_FILE))
 
     def load(self, key: str, mode: ScoringMode | None = None) -> SweepView:
         """The view scored in `mode`; None scores a sweep as its spec says and an import as the paper did."""
@@ -110,6 +114,12 @@ class SweepViews:
         with self._lock:
             self._cache[(key, mode)] = (signature, view)
         return view
+
+    def provenance(self, key: str) -> tuple[dict[str, Any], ...]:
+        """The run records of a sweep, or those an imported export carried: read alone, without scoring, as the
+        page shows them on every refresh."""
+        folder = self._import_folder(key) if key.startswith(IMPORT_PREFIX) else SweepFolder(self.runs_dir, key).path
+        return tuple(read_runs(folder))
 
     def generation_twin(self, key: str) -> str | None:
         """The generation sweep asking what likelihood sweep `key` asks (same data, prompts, grid and decoding,
@@ -135,12 +145,13 @@ class SweepViews:
             for r in (folder.results.read() if label_sets else ())
             if DISTRIBUTION_FIELD in r
         }
-        return SweepView(key, rows, scores, mapping, spec.to_dict(), label_sets, distributions)
+        runs = self.provenance(key)
+        return SweepView(key, rows, scores, mapping, spec.to_dict(), label_sets, distributions, runs)
 
     def _import_view(self, key: str, mode: ScoringMode | None) -> SweepView:
         imported = import_paper_folder(self._import_folder(key))
         scores = score_rows(imported.rows, mode or ScoringMode.PAPER, mapping=imported.mapping)
-        return SweepView(key, imported.rows, scores, imported.mapping, None)
+        return SweepView(key, imported.rows, scores, imported.mapping, None, provenance=self.provenance(key))
 
     def _import_folder(self, key: str) -> Path:
         name = key.removeprefix(IMPORT_PREFIX)
@@ -159,7 +170,12 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def export_view(view: SweepView, fmt: str, out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write the view as CSV, JSON or the paper's jsonl layout (zipped) into a fresh temporary folder."""
+    """Write the view as CSV, JSON or the paper's jsonl layout (zipped) into a fresh temporary folder.
+
+    JSON and the zipped layout carry the sweep's run records (a "provenance" list; provenance.jsonl beside the
+    jsonl files, which an import keeps), so exported numbers say which model and numerics produced them; a CSV
+    is one table of answers and has no place for them.
+    """
     if fmt not in EXPORT_FORMATS:
         raise ViewError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     if not view.rows:
@@ -170,12 +186,20 @@ def export_view(view: SweepView, fmt: str, out_dir: str | os.PathLike[str] | Non
         return export_csv(view.rows, folder / f"{stem}.csv", view.scores, view.distributions)
     if fmt == "json":
         return export_json(
-            view.rows, folder / f"{stem}.json", view.scores, view.spec, view.label_sets, view.distributions
+            view.rows,
+            folder / f"{stem}.json",
+            view.scores,
+            view.spec,
+            view.label_sets,
+            view.distributions,
+            view.provenance,
         )
     if all(row.recipe is not None for row in view.rows):
         raise ViewError(f"{view.short_key} has merge recipes only; the paper's layout holds plain alphas")
     layout = folder / stem
     export_paper_layout(view.rows, layout, view.mapping)
+    if view.provenance:
+        write_runs(layout / PROVENANCE_FILE, view.provenance)
     archive = folder / f"{stem}-paper-layout.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
         for path in sorted(layout.iterdir()):

@@ -128,6 +128,7 @@ def load_model(
         audio_encoder = AudioEncoder(config, llama.config.hidden_size)
     model = NatureLM(config, audio_encoder, llama, tokenizer)
     model.audio_precision = audio_precision
+    model.source, model.llm_source = str(source), llama_source
     try:
         checkpoint = safe_open(checkpoint_path, framework="pt")
     except SafetensorError as error:

@@ -98,6 +98,11 @@ class NatureLM(nn.Module):
         self.static_decoding = StaticDecoding()
         self._pieces_cache: dict[str, list[list[int]]] = {}
         self._audio_precision: str | None = None
+        # Where load_model read the checkpoint and the Llama (a Hub id or a folder), and whether this is the offline
+        # demo: a sweep records them beside its rows, so numbers can be traced to the model that produced them.
+        self.source: str | None = None
+        self.llm_source: str | None = None
+        self.demo = False
         self.encoder_graphs = EncoderGraphs()  # few-window encoder calls replayed as CUDA graphs (GPU only)
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 

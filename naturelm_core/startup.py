@@ -54,6 +54,7 @@ def load_demo_model(reason: str | None = None) -> ServedModel:
     if not (folder / "model.safetensors").is_file():
         write_tiny_checkpoint(folder, seed=0)
     model = load_model(str(folder), device="cpu")
+    model.demo = True
     return ServedModel(model, str(folder), "cpu", "float32", demo=True, fallback_reason=reason)
 
 

@@ -26,6 +26,7 @@ from evaluation.sweep import (  # noqa: E402
     run_sweep,
 )
 from evaluation.sweep.cli import EXIT_BAD_INPUT, EXIT_COMPLETE, main  # noqa: E402
+from evaluation.sweep.provenance import read_runs  # noqa: E402
 from evaluation.sweep.ray_backend import ModelSource, RayBackend, RayBackendError, connect, plan_actors  # noqa: E402
 from evaluation.synthetic import write_synthetic_beans_zero  # noqa: E402
 from naturelm_core.alphas import AlphaError, MergeRecipe  # noqa: E402
@@ -172,6 +173,11 @@ def test_a_sweep_cancelled_on_ray_resumes_on_the_local_runner_to_the_same_rows(p
     resumed, _ = _run_locally(tiny_model, spec, tmp_path / "runs")  # a driver restart, here without Ray
 
     assert resumed.state is SweepState.COMPLETE and resumed.done == 72
+    runs = read_runs(folder.path)  # one record per run, the Ray run's from what an actor said of its model
+    assert [run["backend"] for run in runs] == ["ray", "local engine"] and runs[0]["ray_actors"] == 2
+    numerics = ("model_source", "demo", "llm_dtype", "audio_precision", "device")
+    assert {field: runs[0][field] for field in numerics} == {field: runs[1][field] for field in numerics}
+    assert runs[0]["audio_precision"] == "float32" and resumed.message == ""  # same numerics: no warning
     _, reference = _run_locally(tiny_model, spec, tmp_path / "reference")
     assert item_predictions(folder.results.read()) == item_predictions(reference)
 

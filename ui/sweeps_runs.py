@@ -23,7 +23,15 @@ from ui.sweeps_listen import Listen, listen_section
 from ui.sweeps_new import NewSweep
 from ui.sweeps_service import SPEC_SCORING, RunsSnapshot, SweepsService, is_import
 from ui.tables import sweeps_table
-from ui.text import cancel_markdown, imported_html, problem_html, progress_html, resumed_markdown, view_choices
+from ui.text import (
+    cancel_markdown,
+    imported_html,
+    problem_html,
+    progress_html,
+    provenance_html,
+    resumed_markdown,
+    view_choices,
+)
 
 logger = logging.getLogger("naturelm_app")
 
@@ -161,7 +169,7 @@ def wire_runs(service: SweepsService, runs: Runs, form: NewSweep, choosers: list
         drawn = _drawn(service, key, dataset, prompt, correct, mode)
         progress = (
             imported_html(service.view(key, mode)) if is_import(key) else progress_html(service.snapshot().status(key))
-        )
+        ) + provenance_html(service.provenance(key))
         signature = (service.signature(key), dataset, prompt, correct, mode)
         return (progress, *drawn, {**seen, "figures": signature, "progress": progress})
 
@@ -202,10 +210,11 @@ def refresh_runs(
     key, dataset, prompt, correct, mode = (values[control] for control in runs.view_inputs)
     if not key or is_import(key):
         return updates
-    progress = progress_html(snapshot.status(key))
-    if progress != seen.get("progress"):
-        updates[runs.progress] = seen["progress"] = progress
+    status = progress_html(snapshot.status(key))
     try:
+        progress = status + provenance_html(service.provenance(key))
+        if progress != seen.get("progress"):
+            updates[runs.progress] = seen["progress"] = progress
         signature = (service.signature(key), dataset, prompt, correct, mode)
         if signature != seen.get("figures"):
             drawn = _drawn(service, key, dataset, prompt, correct, mode)
@@ -213,5 +222,5 @@ def refresh_runs(
             seen["figures"] = signature
     except (ValueError, OSError) as error:  # shown in place: a toast every 2 s would bury the page
         logger.warning("refreshing sweep %s: %s", key, error)
-        updates[runs.progress] = seen["progress"] = progress + problem_html(f"Cannot draw this sweep: {error}")
+        updates[runs.progress] = seen["progress"] = status + problem_html(f"Cannot draw this sweep: {error}")
     return updates

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from evaluation.backend_choice import THIS_MACHINE, SweepBackends
 from evaluation.fork_config import ForkConfig
@@ -133,6 +134,10 @@ class SweepsService:
 
     def view(self, key: str, mode: str = SPEC_SCORING) -> SweepView:
         return self.views.load(key, scoring_of(mode))
+
+    def provenance(self, key: str) -> tuple[dict[str, Any], ...]:
+        """The sweep's run records (model, numerics, device, versions), or those an imported export carried."""
+        return self.views.provenance(key)
 
     def generation_twin(self, view: SweepView, mode: str = SPEC_SCORING) -> SweepView | None:
         """A likelihood sweep's generation twin in the runs folder (its "says"), scored in `mode`; else None."""

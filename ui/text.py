@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evaluation.presets import PRESETS, Preset, get_preset
 from evaluation.sweep import SweepState, SweepStatus
+from evaluation.sweep.provenance import numerics_changes, shown
 from evaluation.sweep_forms import optional_count
 from evaluation.sweep_uploads import IMPORT_PREFIX
 from naturelm_core.alphas import format_grid
@@ -115,6 +116,28 @@ def progress_html(status: SweepStatus | None) -> str:
         f'<progress value="{status.done}" max="{max(status.total, 1)}" style="width:100%"></progress>'
         f"{html.escape(detail)}{message}</div>"
     )
+
+
+def provenance_html(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One line under the selected sweep: its first run's numerics and device, and a warning where runs differ
+    (rows written by runs with other numerics are mixed in its results). Empty where no run was recorded."""
+    if not runs:
+        return ""
+    first = runs[0]
+    source = "demo model" if first.get("demo") else first.get("model_source")
+    parts = [
+        f"LLM {first.get('llm_dtype') or 'dtype unknown'}",
+        f"audio encoder {first.get('audio_precision') or 'precision unknown'}",
+        first.get("device") or "device unknown",
+        *([str(source)] if source else []),
+    ]
+    line = f"First run: {', '.join(parts)}; {len(runs)} run(s) in all."
+    changes = numerics_changes(runs)
+    if not changes:
+        return f'<p class="sweep-provenance"><small>{html.escape(line)}</small></p>'
+    differ = "; ".join(f"{change.label} {' → '.join(map(shown, change.values))}" for change in changes)
+    warning = f"⚠ Runs differ: {differ}. Its rows mix numerics (see provenance.jsonl)."
+    return f'<p class="sweep-provenance"><small>{html.escape(line)}</small> <b>{html.escape(warning)}</b></p>'
 
 
 def problem_html(message: str) -> str:

@@ -16,6 +16,7 @@ One job a module, each importing only the ones before it in this list (no cycles
     plan.py         what a spec asks: subsets, samples, work items and their keys; the check at start
     durable.py      files that survive kill -9 and a full disk (atomic JSON, append-only jsonl)
     label_sets.py   a likelihood sweep's label order per subset (label_sets.json) and a row's distribution
+    provenance.py   each run's model, numerics, device, versions and commit (provenance.jsonl)
     store.py        the runs folder: each sweep's spec.json, results.jsonl, status.json, cancel file, lock
     scores.py       a stored sweep's scores, against the labels its finished results will have
     backends.py     where rows are answered: the SweepBackend protocol, EngineBackend (this process)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from evaluation.icl import ContextBudget
+from evaluation.sweep.provenance import library_versions, model_provenance
 from evaluation.sweep.spec import SweepSpec, SweepSpecError
 from naturelm_core.alphas import AlphaError, GridPoint
 from naturelm_core.label_scores import Candidates
@@ -105,6 +106,10 @@ class EngineBackend:
 
     def check_grid_point(self, value: object, allow_extrapolation: bool = False, name: str = "alpha") -> GridPoint:
         return self.engine.check_grid_point(value, allow_extrapolation, name)
+
+    def provenance(self) -> dict[str, Any]:
+        """The engine's model and this process's libraries, for the sweep's run record (evaluation.sweep.provenance)."""
+        return {"backend": "local engine", **model_provenance(self.engine.model), "versions": library_versions()}
 
     def batching(self) -> tuple[float | None, int]:
         """(mean rows of the recent batches that carried sweep rows, the most a batch may take): a sweep shows

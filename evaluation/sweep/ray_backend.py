@@ -41,6 +41,7 @@ import evaluation
 import naturelm_core
 from evaluation.icl import ContextBudget
 from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
+from evaluation.sweep.provenance import library_versions, model_provenance
 from naturelm_core.alphas import GridPoint, MergeRecipe, check_grid_point
 from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.label_scores import Candidates, LabelScores
@@ -100,7 +101,9 @@ class ModelSource:
 
         with tempfile.TemporaryDirectory(prefix="naturelm-demo-") as folder:
             write_tiny_checkpoint(folder, seed=0)
-            return load_model(folder, device="cpu")
+            model = load_model(folder, device="cpu")
+        model.demo = True
+        return model
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,10 @@ class SweepActor:
         """The model's decoder layers and LoRA rank, for the driver to check a sweep's recipes against."""
         model = self.engine.model
         return MergeShape(model.num_layers, model.config.lora_rank)
+
+    def provenance(self) -> dict[str, Any]:
+        """The model's facts and the libraries of this actor's process (a cluster's may differ from the driver's)."""
+        return {**model_provenance(self.engine.model), "versions": library_versions()}
 
 
 @dataclass
@@ -352,6 +359,7 @@ class RayBackend:
         self.stats = PoolStats()
         self._budget: ContextBudget | None = None
         self._shape = MergeShape()
+        self._model_facts: dict[str, Any] = {}  # one actor's provenance(), asked when the pool starts
         self._actor_class: Any = None
         self._connected_here = False
         self._live: list[_Worker] = []
@@ -375,10 +383,11 @@ class RayBackend:
             self._actor_class = ray.remote(SweepActor).options(max_restarts=0, max_task_retries=0, **resources)
             self._live = [self._spawn() for _ in range(count)]
             infos = ray.get([worker.handle.ready.remote() for worker in self._live], timeout=self.start_timeout_s)
-            # Every actor loads the same model, so one actor's context and merge shape are the pool's.
+            # Every actor loads the same model, so one actor's context, merge shape and provenance are the pool's.
             first = self._live[0].handle
-            self._budget, self._shape = ray.get(
-                [first.context_budget.remote(), first.merge_shape.remote()], timeout=self.start_timeout_s
+            self._budget, self._shape, self._model_facts = ray.get(
+                [first.context_budget.remote(), first.merge_shape.remote(), first.provenance.remote()],
+                timeout=self.start_timeout_s,
             )
         except GetTimeoutError:
             self.stop()
@@ -439,6 +448,12 @@ class RayBackend:
         one actor reported when the pool started; before start(), by its ranges alone."""
         shape = self._shape
         return check_grid_point(value, allow_extrapolation, shape.num_layers, shape.lora_rank, name)
+
+    def provenance(self) -> dict[str, Any]:
+        """For the sweep's run record: the pool, and what one actor said of its model and libraries at start
+        (before start(), only what the command line asked for)."""
+        asked = {"model_source": None if self.model.demo else self.model.source, "demo": self.model.demo}
+        return {"backend": "ray", "ray_actors": self.num_actors, **asked, **self._model_facts}
 
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
         return self._submit(rows, settings)

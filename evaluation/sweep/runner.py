@@ -39,6 +39,7 @@ from evaluation.sweep.plan import (
     model_window,
     sample_items,
 )
+from evaluation.sweep.provenance import append_run, read_runs, resume_warning, run_record
 from evaluation.sweep.spec import AnswerMode, SweepSpec
 from evaluation.sweep.store import SweepFolder, SweepState, SweepStatus, default_runs_dir, prepare_folder, record_key
 from naturelm_core.label_scores import LabelScores
@@ -127,6 +128,7 @@ class SweepRunner:
         self._session_start = 0.0
         self._failed_groups_in_a_row = 0
         self._first_error = ""
+        self._numerics_warning = ""  # this run's numerics differ from an earlier run's: said in every message
         self._budget = self.backend.context_budget(spec.max_context_tokens)
         self._rooms: dict[str, AnswerRoom] = {}  # subset -> the room its answers need after the prompt
 
@@ -174,6 +176,7 @@ class SweepRunner:
         self.status.done = len(self._done)
         self.status.pid = os.getpid()
         self.status.started_at = self._session_start = time.time()
+        self._record_run(len(records))
         self._publish()
         for subset in plan.subsets:
             if self.cancelled() or self._failing():
@@ -195,6 +198,17 @@ class SweepRunner:
             )
         else:
             self._finish(SweepState.FAILED, message=f"{self.status.total - self.status.done} item(s) were not answered")
+
+    def _record_run(self, rows_at_start: int) -> None:
+        """Append this run's provenance record; a resume whose numerics differ from an earlier run's goes on,
+        but its status and the log say what changed, as the rows it writes will mix numerics."""
+        earlier = read_runs(self.folder.path, repair=True)
+        record = run_record(self.backend, self._session_start, rows_at_start)
+        append_run(self.folder.path, record)
+        self._numerics_warning = resume_warning(earlier, record)
+        if self._numerics_warning:
+            logger.warning("sweep %s: %s", self.spec.sweep_id, self._numerics_warning)
+            self.status.message = self._numerics_warning
 
     def _submit_subset(self, plan: SubsetPlan, settings: GenerationSettings) -> None:
         """Submit the subset's unanswered samples in source order, decoding them on the prefetch threads.
@@ -363,7 +377,7 @@ class SweepRunner:
 
     def _finish(self, state: SweepState, message: str = "", best_effort: bool = False) -> None:
         self.status.state = state
-        self.status.message = message
+        self.status.message = "; ".join(part for part in (message, self._numerics_warning) if part)
         self.status.finished_at = time.time()
         if state is SweepState.COMPLETE:
             self.status.eta_s = 0.0

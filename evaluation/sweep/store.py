@@ -1,10 +1,11 @@
 """The runs folder: one sub-folder per sweep, holding its spec, its append-only results and its status.
 
-    runs/<sweep-id>/spec.json      what to run (evaluation.sweep.spec.SweepSpec)
-    runs/<sweep-id>/results.jsonl  one row per (sample, prompt, alpha), appended
-    runs/<sweep-id>/status.json    state, counts, rate, ETA
-    runs/<sweep-id>/cancel         present while a cancel is requested (works across processes)
-    runs/<sweep-id>/.lock          flock'ed by the process running the sweep
+    runs/<sweep-id>/spec.json         what to run (evaluation.sweep.spec.SweepSpec)
+    runs/<sweep-id>/results.jsonl     one row per (sample, prompt, alpha), appended
+    runs/<sweep-id>/status.json       state, counts, rate, ETA
+    runs/<sweep-id>/provenance.jsonl  one record per run: model, numerics, device, versions (provenance.py)
+    runs/<sweep-id>/cancel            present while a cancel is requested (works across processes)
+    runs/<sweep-id>/.lock             flock'ed by the process running the sweep
 
 The files are written through evaluation.sweep.durable, so a kill or a full disk loses at most the
 batch in flight. A results row's schema is evaluation.results.ResultRow, which the scorer and the

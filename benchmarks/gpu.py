@@ -577,7 +577,8 @@ def section_breakdown(model: NatureLM, device: torch.device, args: argparse.Name
 
 
 def section_profile(model: NatureLM, device: torch.device, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """GPU kernels of one static decode step (run eagerly: a graph replays the same kernels)."""
+    """GPU kernels of one static decode step (run eagerly: a graph replays the same kernels), of one prefill,
+    and of the audio encoder on one window in bf16 and float32 (graphs or not, the kernels are these)."""
     from torch.profiler import ProfilerActivity, profile
 
     if device.type != "cuda":
@@ -622,6 +623,23 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     }
     table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
     tables.append(f"prefill, items={items}\n{table}")
+    graphs_enabled, model.encoder_graphs.enabled = model.encoder_graphs.enabled, False  # each kernel, not a replay
+    for precision in ("bfloat16", "float32"):  # one window: why bf16 costs twice float32 there (audio_encoder)
+        model.audio_precision = precision
+        window = recordings(1, seed=72)[0][None]
+        model.encode_audio(window)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as trace:
+            model.encode_audio(window)
+            sync(device)
+        kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        result[f"encoder_one_window_{precision}"] = {
+            "kernels": len(kernels),
+            "gpu_busy_ms": sum(e.device_time for e in kernels) / 1000,
+        }
+        table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70)
+        tables.append(f"audio encoder, one window, {precision}\n{table}")
+    model.audio_precision, model.encoder_graphs.enabled = None, graphs_enabled
     (out / "profile.txt").write_text("\n\n".join(tables))
     result["cudnn_attention"] = model.static_decoding.step.cudnn_gqa
     return result

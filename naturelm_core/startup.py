@@ -37,7 +37,9 @@ class ServedModel:
     @property
     def header(self) -> str:
         kind = "OFFLINE DEMO (tiny random model)" if self.demo else "NatureLM-audio"
-        return f"{kind} · {self.source} · {self.device} · {self.dtype}"
+        audio = getattr(self.model, "audio_precision", None)  # the numerics a user publishes: LLM and audio encoder
+        encoder = f" · audio encoder {audio}" if audio else ""
+        return f"{kind} · {self.source} · {self.device} · {self.dtype}{encoder}"
 
 
 def demo_checkpoint_dir() -> Path:

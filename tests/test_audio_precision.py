@@ -94,3 +94,10 @@ def test_ray_actors_load_the_model_with_the_same_audio_precision(tiny_checkpoint
 
     source = ModelSource(str(tiny_checkpoint), device="cpu", dtype="bfloat16", audio_precision="float32")
     assert source.load().audio_precision == "float32"
+
+
+def test_the_page_header_names_the_audio_encoders_precision(tiny_checkpoint):
+    served = load_served_model(str(tiny_checkpoint), device="cpu", dtype="bfloat16")
+    assert served.header.endswith("cpu · bfloat16 · audio encoder bfloat16")
+    served.model.audio_precision = "float32"
+    assert served.header.endswith("· audio encoder float32")

@@ -5,24 +5,13 @@ The timings are not checked (CI machines vary); that every recording decodes, in
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import soundfile as sf
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_decoding.py"
+import benchmarks.sweep_decoding as benchmark
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_sweep_decoding", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_written_recordings_are_read_back_at_44k1_with_their_labels(benchmark, tmp_path):
+def test_the_written_recordings_are_read_back_at_44k1_with_their_labels(tmp_path):
     from evaluation.datasets import load_recordings
 
     folder = benchmark.write_recordings(tmp_path, count=3, seconds=1.0, extension="flac")
@@ -34,7 +23,7 @@ def test_the_written_recordings_are_read_back_at_44k1_with_their_labels(benchmar
     assert subset.skipped == []
 
 
-def test_the_command_prints_one_row_per_format_and_worker_count(benchmark, capsys, monkeypatch):
+def test_the_command_prints_one_row_per_format_and_worker_count(capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "default_workers", lambda: 2)  # so 'default' repeats 2 and adds no row
     argv = [
         "--recordings",
@@ -59,7 +48,7 @@ def test_the_command_prints_one_row_per_format_and_worker_count(benchmark, capsy
     assert all(float(row.split("|")[3]) > 0 for row in rows)
 
 
-def test_unknown_formats_and_worker_counts_are_refused(benchmark, capsys):
+def test_unknown_formats_and_worker_counts_are_refused(capsys):
     assert benchmark.main(["--formats", "flac,aiff"]) == 2
     assert "unknown format(s) ['aiff']" in capsys.readouterr().err
     with pytest.raises(SystemExit):

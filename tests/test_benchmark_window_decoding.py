@@ -5,24 +5,12 @@ The timings are not checked (CI machines vary); the windows' equality, and the t
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
 import soundfile as sf
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "window_decoding.py"
+import benchmarks.window_decoding as benchmark
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_window_decoding", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_written_files_are_44k1_flac_and_both_decoders_give_the_same_windows(benchmark, tmp_path):
+def test_the_written_files_are_44k1_flac_and_both_decoders_give_the_same_windows(tmp_path):
     from evaluation.datasets import load_recordings
 
     folder = benchmark.write_recordings(tmp_path, 2, 12.0, "flac")
@@ -31,7 +19,7 @@ def test_the_written_files_are_44k1_flac_and_both_decoders_give_the_same_windows
     assert benchmark.same_windows(load_recordings(folder))
 
 
-def test_the_command_prints_a_row_per_decoder_and_succeeds(benchmark, capsys):
+def test_the_command_prints_a_row_per_decoder_and_succeeds(capsys):
     assert benchmark.main(["--files", "2", "--seconds", "11", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith(("| whole", "| window"))]
@@ -40,7 +28,7 @@ def test_the_command_prints_a_row_per_decoder_and_succeeds(benchmark, capsys):
     assert "windows identical: True" in out
 
 
-def test_different_windows_fail_the_command(benchmark, capsys, monkeypatch):
+def test_different_windows_fail_the_command(capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "same_windows", lambda subset: False)
     assert benchmark.main(["--files", "1", "--seconds", "1", "--repeats", "1"]) == 1
     assert "windows identical: False" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from evaluation.server_data import DataRoot
 from evaluation.sweep import SweepQueue
 from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.engine import Engine, default_batch_rows
-from naturelm_core.startup import DEMO_BANNER, ServedModel, load_served_model
+from naturelm_core.startup import DEMO_BANNER, ServedModel, add_audio_precision_argument, load_served_model
 from ui.explore_tab import explore_tab
 from ui.sweeps_service import SweepsService
 from ui.sweeps_tab import sweeps_tab
@@ -72,12 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default=None, help="Llama override: Hub id or folder (default: from config)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bf16 on GPU")
-    parser.add_argument(
-        "--audio-precision",
-        default=None,
-        choices=["float32", "bfloat16"],
-        help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
-    )
+    add_audio_precision_argument(parser)
     parser.add_argument("--demo", action="store_true", help="serve the tiny random model (offline demo)")
     parser.add_argument("--host", default=None, help="default: Gradio's (GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (GRADIO_SERVER_PORT or 7860)")

@@ -88,16 +88,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
+    add_audio_precision_argument(parser)
+    parser.add_argument("--num-beams", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument(
+        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
+    )
+
+
+def add_audio_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """`--audio-precision`, the same for the app, the command-line tools and headless sweeps."""
     parser.add_argument(
         "--audio-precision",
         default=None,
         choices=["float32", "bfloat16"],
         help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
-    )
-    parser.add_argument("--num-beams", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument(
-        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
     )
 
 

@@ -39,6 +39,7 @@ from evaluation.sweep.store import (
     load_spec,
 )
 from naturelm_core.config import PUBLISHED_REPO_ID
+from naturelm_core.startup import add_audio_precision_argument
 
 if TYPE_CHECKING:
     from evaluation.sweep.ray_backend import RayBackend
@@ -69,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
-    parser.add_argument(
-        "--audio-precision",
-        default=None,
-        choices=["float32", "bfloat16"],
-        help="the audio encoder's: default bfloat16 autocast with a bf16 LLM (as upstream), else float32",
-    )
+    add_audio_precision_argument(parser)
     parser.add_argument("--demo", action="store_true", help="the tiny random model: exercises the pipeline only")
     parser.add_argument(
         "--max-batch-rows",

@@ -603,8 +603,7 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         gpu_us = sum(e.device_time for e in kernels) / 3
         label = f"rows_{items * beams}"
         result[label] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
-        table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
-        tables.append(f"decode step, {items} items x {beams} beams, last window\n{table}")
+        tables.append(f"decode step, {items} items x {beams} beams, last window\n{_kernel_table(trace, 25)}")
         tables.append(f"one layer's kernels in order, {items} items x {beams} beams\n{_one_layer(kernels)}")
     items = args.sweep_batch
     batch = model.build_inputs([[embeds]] * items, PROMPT)
@@ -616,13 +615,8 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         with profile(activities=[ProfilerActivity.CUDA]) as trace:
             decoder.prefill()
             sync(device)
-    kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    result[f"prefill_items_{items}"] = {
-        "kernels": len(kernels),
-        "gpu_busy_ms": sum(e.device_time for e in kernels) / 1000,
-    }
-    table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
-    tables.append(f"prefill, items={items}\n{table}")
+    result[f"prefill_items_{items}"] = _gpu_busy(trace)
+    tables.append(f"prefill, items={items}\n{_kernel_table(trace, 25)}")
     graphs_enabled, model.encoder_graphs.enabled = model.encoder_graphs.enabled, False  # each kernel, not a replay
     for precision in ("bfloat16", "float32"):  # one window: why bf16 costs twice float32 there (audio_encoder)
         model.audio_precision = precision
@@ -632,17 +626,22 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         with profile(activities=[ProfilerActivity.CUDA]) as trace:
             model.encode_audio(window)
             sync(device)
-        kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        result[f"encoder_one_window_{precision}"] = {
-            "kernels": len(kernels),
-            "gpu_busy_ms": sum(e.device_time for e in kernels) / 1000,
-        }
-        table = trace.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70)
-        tables.append(f"audio encoder, one window, {precision}\n{table}")
+        result[f"encoder_one_window_{precision}"] = _gpu_busy(trace)
+        tables.append(f"audio encoder, one window, {precision}\n{_kernel_table(trace, 15)}")
     model.audio_precision, model.encoder_graphs.enabled = None, graphs_enabled
     (out / "profile.txt").write_text("\n\n".join(tables))
     result["cudnn_attention"] = model.static_decoding.step.cudnn_gqa
     return result
+
+
+def _gpu_busy(trace: Any) -> dict[str, Any]:
+    """How many kernels a profiled call ran and how long the GPU was busy with them."""
+    kernels = [e for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {"kernels": len(kernels), "gpu_busy_ms": sum(e.device_time for e in kernels) / 1000}
+
+
+def _kernel_table(trace: Any, rows: int) -> str:
+    return trace.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70)
 
 
 def _one_layer(kernels: list) -> str:

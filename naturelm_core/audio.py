@@ -202,8 +202,7 @@ def head_source_frames(head_samples: int, rate: int) -> int:
     """
     needed = head_samples
     if rate != SAMPLE_RATE:
-        divisor = math.gcd(rate, SAMPLE_RATE)
-        orig, new = rate // divisor, SAMPLE_RATE // divisor
+        orig, new = _reduced_rates(rate)
         needed = -(-head_samples // new) * orig + resampler_half_width(rate)
     return max(needed, HEAD_MIN_SOURCE_FRAMES, math.ceil(MIN_DURATION_S * rate))
 
@@ -211,9 +210,14 @@ def head_source_frames(head_samples: int, rate: int) -> int:
 def resampler_half_width(rate: int) -> int:
     """How many source frames past its own block `_to_mono_16k`'s resampler reads: torchaudio's kernel `width`
     (e.g. 17 at 44.1 kHz, 19 at 48 kHz, 9 at 22.05 kHz), computed as torchaudio does."""
-    divisor = math.gcd(rate, SAMPLE_RATE)
-    orig, new = rate // divisor, SAMPLE_RATE // divisor
+    orig, new = _reduced_rates(rate)
     return math.ceil(RESAMPLE_LOWPASS_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+
+
+def _reduced_rates(rate: int) -> tuple[int, int]:
+    """(orig, new): `rate` and 16 kHz divided by their gcd, the block sizes torchaudio's resampler works in."""
+    divisor = math.gcd(rate, SAMPLE_RATE)
+    return rate // divisor, SAMPLE_RATE // divisor
 
 
 def load_recording(source: EncodedSource, max_duration_s: float = MAX_DURATION_S) -> Recording:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from evaluation.sweep import SweepFolder, SweepSpec, SweepState, run_sweep
+from evaluation.sweep.durable import ResultsCorruptError
 from evaluation.sweep.provenance import PROVENANCE_FILE, git_commit, read_runs
 from evaluation.sweep_uploads import import_paper_uploads
 from evaluation.sweep_views import SweepViews, export_view
@@ -146,3 +147,16 @@ def test_a_backend_without_provenance_and_a_machine_without_git_still_record_wha
     assert run["rows_at_start"] == 0 and run["versions"]["python"]
     assert "llm_dtype" not in run
     assert git_commit(tmp_path) is None  # not a checkout: never the commit of a repository around it
+
+
+def test_a_damaged_record_file_stops_the_resume_with_its_name_and_loses_no_row(tiny_model, data_dir, tmp_path):
+    spec = _small_spec(data_dir)
+    first = _run(tiny_model, spec, tmp_path, stop_after=STOP_AFTER)
+    folder = SweepFolder(tmp_path, spec.sweep_id)
+    rows_before = folder.results.path.read_bytes()
+    records = folder.path / PROVENANCE_FILE
+    records.write_text('{"not json\n' + records.read_text())  # a damaged line before a whole one
+    with pytest.raises(ResultsCorruptError, match="run records"):
+        _run(tiny_model, spec, tmp_path)
+    assert folder.results.path.read_bytes() == rows_before and first.done >= STOP_AFTER
+    assert "run records" in folder.read_status().message

@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_decoding.py                      # 48 recordings of 30 s, FLAC and MP3, 1 vs default
     python benchmarks/sweep_decoding.py --workers 1,2,4 --recordings 24 --seconds 60 --formats flac
+    python benchmarks/sweep_decoding.py --beside-busy-thread   # as beside the engine's thread at its busiest
 
 A GPU answers a few hundred rows a second; a sweep with one row per recording needs as many
 recordings decoded a second, or the GPU waits. This writes synthetic 44.1 kHz recordings (noise
@@ -9,6 +10,9 @@ under a tone, so FLAC cannot compress them away) and a labels CSV to a temporary
 them exactly as the sweep does: Subset.rows on this thread, Subset.decode (of each file's window
 only) + model_window on evaluation.prefetch threads, as far ahead as SweepRunner lets them run.
 Each setting is timed after one warm-up pass (page cache, torch kernels), best of --repeats.
+`--beside-busy-thread` keeps one more thread running Python meanwhile, as the engine's thread does between
+GPU waits: a decode thread then waits for the GIL after each call that released it (up to the interpreter's
+switch interval, 5 ms), so this counts how often decoding lets go of the GIL.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +84,25 @@ def recordings_per_second(subset: Subset, worker_counts: Sequence[int], repeats:
     return {workers: count / seconds for workers, seconds in best.items()}
 
 
+@contextmanager
+def busy_python_thread() -> Iterator[None]:
+    """A thread running pure Python (it holds the GIL except when the interpreter makes it let go) while inside."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    thread = threading.Thread(target=spin, name="busy-python", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def parse_workers(text: str) -> list[int]:
     """'1,default,4' -> [1, <default>, 4], in order and without repeats."""
     counts: list[int] = []
@@ -101,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
     )
     parser.add_argument("--window-s", type=float, default=10.0, help="model window cut from each recording")
+    parser.add_argument(
+        "--beside-busy-thread", action="store_true", help="time decoding while another thread runs Python"
+    )
     return parser
 
 
@@ -116,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"# {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
         f"default decode workers {default_workers()}; {args.recordings} x {args.seconds:g} s at {SOURCE_RATE} Hz, "
-        f"{args.window_s:g} s windows"
+        f"{args.window_s:g} s windows" + (", beside a thread running Python" if args.beside_busy_thread else "")
     )
     print("| format | workers | recordings/s | speed-up |")
     print("|---|---:|---:|---:|")
@@ -124,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for extension in formats:
             folder = write_recordings(Path(scratch) / extension, args.recordings, args.seconds, extension)
             subset = load_recordings(folder, window_s=args.window_s)
-            rates = recordings_per_second(subset, args.workers, args.repeats)
+            with busy_python_thread() if args.beside_busy_thread else nullcontext():
+                rates = recordings_per_second(subset, args.workers, args.repeats)
             baseline = rates[args.workers[0]]
             for workers, rate in rates.items():
                 print(f"| {extension} | {workers} | {rate:.1f} | {rate / baseline:.2f} |", flush=True)

@@ -831,7 +831,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
         try:
             for label, alphas in (("one_alpha", [1.0]), ("eleven_alphas", SWEEP_ALPHAS)):
                 sweep(f"warm-{label}", alphas, None, limit=16)  # graph capture of these batch shapes
-                for workers in (1, None, 8) if label == "one_alpha" else (1, None):  # 8: decoding is the bound
+                for workers in (1, None, 8, 16) if label == "one_alpha" else (1, None):  # decoding is the bound
                     key = f"{label}_decode_workers_{workers or 'default'}"
                     result[key] = sweep(f"{label}-{workers}", alphas, workers)
         finally:

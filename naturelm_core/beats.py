@@ -39,16 +39,25 @@ def check_published_variant(cfg: BEATsConfig) -> None:
 
 
 def convolve(conv: Callable[..., Tensor], x: Tensor, weight: Tensor, bias: Tensor | None, **options: Any) -> Tensor:
-    """`conv(x, weight, bias, **options)`, in float32 when a low-precision input is on the CPU.
+    """`conv(x, weight, bias, **options)`, computed in float32 where the model computes in bf16 (its weights or
+    autocast), and returned in the dtype that computation would have returned.
 
-    oneDNN's bf16 CPU convolutions return wrong values for some shapes (pytorch/pytorch#163347; with
-    torch 2.14.1 a conv1d of 48 channels in 4 groups, kernel 16, is off by 100%), so bf16 models on
-    the CPU convolve in float32 and cast back. GPUs take the direct path.
+    Why, on both kinds of device:
+    - CPU: oneDNN's bf16 convolutions return wrong values for some shapes (pytorch/pytorch#163347; with torch
+      2.14.1 a conv1d of 48 channels in 4 groups, kernel 16, is off by 100%).
+    - CUDA: cuDNN runs BEATs' two convolutions (the 16 x 16 patch embedding, the grouped 128-tap positional
+      convolution) with slow generic kernels in bf16: one 10 s window took 17.0 ms under bf16 autocast and 9.1 ms
+      in float32 on an H100, 88% of the bf16 time in those two (benchmarks/gpu.py `profile`, 2026-12-06). In
+      float32 they run as TF32 tensor-core kernels (cuDNN's default), no less precise than bf16.
     """
-    if x.device.type != "cpu" or x.dtype == torch.float32:
+    device = x.device.type
+    autocast = torch.is_autocast_enabled(device)
+    out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+    if out_dtype == torch.float32 and x.dtype == weight.dtype == torch.float32:
         return conv(x, weight, bias, **options)
     bias = None if bias is None else bias.float()
-    return conv(x.float(), weight.float(), bias, **options).to(x.dtype)
+    with torch.autocast(device, enabled=False):
+        return conv(x.float(), weight.float(), bias, **options).to(out_dtype)
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:

@@ -175,3 +175,29 @@ def test_bfloat16_encoder_runs_and_stays_close_to_float32():
     assert low_precision.shape == reference.shape
     relative_error = (low_precision.float() - reference).norm() / reference.norm()
     assert relative_error < 0.02
+
+
+@pytest.mark.parametrize(
+    "conv, shape, options",
+    [
+        (torch.nn.functional.conv1d, (2, 48, 40), {"padding": 8, "groups": 4}),
+        (torch.nn.functional.conv2d, (2, 1, 32, 32), {"stride": 16}),
+    ],
+)
+def test_convolutions_under_bf16_autocast_compute_in_float32_and_return_what_autocast_would(conv, shape, options):
+    """beats.convolve: the float32 result rounded once to bf16, where autocast alone would convolve in bf16 (slow
+    cuDNN kernels on a GPU, wrong oneDNN ones on a CPU); its callers see the dtype autocast gives."""
+    from naturelm_core.beats import convolve
+
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    out_channels, in_per_group = (48, 12) if conv is torch.nn.functional.conv1d else (8, 1)
+    kernel = (16,) if conv is torch.nn.functional.conv1d else (16, 16)
+    weight, bias = torch.randn(out_channels, in_per_group, *kernel), torch.randn(out_channels)
+    expected = conv(x, weight, bias, **options)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = convolve(conv, x, weight, bias, **options)
+        autocast_alone = conv(x, weight, bias, **options)
+    assert got.dtype == autocast_alone.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.to(torch.bfloat16), rtol=0, atol=0)
+    assert convolve(conv, x, weight, bias, **options).dtype == torch.float32  # no autocast: float32 in, out

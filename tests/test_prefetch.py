@@ -166,7 +166,7 @@ def test_the_default_worker_count_is_small_and_positive(monkeypatch):
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)
     assert default_workers() == 2
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 64)
-    assert default_workers() == 4
+    assert default_workers() == 8
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: None)
     assert default_workers() == 1
 

@@ -825,13 +825,19 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
         def sweep(name: str, alphas: list[float], workers: int | None, limit: int | None = None) -> dict[str, Any]:
             spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
+            engine.stats.recent_sweep_batches.clear()
             seconds, status = timed(device, runner.run)
-            return {"answers": status.done, "seconds": seconds, "answers_per_s": status.done / seconds}
+            return {
+                "answers": status.done,
+                "seconds": seconds,
+                "answers_per_s": status.done / seconds,
+                "rows_per_batch": engine.stats.sweep_rows_per_batch(),
+            }
 
         try:
             for label, alphas in (("one_alpha", [1.0]), ("eleven_alphas", SWEEP_ALPHAS)):
                 sweep(f"warm-{label}", alphas, None, limit=16)  # graph capture of these batch shapes
-                for workers in (1, None, 8, 16) if label == "one_alpha" else (1, None):  # decoding is the bound
+                for workers in (1, 4, None, 16) if label == "one_alpha" else (1, None):  # decoding is the bound
                     key = f"{label}_decode_workers_{workers or 'default'}"
                     result[key] = sweep(f"{label}-{workers}", alphas, workers)
         finally:

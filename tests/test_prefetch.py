@@ -175,3 +175,52 @@ def test_a_prefetched_value_is_returned_by_result():
     assert Prefetched("a", 1, None).result() == 1
     with pytest.raises(KeyError):
         Prefetched("b", None, KeyError("b")).result()
+
+
+def test_the_switch_interval_is_short_while_a_prefetch_runs_and_the_processs_own_comes_back_after():
+    import sys
+
+    from evaluation.prefetch import PREFETCH_SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    seen = []
+    outer = prefetch_map(lambda x: sys.getswitchinterval(), range(3), workers=2, ahead=2)
+    seen.append(next(outer).value)
+    inner = list(prefetch_map(lambda x: x, range(2), workers=1, ahead=1))  # a second sweep, overlapping
+    assert [p.value for p in inner] == [0, 1]
+    assert sys.getswitchinterval() == pytest.approx(PREFETCH_SWITCH_INTERVAL_S)  # the first one still runs
+    seen.extend(p.value for p in outer)
+    assert seen == [pytest.approx(PREFETCH_SWITCH_INTERVAL_S)] * 3
+    assert sys.getswitchinterval() == before
+
+
+def test_a_prefetch_closed_early_or_failing_puts_the_switch_interval_back():
+    import sys
+
+    before = sys.getswitchinterval()
+    early = prefetch_map(lambda x: x, range(10), workers=2, ahead=2)
+    next(early)
+    early.close()
+    assert sys.getswitchinterval() == before
+
+    def broken_rows():
+        yield 1
+        raise OSError("the labels file vanished")
+
+    with pytest.raises(OSError):
+        list(prefetch_map(lambda x: x, broken_rows(), workers=1, ahead=1))
+    assert sys.getswitchinterval() == before
+
+
+def test_an_interval_someone_else_set_meanwhile_is_left_as_they_set_it():
+    import sys
+
+    before = sys.getswitchinterval()
+    running = prefetch_map(lambda x: x, range(3), workers=1, ahead=1)
+    next(running)
+    try:
+        sys.setswitchinterval(0.002)
+        list(running)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)

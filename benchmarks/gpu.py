@@ -814,7 +814,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
     import tempfile
 
     from benchmarks.sweep_decoding import write_recordings
-    from evaluation.prefetch import default_workers
+    from evaluation.prefetch import SHORTER_SWITCH_INTERVAL, default_workers
     from evaluation.sweep import SweepRunner
 
     result: dict[str, Any] = {"recordings": args.file_recordings, "default_decode_workers": default_workers()}
@@ -840,6 +840,12 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 for workers in (1, 4, None, 16) if label == "one_alpha" else (1, None):  # decoding is the bound
                     key = f"{label}_decode_workers_{workers or 'default'}"
                     result[key] = sweep(f"{label}-{workers}", alphas, workers)
+            # The same with CPython's own switch interval while decoding (what evaluation.prefetch shortens).
+            shorter, SHORTER_SWITCH_INTERVAL.seconds = SHORTER_SWITCH_INTERVAL.seconds, sys.getswitchinterval()
+            try:
+                result["one_alpha_decode_workers_default_switch_interval_unchanged"] = sweep("one-5ms", [1.0], None)
+            finally:
+                SHORTER_SWITCH_INTERVAL.seconds = shorter
         finally:
             engine.stop()
     return result

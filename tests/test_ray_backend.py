@@ -101,6 +101,22 @@ def _run_with_deadline(backend, spec, runs_dir, **options):
     )
 
 
+def _cancelled_after(backend, spec, runs_dir, answers: int, total: int):
+    """Run the sweep, cancelling it once `answers` rows are done: it stops short of `total`, and every row it
+    answered is in results.jsonl. Returns its status and folder."""
+    cancel = threading.Event()
+
+    def on_progress(status):
+        if status.done >= answers:
+            cancel.set()
+
+    status = _run_with_deadline(backend, spec, runs_dir, cancel=cancel, on_progress=on_progress)
+    folder = SweepFolder(runs_dir, spec.sweep_id)
+    assert status.state is SweepState.CANCELLED and answers <= status.done < total
+    assert len(folder.results.read()) == status.done
+    return status, folder
+
+
 def _wait_for_actors(backend, count, timeout_s=60.0):
     deadline = time.monotonic() + timeout_s
     while len(backend.live_actors()) < count and time.monotonic() < deadline:
@@ -159,16 +175,7 @@ def test_two_actors_write_the_same_rows_as_the_local_runner_and_encode_each_reco
 
 def test_a_sweep_cancelled_on_ray_resumes_on_the_local_runner_to_the_same_rows(pool, tiny_model, data_dir, tmp_path):
     spec = SweepSpec.from_dict(spec_dict(data_dir))
-    cancel = threading.Event()
-
-    def on_progress(status):
-        if status.done >= 12:
-            cancel.set()
-
-    status = _run_with_deadline(pool, spec, tmp_path / "runs", cancel=cancel, on_progress=on_progress)
-    folder = SweepFolder(tmp_path / "runs", spec.sweep_id)
-    assert status.state is SweepState.CANCELLED and 12 <= status.done < 72
-    assert len(folder.results.read()) == status.done
+    _, folder = _cancelled_after(pool, spec, tmp_path / "runs", answers=12, total=72)
 
     resumed, _ = _run_locally(tiny_model, spec, tmp_path / "runs")  # a driver restart, here without Ray
 
@@ -245,16 +252,7 @@ def test_a_likelihood_sweep_cancelled_on_ray_resumes_on_ray_and_writes_each_item
     pool, tiny_model, data_dir, tmp_path
 ):
     spec = _likelihood_spec(data_dir, prompts=["common"])  # 36 items
-    cancel = threading.Event()
-
-    def on_progress(status):
-        if status.done >= 6:
-            cancel.set()
-
-    first = _run_with_deadline(pool, spec, tmp_path / "runs", cancel=cancel, on_progress=on_progress)
-    folder = SweepFolder(tmp_path / "runs", spec.sweep_id)
-    assert first.state is SweepState.CANCELLED and 6 <= first.done < 36
-    assert len(folder.results.read()) == first.done
+    first, folder = _cancelled_after(pool, spec, tmp_path / "runs", answers=6, total=36)
     answered = pool.stats.rows_answered
 
     resumed = _run_with_deadline(pool, spec, tmp_path / "runs")

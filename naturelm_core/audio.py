@@ -208,10 +208,9 @@ def head_source_frames(head_samples: int, rate: int) -> int:
 
 
 def resampler_half_width(rate: int) -> int:
-    """How many source frames past its own block `_to_mono_16k`'s resampler reads: torchaudio's kernel `width`
-    (e.g. 17 at 44.1 kHz, 19 at 48 kHz, 9 at 22.05 kHz), computed as torchaudio does."""
-    orig, new = _reduced_rates(rate)
-    return math.ceil(RESAMPLE_LOWPASS_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+    """How many source frames past its own block `_to_mono_16k`'s resampler reads: its torchaudio kernel's `width`
+    (e.g. 17 at 44.1 kHz, 19 at 48 kHz, 9 at 22.05 kHz)."""
+    return _sinc_kernel(rate)[1]
 
 
 def _reduced_rates(rate: int) -> tuple[int, int]:

@@ -8,8 +8,8 @@ the part the previous window did not already cover, from the source samples it n
 RESAMPLE_MARGIN_S either side. About one window of source audio and one of 16 kHz audio are held
 at a time, and every 16 kHz sample is computed once, whatever the hop.
 
-Exactness: the resampler (torchaudio's sinc kernel, the one `load_audio` uses, built once per
-file) reaches about six output samples either side (about 100 when upsampling from 1 kHz); the
+Exactness: the resampler (`load_audio`'s own: torchaudio's sinc kernel, built once per sample
+rate) reaches about six output samples either side (about 100 when upsampling from 1 kHz); the
 margin is 1600. Each piece starts on a source sample where the resampler's phase pattern restarts,
 so every output sample comes from the same source samples and filter taps as in whole-file
 resampling; only the floating-point summation inside the convolution may differ. Where a piece
@@ -25,7 +25,6 @@ are cut from memory within `load_audio`'s limits, since FFmpeg decoding here is 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,8 +32,6 @@ from types import TracebackType
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.transforms
 
 from naturelm_core.audio import (
     MAX_DURATION_S,
@@ -49,7 +46,9 @@ from naturelm_core.audio import (
     _checked_sample_rate,
     _declared_frames,
     _existing_file,
+    _reduced_rates,
     _refuse_if_header_too_long,
+    _resample_to_16k,
     _seconds_to_samples,
     _truncation_warning,
     iter_windows,
@@ -248,9 +247,9 @@ def _stream(stream: WindowStream, sound_file: sf.SoundFile, path: str, reader: _
     """Each window, from 16 kHz audio made once per sample: what the previous window did not already cover
     is resampled from the source samples it needs plus the margin the module docstring explains."""
     rate = sound_file.samplerate
-    step = SAMPLE_RATE // math.gcd(rate, SAMPLE_RATE)  # output samples per restart of the resampler's phases
-    resample = None if rate == SAMPLE_RATE else torchaudio.transforms.Resample(rate, SAMPLE_RATE, dtype=torch.float32)
-    margin = 0 if resample is None else round(RESAMPLE_MARGIN_S * SAMPLE_RATE)
+    step = _reduced_rates(rate)[1]  # output samples per restart of the resampler's phases
+    resampled = rate != SAMPLE_RATE
+    margin = round(RESAMPLE_MARGIN_S * SAMPLE_RATE) if resampled else 0
     window_len, hop_len = stream.window_len, stream.hop_len
     reach = max(window_len, hop_len)
 
@@ -276,8 +275,8 @@ def _stream(stream: WindowStream, sound_file: sf.SoundFile, path: str, reader: _
         if start + made.size < end:
             first = down(start + made.size - margin)
             chunk = reader.buffer[source_index(first) - reader.start : source_index(up(end + margin)) - reader.start]
-            if resample is not None:
-                chunk = resample(torch.from_numpy(chunk)).numpy()
+            if resampled:
+                chunk = _resample_to_16k(chunk, rate)
             made = np.concatenate([made, np.clip(chunk[start + made.size - first : end - first], -1.0, 1.0)])
         samples = np.zeros(window_len, dtype=np.float32)
         samples[: made.size] = made

@@ -125,7 +125,8 @@ class BEATsSelfAttention(nn.Module):
         # One table for the whole encoder: every layer holds the same module (see BEATsEncoder).
         self.relative_attention_bias = relative_attention_bias
 
-    def forward(self, x: Tensor, position_buckets: Tensor) -> Tensor:
+    def forward(self, x: Tensor, position_bias: Tensor) -> Tensor:
+        """`position_bias` [heads, length, length]: the shared table's entries for each (query, key) offset."""
         batch, length, dim = x.shape
         q, k, v = (
             proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -135,7 +136,6 @@ class BEATsSelfAttention(nn.Module):
         gate_logits = self.grep_linear(q).view(batch, self.num_heads, length, 2, GATE_OUTPUTS // 2).sum(-1)
         gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
         gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0  # [batch, heads, length, 1]
-        position_bias = self.relative_attention_bias(position_buckets).permute(2, 0, 1)  # [heads, length, length]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=gate * position_bias)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, dim))
 
@@ -153,8 +153,8 @@ class BEATsEncoderLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, position_buckets: Tensor) -> Tensor:
-        x = self.self_attn_layer_norm(self.deep_norm_alpha * x + self.self_attn(x, position_buckets))
+    def forward(self, x: Tensor, position_bias: Tensor) -> Tensor:
+        x = self.self_attn_layer_norm(self.deep_norm_alpha * x + self.self_attn(x, position_bias))
         return self.final_layer_norm(self.deep_norm_alpha * x + self.fc2(F.gelu(self.fc1(x))))
 
 
@@ -178,8 +178,11 @@ class BEATsEncoder(nn.Module):
         positional = self.pos_conv(x.transpose(1, 2))[..., :length].transpose(1, 2)
         x = self.layer_norm(x + F.gelu(positional))
         buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, x.device)
+        # Looked up once for all layers, which share the table: a [heads, length, length] gather per layer was 1.8 ms
+        # of an H100's 7.2 ms for one 10 s window (benchmarks/gpu.py profile, 18:47Z); each layer's gate scales it.
+        position_bias = self.layers[0].self_attn.relative_attention_bias(buckets).permute(2, 0, 1)
         for layer in self.layers:
-            x = layer(x, buckets)
+            x = layer(x, position_bias)
         return x
 
 

@@ -826,12 +826,15 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
             spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
             engine.stats.recent_sweep_batches.clear()
+            captures = model.static_decoding.captures
             seconds, status = timed(device, runner.run)
             return {
                 "answers": status.done,
                 "seconds": seconds,
                 "answers_per_s": status.done / seconds,
                 "rows_per_batch": engine.stats.sweep_rows_per_batch(),
+                "batch_rows": " ".join(map(str, engine.stats.recent_sweep_batches)),  # the last 32
+                "graph_captures": model.static_decoding.captures - captures,  # new batch shapes met by this sweep
             }
 
         try:
@@ -887,6 +890,7 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
             engine.stats.recent_sweep_batches.clear()
             engine.stats.recent_interactive_waits_s.clear()
             pauses = engine.stats.sweep_pauses
+            captures = model.static_decoding.captures
             start = time.perf_counter()
             queue.submit(spec)
             latencies: list[float] = []
@@ -904,6 +908,8 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
                 "answers_per_s": done / seconds,
                 "rows_per_batch": engine.stats.sweep_rows_per_batch(),
                 "sweep_pauses": engine.stats.sweep_pauses - pauses,
+                "batch_rows": " ".join(map(str, engine.stats.recent_sweep_batches)),  # the last 32
+                "graph_captures": model.static_decoding.captures - captures,
             }
             if latencies:
                 entry["explore_during_sweep"] = percentiles(latencies)

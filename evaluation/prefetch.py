@@ -29,15 +29,26 @@ Result = TypeVar("Result")
 # A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on an H100 with 16 host cores
 # (benchmarks/gpu.py sweep_files, 2026-12-06): 70.6 answers/s on 1 thread, 141.7 on 4, 173.8 on 8, 162.6 on 16.
 MAX_DEFAULT_WORKERS = 8
+# Threads for recordings of one answer each, divided among a recording's answers (see default_workers).
+DECODE_THREADS_FOR_ONE_ROW = 16
 
 
 # The switch interval while any prefetch runs (CPython's default: 5 ms). See ShorterSwitchInterval for the figures.
 PREFETCH_SWITCH_INTERVAL_S = 0.0005
 
 
-def default_workers() -> int:
-    """Enough threads to keep one accelerator fed, without taking every core from the process serving it."""
-    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+def default_workers(rows_per_item: int = 1) -> int:
+    """Enough threads to keep one accelerator fed, without taking every core from the process serving it.
+
+    `rows_per_item`: the answers each decoded recording feeds (a sweep's alphas x prompts). The more there
+    are, the fewer recordings a second the accelerator needs, and decoding threads beyond that only compete
+    with the engine's thread for the GIL: 11 answers per recording ran 289.6 answers/s from one thread and
+    272.7 from 8 (H100, benchmarks/gpu.py sweep_files, 18:47Z; 295.0 vs 290.9 from 1 and 4 at 16:49Z).
+    """
+    if rows_per_item < 1:
+        raise ValueError(f"rows_per_item must be at least 1, got {rows_per_item}")
+    wanted = -(-DECODE_THREADS_FOR_ONE_ROW // rows_per_item)
+    return max(1, min(MAX_DEFAULT_WORKERS, wanted, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,17 @@ def test_the_default_worker_count_is_small_and_positive(monkeypatch):
     assert default_workers() == 1
 
 
+def test_recordings_with_many_answers_each_get_fewer_decoding_threads(monkeypatch):
+    import evaluation.prefetch as prefetch
+
+    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 64)
+    assert [default_workers(rows) for rows in (1, 2, 3, 11, 16, 40)] == [8, 8, 6, 2, 1, 1]
+    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)
+    assert default_workers(3) == 2  # never more than the cores
+    with pytest.raises(ValueError, match="at least 1"):
+        default_workers(0)
+
+
 def test_a_prefetched_value_is_returned_by_result():
     assert Prefetched("a", 1, None).result() == 1
     with pytest.raises(KeyError):

@@ -490,3 +490,18 @@ def test_a_cancel_stops_decoding_and_a_resume_decodes_only_unanswered_recordings
     assert decode.calls - before_resume == 12 - status.done  # answered recordings are not decoded again
     assert run_sweep(ToneBackend(), spec, tmp_path).done == 12
     assert decode.calls - before_resume == 12 - status.done  # nor is anything, once the sweep is complete
+
+
+def test_by_default_recordings_with_more_answers_each_are_decoded_on_fewer_threads(data_dir, monkeypatch):
+    """evaluation.prefetch.default_workers of the sweep's answers per recording (alphas x prompts)."""
+    import evaluation.prefetch as prefetch
+    from evaluation.sweep import SweepRunner
+
+    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 64)
+    threads = {}
+    for alphas in ([0.5], [0.0, 0.5, 1.0], [round(0.1 * i, 1) for i in range(11)]):
+        spec = SweepSpec.from_dict(spec_dict(data_dir, alphas=alphas))
+        threads[spec.items_per_sample] = SweepRunner(ToneBackend(), spec, "unused-runs").decode_workers
+    assert threads == {2: 8, 6: 3, 22: 1}
+    spec = SweepSpec.from_dict(spec_dict(data_dir, alphas=[0.5]))
+    assert SweepRunner(ToneBackend(), spec, "unused-runs", decode_workers=5).decode_workers == 5

@@ -86,8 +86,8 @@ class SweepRunner:
     At most `max_inflight_rows` rows (default: the backend's `inflight_rows`, at least two samples'
     worth) are queued at once, so every worker always has its next batch ready while a cancel or a
     crash loses at most what is in flight. Recordings are decoded and resampled on `decode_workers`
-    threads (default: evaluation.prefetch.default_workers()) a few ahead of submission, so one
-    thread's decoding does not starve a fast accelerator when a recording has few rows.
+    threads (default: evaluation.prefetch.default_workers of the answers per recording) a few ahead of
+    submission, so one thread's decoding does not starve a fast accelerator when a recording has few rows.
 
     `plan` is the sweep's plan where it was made already (when the sweep was started); `folder` its
     folder where it was prepared already (SweepQueue.submit does): `run()` makes either only if missing.
@@ -116,7 +116,7 @@ class SweepRunner:
         self.cancel_event = cancel or threading.Event()
         self.on_progress = on_progress
         self.max_inflight_rows = max_inflight_rows or max(self.backend.inflight_rows, 2 * spec.items_per_sample)
-        self.decode_workers = decode_workers or default_workers()
+        self.decode_workers = decode_workers or default_workers(spec.items_per_sample)
         if folder is not None and folder.sweep_id != spec.sweep_id:
             raise ValueError(f"the folder given is sweep {folder.sweep_id}'s, not {spec.sweep_id}'s")
         self.folder = folder or SweepFolder(runs_dir if runs_dir is not None else default_runs_dir(), spec.sweep_id)

@@ -53,6 +53,7 @@ from naturelm_core.tiny import LLAMA3_ROPE
 
 PROMPT = "What is the common name for the focal species in the audio?"  # BEANS-Zero's common-name prompt
 SWEEP_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+LONG_ONE_ALPHA_SWEEP_FACTOR = 3  # the long one-alpha sweep from files reads this many times --file-recordings
 REFERENCE_BATCH = 16  # the public loop's batch size
 WINDOW_SAMPLES = 160_000  # 10 s at 16 kHz
 BOS_ID, PAD_ID, VOCAB = 128000, 128256, 128257
@@ -817,12 +818,18 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
     from evaluation.prefetch import SHORTER_SWITCH_INTERVAL, default_workers
     from evaluation.sweep import SweepRunner
 
-    result: dict[str, Any] = {"recordings": args.file_recordings, "default_decode_workers": default_workers()}
+    result: dict[str, Any] = {
+        "recordings": args.file_recordings,
+        "default_decode_workers": {"one_alpha": default_workers(1), "eleven_alphas": default_workers(11)},
+    }
+    long_sweep = LONG_ONE_ALPHA_SWEEP_FACTOR * args.file_recordings
     with tempfile.TemporaryDirectory() as folder:
-        recordings_folder = write_recordings(Path(folder) / "recordings", args.file_recordings, 10.0, "flac")
+        recordings_folder = write_recordings(Path(folder) / "recordings", long_sweep, 10.0, "flac")
         engine = Engine(model, max_batch_rows=args.sweep_batch, sweep_capacity=100_000)
 
-        def sweep(name: str, alphas: list[float], workers: int | None, limit: int | None = None) -> dict[str, Any]:
+        def sweep(
+            name: str, alphas: list[float], workers: int | None, limit: int | None = args.file_recordings
+        ) -> dict[str, Any]:
             spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
             engine.stats.recent_sweep_batches.clear()
@@ -849,6 +856,8 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 result["one_alpha_decode_workers_default_switch_interval_unchanged"] = sweep("one-5ms", [1.0], None)
             finally:
                 SHORTER_SWITCH_INTERVAL.seconds = shorter
+            # 352 recordings at one alpha are a few batches, so filling and draining the pipeline weigh on them.
+            result["one_alpha_long_decode_workers_default"] = sweep("one-long", [1.0], None, limit=long_sweep)
         finally:
             engine.stop()
     return result

@@ -134,6 +134,9 @@ class Sample:
     instruction: str = ""
     scientific_label: str | None = None
     file_name: str = ""
+    # The audio is naturelm_core.audio's own output (16 kHz mono float32, checked and clamped): a recording file
+    # decoded by Subset.decode. `evaluation.sweep.model_window` then only pads it, without checking it again.
+    model_ready: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -325,6 +328,7 @@ class Subset:
             instruction=row.instruction,
             scientific_label=row.scientific_label,
             file_name=row.file_name,
+            model_ready=row.audio_column is None,
         )
 
     def _skip(self, row_id: str, reason: str) -> None:

@@ -110,3 +110,27 @@ def test_a_parquet_rows_window_is_its_whole_resampling_even_for_a_short_window_a
     sample = Sample("row", "mine", audio, 22_050, "wren", window_s=0.7)
     waveform, _ = load_audio(audio, sample_rate=22_050)
     assert np.array_equal(model_window(sample), windows(waveform, 0.7, 0.7)[0].samples)
+
+
+@pytest.mark.parametrize("window_s", [10.0, 3.0])
+def test_a_decoded_files_window_is_only_cut_and_padded_and_equals_the_checked_path(tmp_path, window_s, monkeypatch):
+    """Files decode through naturelm_core.audio (checked, clamped, 16 kHz): model_window does not check them again.
+    Rows of audio in memory (parquet) are not model-ready and still go through load_audio."""
+    import naturelm_core.audio
+
+    subset = load_recordings(write_folder(tmp_path / "mixed", MIXED), window_s=window_s)
+    samples = [subset.decode(row, head_s=window_s) for row in subset.rows()]
+    assert all(sample.model_ready for sample in samples)
+    checked = [windows(load_audio(s.audio, sample_rate=16_000)[0], window_s, window_s)[0].samples for s in samples]
+    reloaded = []
+    monkeypatch.setattr(naturelm_core.audio, "load_audio", lambda *a, **k: reloaded.append(a) or load_audio(*a, **k))
+    for sample, expected in zip(samples, checked, strict=True):
+        window = model_window(sample)
+        assert window.dtype == np.float32 and window.shape == (round(window_s * 16_000),)
+        assert np.array_equal(window, expected), sample.file_name
+    assert reloaded == []
+    assert model_window(Sample("row", "mine", samples[0].audio, 16_000, "x", window_s)) is not None
+    assert len(reloaded) == 1  # the same audio, not marked model-ready, is checked again
+    in_memory = Sample("row", "mine", np.full(16_000, 3.0, dtype=np.float32), 16_000, "wren", window_s=1.0)
+    assert not in_memory.model_ready
+    assert model_window(in_memory).max() == 1.0  # clamped by load_audio, as a parquet row's audio must be

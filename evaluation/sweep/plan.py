@@ -186,6 +186,11 @@ def model_window(sample: Sample) -> np.ndarray:
     """
     from naturelm_core.audio import head_source_frames, load_audio, windows  # naturelm_core.audio imports torch
 
+    if sample.model_ready:  # a decoded file's head: checked and clamped already, so only cut and padded here
+        window = np.zeros(round(sample.window_s * SAMPLE_RATE), dtype=np.float32)
+        head = sample.audio[: len(window)]
+        window[: len(head)] = head
+        return window
     keep = head_source_frames(round(sample.window_s * SAMPLE_RATE), sample.sample_rate)
     waveform, _ = load_audio(sample.audio[:keep], sample_rate=sample.sample_rate)
     return windows(waveform, window_s=sample.window_s, hop_s=sample.window_s)[0].samples

@@ -618,6 +618,17 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
             sync(device)
     result[f"prefill_items_{items}"] = _gpu_busy(trace)
     tables.append(f"prefill, items={items}\n{_kernel_table(trace, 25)}")
+    # A whole sweep batch's generation (prefill, steps, beam search, cache reordering): the GPU's busy time against
+    # the wall clock says how much of the time outside the step graphs is kernels and how much is the GPU waiting.
+    rows = [[embeds]] * items
+    row_alphas = torch.linspace(0.0, 1.0, items).tolist()
+    generate = lambda: model.generate_ids_from_embeddings(rows, PROMPT, row_alphas, args.beams, args.new_tokens)  # noqa: E731
+    generate()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        wall_s, _ = timed(device, generate)
+    result[f"generation_items_{items}"] = {**_gpu_busy(trace), "wall_ms": 1000 * wall_s}
+    tables.append(f"whole generation, {items} items x {args.beams} beams\n{_kernel_table(trace, 30)}")
     graphs_enabled, model.encoder_graphs.enabled = model.encoder_graphs.enabled, False  # each kernel, not a replay
     for precision in ("bfloat16", "float32"):  # one window: why bf16 costs twice float32 there (audio_encoder)
         model.audio_precision = precision

@@ -24,13 +24,15 @@ only changes buffer contents: no graph is captured again and no weight is writte
 
 The beams of one item share its prompt, so the cache holds each item's prompt once (left-padded to
 `prompt_capacity` columns), then its beams' generated tokens interleaved: column
-`prompt_capacity + t * beams + b` holds beam b's token t. A decode step is then a pass over `beams`
-tokens per item, each seeing the prompt and its own beam's columns: at the sweep batch (176 items x
-2 beams) attention reads each prompt once instead of once per beam (74 -> 53 µs per layer,
-benchmarks/decode_parts.py), and a prompt is prefilled once per item. The attention window grows in
-blocks of `window_block` generated tokens (one graph per window), so early steps of a long
-generation do not read columns that are still empty. Small prompt batches (interactive requests) are
-prefilled by a graph too; large ones (sweeps, compute-bound) eagerly, over the batch's own length.
+`prompt_capacity + t * beams + b` holds the token row b generated at step t. A decode step is then a
+pass over `beams` tokens per item, each seeing the prompt and the generated columns of its own history,
+a per-item mask (`DecodeState.ancestry`) that beam search's reorder gathers instead of moving keys and
+values: at the sweep batch (176 items x 2 beams) attention reads each prompt once instead of once per
+beam (74 -> 53 µs per layer, benchmarks/decode_parts.py), and a prompt is prefilled once per item.
+The attention window grows in blocks of `window_block` generated tokens (one graph per window), so
+early steps of a long generation do not read columns that are still empty. Small prompt batches
+(interactive requests) are prefilled by a graph too; large ones (sweeps, compute-bound) eagerly, over
+the batch's own length.
 """
 
 from __future__ import annotations
@@ -267,15 +269,15 @@ class LlamaStep:
     @torch.no_grad()
     def decode(self, state: DecodeState, window: int) -> Tensor:
         """One token per beam from `state.tokens`: keys and values written at `state.columns`, each beam
-        attending to the prompt and its own beam's columns below `window`; then columns and positions
-        advance. Logits [items x beams, V]."""
+        attending to the prompt and the columns of its history (`state.ancestry`) below `window`; then columns
+        and positions advance. Logits [items x beams, V]."""
         state.mask.index_fill_(1, state.columns, True)
         logits = self._forward(
             state,
             hidden=self.embed_tokens(state.tokens),
             positions=state.positions[:, None].expand(-1, state.beams),
             columns=state.columns,
-            visible=state.mask[:, None, :window] & state.own_beam[None, :, :window],
+            visible=state.mask[:, None, :window] & state.ancestry[:, :, :window],
             keys_from=0,
             every_token=True,
         )
@@ -430,7 +432,8 @@ def _cudnn_gqa_works(weight: Tensor, heads: int, kv_heads: int, head_dim: int) -
 class DecodeState:
     """Every buffer a forward pass reads or writes, for one shape: (items, beams, prompt capacity, new tokens).
 
-    Column `prompt_capacity + t * beams + b` of an item's cache holds beam b's generated token t.
+    Column `prompt_capacity + t * beams + b` of an item's cache holds the token row b generated at step t;
+    `ancestry[i, b]` marks the columns beam b of item i sees (the prompt, and its history's tokens).
     Each item's merge: `scales` [items, layers, rank columns q | k | v | o], every column of projection m
     at alpha * layers[l] * modules[m], and `spectral_scales` the same times the direction's weight w_i
     for spectral items; each zero on the other kind of item. `spectral`: whether the loaded generation
@@ -454,8 +457,10 @@ class DecodeState:
         self.mask = torch.zeros(items, self.length, device=device, dtype=torch.bool)
         column_beam = (torch.arange(self.length, device=device) - prompt_capacity) % beams
         is_prompt = torch.arange(self.length, device=device) < prompt_capacity
-        # Which columns beam b's token may see: the whole prompt, and the columns of beam b.
+        # Which columns beam b's token may see at the start of a generation: the whole prompt, and the columns of
+        # beam b. `ancestry` is that per item, and after each reorder the columns of the beam it continues.
         self.own_beam = is_prompt[None] | (column_beam[None] == torch.arange(beams, device=device)[:, None])
+        self.ancestry = self.own_beam.expand(items, -1, -1).clone()  # [items, beams, length]
         self.positions = torch.zeros(items, device=device, dtype=torch.long)
         self.columns = prompt_capacity + torch.arange(beams, device=device)
         self.tokens = torch.zeros(self.rows, device=device, dtype=torch.long)
@@ -508,16 +513,19 @@ class DecodeState:
         """Back to the first generated column, as `load` leaves it, without touching the prompts."""
         self.columns.copy_(self.prompt_capacity + torch.arange(self.beams, device=self.columns.device))
         self.positions.zero_()
+        self.ancestry.copy_(self.own_beam.expand_as(self.ancestry))
 
     def reorder(self, rows: Tensor, generated: int) -> None:
-        """Row i continues beam rows[i], a beam of its own item: only that item's generated columns move."""
+        """Row i continues beam rows[i], a beam of its own item: the generated columns that beam sees become row
+        i's. Nothing moves in the cache: a beam's history is a set of columns (`ancestry`), gathered here, a few
+        bytes per item, where moving the keys and values themselves copied up to 0.5 GB a step at the sweep
+        batch. Each beam's next token still goes to its own column, which no other beam's history holds."""
         items = rows.shape[0] // self.beams
         first_row = torch.arange(items, device=rows.device)[:, None] * self.beams
-        source_beam = (rows.view(items, self.beams) - first_row)[None, :, None, None, :, None]
+        source_beam = (rows.view(items, self.beams) - first_row)[:, :, None]  # [items, beams, 1]
         stop = self.prompt_capacity + generated * self.beams
-        for cache in (self.keys, self.values):
-            tokens = cache[:, :items, :, self.prompt_capacity : stop].unflatten(3, (generated, self.beams))
-            tokens.copy_(torch.gather(tokens, 4, source_beam.expand_as(tokens)))
+        history = self.ancestry[:items, :, self.prompt_capacity : stop]
+        history.copy_(torch.gather(history, 1, source_beam.expand_as(history)))
 
 
 def _rank_columns(merge: RowMerge, ranks: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:

@@ -49,7 +49,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import rotary_store, swiglu
+from naturelm_core import rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
 from naturelm_core.recipes import MERGE_MODULES
@@ -217,9 +217,10 @@ def _spectral(
     return weighed
 
 
-def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """Llama's RMSNorm as one fused kernel (transformers' module launches seven)."""
-    return nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+def _rms_norm(norm: nn.Module, x: Tensor, fused: bool) -> Tensor:
+    """Llama's RMSNorm as one kernel (transformers' module launches seven): torch's, or with `fused` this
+    project's Triton kernel (naturelm_core.rmsnorm), faster on the one-row calls of a decode step."""
+    return rmsnorm.rms_norm(x, norm.weight, norm.variance_epsilon, fused)
 
 
 class LlamaStep:
@@ -256,6 +257,7 @@ class LlamaStep:
             self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
         )
         self.fused_swiglu = swiglu.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.fused_rmsnorm = rmsnorm.fused_kernel_works(self.weight.device, self.weight.dtype)
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -345,16 +347,18 @@ class LlamaStep:
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
             spectral_scales = state.spectral_scales[chosen, index, None] if state.spectral else None
-            qkv = layer.attention_inputs(_rms_norm(layer.input_layernorm, hidden), scales, spectral_scales)
+            normed = _rms_norm(layer.input_layernorm, hidden, self.fused_rmsnorm)
+            qkv = layer.attention_inputs(normed, scales, spectral_scales)
             keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             attended = self._attention(query, keys, values, bias, queries_as_rows)
             hidden = layer.attention_output(attended, scales, spectral_scales, hidden)
-            hidden = layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden), hidden, self.fused_swiglu)
+            normed = _rms_norm(layer.post_attention_layernorm, hidden, self.fused_rmsnorm)
+            hidden = layer.mlp(normed, hidden, self.fused_swiglu)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
-        return self._lm_head(_rms_norm(self.norm, hidden), state, first)
+        return self._lm_head(_rms_norm(self.norm, hidden, self.fused_rmsnorm), state, first)
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, queries_as_rows: bool) -> Tensor:
         """Grouped-query attention of query [items, heads, length, d]; output [items x length, heads x d].
@@ -585,8 +589,8 @@ class _Runner:
                 self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
-                elif self.step.fused_rotary or self.step.fused_swiglu:
-                    self.step.fused_rotary = self.step.fused_swiglu = False
+                elif self.step.fused_rotary or self.step.fused_swiglu or self.step.fused_rmsnorm:
+                    self.step.fused_rotary = self.step.fused_swiglu = self.step.fused_rmsnorm = False
                 else:
                     raise
 

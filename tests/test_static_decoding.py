@@ -204,10 +204,10 @@ def test_running_out_of_memory_while_capturing_keeps_the_fast_kernels(model, row
     batch = model.build_inputs(rows, PROMPTS)
     alphas = torch.zeros(3)
     step = decoding._llama_step(model.llm)
-    step.cudnn_gqa = step.fused_rotary = step.fused_swiglu = True  # as on a GPU where they work
+    step.cudnn_gqa = step.fused_rotary = step.fused_swiglu = step.fused_rmsnorm = True  # as on a GPU where they work
     with pytest.raises(torch.OutOfMemoryError):
         decoding.decoder(model.llm, batch, alphas, 1, 4)
-    assert step.cudnn_gqa and step.fused_rotary and step.fused_swiglu
+    assert step.cudnn_gqa and step.fused_rotary and step.fused_swiglu and step.fused_rmsnorm
 
 
 def test_releasing_cached_states_frees_the_shapes_and_keeps_the_step(model, rows):

@@ -282,6 +282,7 @@ class Engine:
         self._start_lock = threading.Lock()
         self.inline = inline
         self._inline_lock = threading.Lock()
+        self._label_sets: dict[tuple[str, ...], Candidates] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -334,6 +335,14 @@ class Engine:
             windows, prompt, alpha, settings, None, priority, timeout_s, allow_extrapolation, caller
         )
         return self._put(request, block)
+
+    def label_candidates(self, labels: Sequence[str]) -> Candidates:
+        """A label set tokenized once per engine: every row of a likelihood sweep, local or on a Ray actor,
+        scores against one of a subset's few sets, and tokenizing it per row would cost more than the row."""
+        key = tuple(labels)
+        if key not in self._label_sets:  # two threads may both tokenize a new set once; either result serves
+            self._label_sets[key] = self.model.label_candidates(key)
+        return self._label_sets[key]
 
     def submit_labels(
         self,
@@ -556,9 +565,16 @@ class Engine:
             self.stats.sweep_pauses += 1
             self._run_with_oom_backoff(live)
 
+    def _pause_point(self, rows: list[Request]) -> Callable[[], None] | None:
+        """What a batch calls between its steps to answer waiting users: sweep batches only, and never inline,
+        where the engine runs in its caller's thread and no one can be waiting behind it."""
+        if self.inline or not all(r.priority == Priority.SWEEP for r in rows):
+            return None
+        return self._answer_waiting_users
+
     def _generate(self, rows: list[Request]) -> list[str]:
-        pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
-        embeds = self._embed_windows(rows, pausable)
+        pause = self._pause_point(rows)
+        embeds = self._embed_windows(rows, pause)
         settings = rows[0].settings
         answers = self.model.generate_from_embeddings(
             embeds,
@@ -567,15 +583,15 @@ class Engine:
             num_beams=settings.num_beams,
             max_new_tokens=settings.max_new_tokens,
             allow_extrapolation=any(r.allow_extrapolation for r in rows),
-            between_steps=self._answer_waiting_users if pausable else None,
+            between_steps=pause,
         )
         self.stats.batches += 1
         self.stats.rows_generated += len(rows)
         return answers
 
     def _score(self, rows: list[Request], per_pass: int) -> list[LabelScores]:
-        pausable = all(r.priority == Priority.SWEEP for r in rows) and not self.inline
-        embeds = self._embed_windows(rows, pausable)
+        pause = self._pause_point(rows)
+        embeds = self._embed_windows(rows, pause)
         scores = self.model.score_labels_from_embeddings(
             embeds,
             [r.prompt for r in rows],
@@ -583,18 +599,18 @@ class Engine:
             [r.alpha for r in rows],
             allow_extrapolation=any(r.allow_extrapolation for r in rows),
             max_candidates_per_pass=per_pass,
-            between_passes=self._answer_waiting_users if pausable else None,
+            between_passes=pause,
         )
         self.stats.batches += 1
         self.stats.rows_scored += len(rows)
         self.stats.candidates_scored += sum(len(r.candidates) for r in rows)
         return scores
 
-    def _embed_windows(self, rows: list[Request], pausable: bool) -> list[list[torch.Tensor]]:
+    def _embed_windows(self, rows: list[Request], pause: Callable[[], None] | None) -> list[list[torch.Tensor]]:
         """Embeddings per row and placeholder, encoding only windows the cache has not seen.
 
-        A pausable (sweep) batch encodes in chunks of ENCODER_CHUNK windows and answers waiting users
-        between them, as its decode steps do: a batch with one window per answer has hundreds to encode.
+        A pausable (sweep) batch encodes in chunks of ENCODER_CHUNK windows and calls `pause` between them,
+        as its decode steps do: a batch with one window per answer has hundreds to encode.
         """
         found: dict[str, torch.Tensor] = {}
         missing: dict[str, np.ndarray] = {}
@@ -610,11 +626,11 @@ class Engine:
         by_length: dict[int, list[str]] = {}
         for key, window in missing.items():
             by_length.setdefault(len(window), []).append(key)
-        chunk = ENCODER_CHUNK if pausable else max(map(len, by_length.values()), default=1)
+        chunk = ENCODER_CHUNK if pause is not None else max(map(len, by_length.values()), default=1)
         for same_length in by_length.values():
             for start in range(0, len(same_length), chunk):
-                if start and pausable:
-                    self._answer_waiting_users()
+                if start and pause is not None:
+                    pause()
                 keys = same_length[start : start + chunk]
                 encoded = self.model.encode_audio(np.stack([missing[k] for k in keys]))
                 self.stats.encoder_calls += 1

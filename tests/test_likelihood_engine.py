@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from naturelm_core.engine import LABELS, BatchShape, Engine, EngineError, GenerationSettings, Priority
-from naturelm_core.label_scores import LabelError
+from naturelm_core.label_scores import Candidates, LabelError
 
 PROMPT = "What is the common name for the focal species in the audio?"
 LABEL_SET = ["Humpback", "Humpback Whale", "American Robin", "Killer Whale", "none", "Wren"]
@@ -212,3 +212,37 @@ def test_bad_labels_and_alphas_fail_at_submit(tiny_model):
         assert engine.stats.requests == 0
     finally:
         engine.stop()
+
+
+class CountingLabelSets(ScoringStub):
+    """The tiny model, counting how often a label set is tokenized."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.tokenized: list[tuple[str, ...]] = []
+
+    def label_candidates(self, labels):
+        if not isinstance(labels, Candidates):  # Engine.submit_labels hands tokenized sets back, returned as they are
+            self.tokenized.append(tuple(labels))
+        return self.model.label_candidates(labels)
+
+
+def test_a_label_set_is_tokenized_once_per_engine_however_many_rows_score_against_it(tiny_model):
+    from evaluation.sweep.backends import EngineBackend
+
+    counting = CountingLabelSets(tiny_model)
+    engine = Engine(counting)
+    backend = EngineBackend(engine)
+    clip = _clip(9)
+    rows = [([clip], PROMPT, alpha) for alpha in (0.0, 0.5, 1.0)]
+    try:
+        first = [future.result(timeout=120) for future in backend.submit_label_group(rows, LABEL_SET)]
+        again = [future.result(timeout=120) for future in backend.submit_label_group(rows[:1], tuple(LABEL_SET))]
+        other = engine.label_candidates(LABEL_SET[:2])
+    finally:
+        engine.stop()
+    assert counting.tokenized == [tuple(LABEL_SET), tuple(LABEL_SET[:2])]
+    assert engine.label_candidates(list(LABEL_SET)) is engine.label_candidates(tuple(LABEL_SET))
+    assert other is not engine.label_candidates(LABEL_SET)
+    assert_scores(first, expected(tiny_model, clip, [0.0, 0.5, 1.0]))
+    assert_scores(again, expected(tiny_model, clip, [0.0]))

@@ -18,7 +18,6 @@ from evaluation.icl import ContextBudget
 from evaluation.sweep.provenance import library_versions, model_provenance
 from evaluation.sweep.spec import SweepSpec, SweepSpecError
 from naturelm_core.alphas import AlphaError, GridPoint
-from naturelm_core.label_scores import Candidates
 from naturelm_core.requests import GenerationSettings, Priority
 
 if TYPE_CHECKING:
@@ -95,7 +94,6 @@ class EngineBackend:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.caller = engine.new_caller()  # one sweep is one caller: the engine shares batches fairly between callers
-        self._candidates: dict[tuple[str, ...], Candidates | tuple[str, ...]] = {}
 
     @property
     def inflight_rows(self) -> int:
@@ -133,7 +131,7 @@ class EngineBackend:
 
     def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
         """Score each row against the subset's whole label set, tokenized once per set (not once per row)."""
-        candidates = self._label_candidates(tuple(labels))
+        candidates = self.engine.label_candidates(labels)
         return [
             self.engine.submit_labels(
                 windows,
@@ -147,12 +145,6 @@ class EngineBackend:
             )
             for windows, prompt, alpha in rows
         ]
-
-    def _label_candidates(self, labels: tuple[str, ...]) -> Candidates | tuple[str, ...]:
-        if labels not in self._candidates:
-            tokenize = getattr(self.engine.model, "label_candidates", None)
-            self._candidates[labels] = tokenize(labels) if tokenize is not None else labels
-        return self._candidates[labels]
 
 
 def as_backend(engine: Engine | SweepBackend) -> SweepBackend:

@@ -44,7 +44,7 @@ from evaluation.sweep.backends import SWEEP_REQUEST_TIMEOUT_S, Row
 from evaluation.sweep.provenance import library_versions, model_provenance
 from naturelm_core.alphas import GridPoint, MergeRecipe, check_grid_point
 from naturelm_core.config import PUBLISHED_REPO_ID
-from naturelm_core.label_scores import Candidates, LabelScores
+from naturelm_core.label_scores import LabelScores
 from naturelm_core.requests import EngineError, GenerationSettings, Priority
 
 try:
@@ -126,7 +126,6 @@ class SweepActor:
         self.model_source = model
         self.max_batch_rows = max_batch_rows
         self.engine = None
-        self.candidates: dict[tuple[str, ...], Candidates] = {}  # label sets tokenized by this actor's model
 
     def ready(self) -> dict[str, Any]:
         """Load the model (a load error reaches the driver as itself) and say where this actor runs."""
@@ -167,7 +166,7 @@ class SweepActor:
             return self.engine.submit_labels(
                 row_windows,
                 prompt,
-                self._candidates(labels),
+                self.engine.label_candidates(labels),
                 alpha,
                 priority=Priority.SWEEP,
                 timeout_s=SWEEP_REQUEST_TIMEOUT_S,
@@ -200,12 +199,6 @@ class SweepActor:
             except Exception as error:  # the Engine's failures are per row and meant for the user
                 results.append((False, str(error)))
         return results
-
-    def _candidates(self, labels: tuple[str, ...]) -> Candidates:
-        """A subset's labels tokenized once by this actor's model, like EngineBackend's: not once per row."""
-        if labels not in self.candidates:
-            self.candidates[labels] = self.engine.model.label_candidates(labels)
-        return self.candidates[labels]
 
     def stats(self) -> dict[str, int]:
         return asdict(self.engine.stats) if self.engine is not None else {}

@@ -317,8 +317,9 @@ class ReplayedAdvance:
 
     Why: a beam step is 128 operations (counted at the dispatcher, 176 items x 2 beams), each a Python call
     that hands the GIL back and waits to take it again, up to a switch interval while a sweep's decoding
-    threads run; and each a kernel launched between the step graphs' replays. A replay is one call. The graph reads the logits buffer it was captured with (a static decoder's, the
-    same every step); a call with any other tensor (a prefill's logits) runs eagerly, with identical results.
+    threads run; and each a kernel launched between the step graphs' replays. A replay is one call.
+    The graph reads the logits buffer it was captured with (a static decoder's, the same every step);
+    a call with any other tensor (a prefill's logits) runs eagerly, with identical results.
     """
 
     def __init__(self, state: BeamSearchState | GreedySearchState, pool: tuple | None = None) -> None:

@@ -184,13 +184,10 @@ def model_window(sample: Sample) -> np.ndarray:
     the one resampling the whole clip would give, bit for bit. A sample decoded with `Subset.decode(row,
     head_s=window_s)` holds no more than that already.
     """
-    from naturelm_core.audio import head_source_frames, load_audio, windows  # naturelm_core.audio imports torch
+    from naturelm_core.audio import head_source_frames, iter_windows, load_audio  # naturelm_core.audio imports torch
 
-    if sample.model_ready:  # a decoded file's head: checked and clamped already, so only cut and padded here
-        window = np.zeros(round(sample.window_s * SAMPLE_RATE), dtype=np.float32)
-        head = sample.audio[: len(window)]
-        window[: len(head)] = head
-        return window
-    keep = head_source_frames(round(sample.window_s * SAMPLE_RATE), sample.sample_rate)
-    waveform, _ = load_audio(sample.audio[:keep], sample_rate=sample.sample_rate)
-    return windows(waveform, window_s=sample.window_s, hop_s=sample.window_s)[0].samples
+    waveform = sample.audio  # a decoded file's head: checked and clamped already, so only cut and padded here
+    if not sample.model_ready:
+        keep = head_source_frames(round(sample.window_s * SAMPLE_RATE), sample.sample_rate)
+        waveform, _ = load_audio(sample.audio[:keep], sample_rate=sample.sample_rate)
+    return next(iter_windows(waveform, window_s=sample.window_s, hop_s=sample.window_s)).samples

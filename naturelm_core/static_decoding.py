@@ -552,7 +552,13 @@ class _Runner:
     """
 
     def __init__(
-        self, step: LlamaStep, state: DecodeState, window_block: int, use_graphs: bool, small_prefill_tokens: int
+        self,
+        step: LlamaStep,
+        state: DecodeState,
+        window_block: int,
+        use_graphs: bool,
+        small_prefill_tokens: int,
+        replay_searches: bool = True,
     ) -> None:
         self.step = step
         self.state = state
@@ -566,7 +572,8 @@ class _Runner:
         self.captured: set[bool] = set()  # variants whose graphs exist
         # One memory pool for all of them (their outputs live in the state), the search's graphs included.
         self.pool: tuple | None = torch.cuda.graph_pool_handle() if use_graphs else None
-        self.searches = ReplayedSearches(self.pool) if use_graphs else None  # a slot's generations run in turn
+        # A slot's generations run in turn, so its search states can be kept and replayed too.
+        self.searches = ReplayedSearches(self.pool) if use_graphs and replay_searches else None
 
     def prepare(self, spectral: bool) -> bool:
         """Set the variant the next generation runs; capture its graphs if it is the first to. True if it did."""
@@ -763,9 +770,10 @@ class StaticDecoding:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            runner = _Runner(step, DecodeState(step, *shape), self.window_block, use_graphs, self.small_prefill_tokens)
-            if not self.replay_searches:
-                runner.searches = None
+            state = DecodeState(step, *shape)
+            runner = _Runner(
+                step, state, self.window_block, use_graphs, self.small_prefill_tokens, self.replay_searches
+            )
         self.captures += runner.prepare(spectral=merge.spectral is not None)
         self._runners[key] = runner
         self._runners.move_to_end(key)

@@ -64,13 +64,13 @@ class DetectionEngine(Protocol):
 
     def new_caller(self) -> int: ...
 
-    def submit(self, windows: Sequence[np.ndarray], prompt: str, alpha: Any, **options: Any) -> Future: ...
+    def submit_many(self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], **options: Any) -> list[Future]: ...
 
     def answer_many(self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], **options: Any) -> list[str]: ...
 
-    def submit_labels(
-        self, windows: Sequence[np.ndarray], prompt: str, labels: Any, alpha: Any, **options: Any
-    ) -> Future: ...
+    def submit_labels_many(
+        self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], labels: Any, **options: Any
+    ) -> list[Future]: ...
 
     def score_labels(self, rows: Sequence[tuple[Sequence[np.ndarray], str, Any]], labels: Any, **opts: Any) -> Any: ...
 
@@ -315,7 +315,7 @@ class _Answerer:
         if self.engine.inline:  # no worker thread: only answer_many, in this thread, runs the model
             futures = [_done(answer) for answer in self.engine.answer_many(rows, **self.submit_options)]
         else:
-            futures = [self.engine.submit(*row, block=True, **self.submit_options) for row in rows]
+            futures = self.engine.submit_many(rows, block=True, **self.submit_options)
         scores = self._submit_scores(rows) if self.labels is not None else [_done(None)] * len(rows)
         n = len(self.alphas)
         return [(window, futures[i * n : (i + 1) * n], scores[i * n : (i + 1) * n]) for i, window in enumerate(windows)]
@@ -325,7 +325,7 @@ class _Answerer:
         options = {key: value for key, value in self.submit_options.items() if key != "settings"}
         if self.engine.inline:
             return [_done(scores) for scores in self.engine.score_labels(rows, self.labels, **options)]
-        return [self.engine.submit_labels(w, p, self.labels, a, block=True, **options) for w, p, a in rows]
+        return self.engine.submit_labels_many(rows, self.labels, block=True, **options)
 
     def _collect(
         self,

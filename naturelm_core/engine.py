@@ -41,6 +41,7 @@ RECENT_BATCHES = 32
 # Windows a sweep batch encodes between two chances for waiting users: a few decode steps' time, in one
 # call large enough to keep the encoder's products efficient.
 ENCODER_CHUNK = 32
+_NO_WAIT = {priority: 0.0 for priority in Priority}  # batches taken between others' decode steps gather what is queued
 _OUT_OF_MEMORY = {
     GENERATE: "Out of GPU memory even for a single request; try fewer beams or tokens.",
     LABELS: "Out of GPU memory even scoring one label at a time for a single request; try a shorter prompt.",
@@ -169,16 +170,23 @@ class _RequestQueue:
         self._changed = threading.Condition()
         self._closed = False
 
-    def put(self, request: Request, block: bool) -> None:
-        lane = self._lanes[request.priority]
+    def put(self, requests: list[Request], block: bool) -> None:
+        """Queue `requests` (one lane) all at once, or none of them.
+
+        The worker never sees part of them, so rows submitted together (an alpha scan, a recording's
+        windows) meet in one batch without the worker waiting for them. A group larger than the lane's
+        capacity is let into an empty lane, so that it can never wait for room that cannot come.
+        """
+        priority = requests[0].priority
+        lane = self._lanes[priority]
         with self._changed:
-            while len(lane) >= self._capacity[request.priority]:
+            while lane and len(lane) + len(requests) > self._capacity[priority]:
                 if not block or self._closed:
                     raise EngineBusy("The model is busy (queue full); please try again in a few seconds.")
                 self._changed.wait(timeout=0.5)
             if self._closed:
                 raise EngineError("The engine has stopped.")
-            lane.append(request)
+            lane.extend(requests)
             self._changed.notify_all()
 
     def close(self) -> list[Request]:
@@ -193,14 +201,14 @@ class _RequestQueue:
     def take_batch(
         self,
         rows_for: Callable[[BatchShape], int],
-        max_wait_s: float,
+        max_wait_s: dict[Priority, float],
         block: bool = True,
         only: Priority | None = None,
     ) -> list[Request]:
         """Wait for the first request (or return [] at once if not `block`), then gather rows of its shape.
 
         `rows_for(shape)` is the batch size allowed for that shape (lower after an out-of-memory error);
-        `only` restricts the batch to one lane.
+        `max_wait_s[lane of the first row]` how long to wait for more; `only` restricts the batch to one lane.
         """
         priorities = list(Priority) if only is None else [only]
         with self._changed:
@@ -211,7 +219,7 @@ class _RequestQueue:
             first = next(self._lanes[p] for p in priorities if self._lanes[p]).popleft()
             max_rows = rows_for(first.shape)
             batch = [first]
-            deadline = time.monotonic() + max_wait_s
+            deadline = time.monotonic() + max_wait_s[first.priority]
             while len(batch) < max_rows:
                 batch.extend(self._pop_same_shape(first, max_rows - len(batch), priorities))
                 remaining = deadline - time.monotonic()
@@ -255,7 +263,7 @@ class Engine:
         self,
         model: GenerativeModel,
         max_batch_rows: int = 32,
-        max_wait_ms: float = 5.0,
+        sweep_wait_ms: float = 5.0,
         interactive_capacity: int = 256,
         sweep_capacity: int = 4096,
         cache_bytes: int = 512 * 2**20,
@@ -266,11 +274,16 @@ class Engine:
         """`inline=True` runs no worker thread: callers of `answer`/`answer_many` process the queue
         themselves. That is what ZeroGPU hardware needs, where CUDA may only be touched inside a
         `@spaces.GPU` call of the request's own thread. `max_candidates_per_pass`: sequences per forward
-        when scoring labels, lowered like the rows of a batch after an out-of-memory error."""
+        when scoring labels, lowered like the rows of a batch after an out-of-memory error.
+
+        `sweep_wait_ms`: how long a batch that starts with a sweep row waits for more rows (a sweep's decode
+        threads queue recordings one by one). A batch that starts with an interactive row waits for none: a
+        lone user is answered at once, and rows submitted together (`submit_many`) are queued at once.
+        """
         self.model = model
         self.batch_limits = BatchLimits(max_batch_rows)
         self.candidate_limits = BatchLimits(max_candidates_per_pass)
-        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_wait_s = {Priority.INTERACTIVE: 0.0, Priority.SWEEP: sweep_wait_ms / 1000.0}
         self.default_timeout_s = default_timeout_s
         self.cache = AudioEmbeddingCache(cache_bytes)
         self._window_keys = WindowKeys()
@@ -330,11 +343,30 @@ class Engine:
         LoRA rank where the model can say (`NatureLM.check_grid_point`).
         Rows of one `caller` (see `new_caller`; by default each row is its own caller) keep their order.
         """
+        rows = [(windows, prompt, alpha)]
+        return self.submit_many(rows, settings, priority, timeout_s, block, allow_extrapolation, caller)[0]
+
+    def submit_many(
+        self,
+        rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
+        settings: GenerationSettings | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        timeout_s: float | None = None,
+        block: bool = False,
+        allow_extrapolation: bool = False,
+        caller: int | None = None,
+    ) -> list[Future]:
+        """Queue rows (windows, prompt, alpha) as `submit` does, all or none, as one caller (a new one by default).
+
+        Every row is checked before any is queued, and the worker sees them all at once: an alpha scan
+        is one batch, and a bad alpha in it leaves nothing half-queued.
+        """
         settings = settings or GenerationSettings()
-        request = self._request(
-            windows, prompt, alpha, settings, None, priority, timeout_s, allow_extrapolation, caller
-        )
-        return self._put(request, block)
+        caller = self.new_caller() if caller is None else caller
+        requests = [
+            self._request(w, p, a, settings, None, priority, timeout_s, allow_extrapolation, caller) for w, p, a in rows
+        ]
+        return self._put(requests, block)
 
     def label_candidates(self, labels: Sequence[str]) -> Candidates:
         """A label set tokenized once per engine: every row of a likelihood sweep, local or on a Ray actor,
@@ -362,11 +394,27 @@ class Engine:
         (`model.label_candidates(labels)`) when many rows share one closed set, so it is tokenized once.
         Scoring rows batch only with scoring rows, under the same priorities as generation.
         """
+        rows = [(windows, prompt, alpha)]
+        return self.submit_labels_many(rows, labels, priority, timeout_s, block, allow_extrapolation, caller)[0]
+
+    def submit_labels_many(
+        self,
+        rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
+        labels: LabelsLike,
+        priority: Priority = Priority.INTERACTIVE,
+        timeout_s: float | None = None,
+        block: bool = False,
+        allow_extrapolation: bool = False,
+        caller: int | None = None,
+    ) -> list[Future]:
+        """Queue rows to score against one label set, tokenized once; all or none, as `submit_many`."""
         candidates = self.model.label_candidates(labels)
-        request = self._request(
-            windows, prompt, alpha, GenerationSettings(), candidates, priority, timeout_s, allow_extrapolation, caller
-        )
-        return self._put(request, block)
+        caller = self.new_caller() if caller is None else caller
+        requests = [
+            self._request(w, p, a, GenerationSettings(), candidates, priority, timeout_s, allow_extrapolation, caller)
+            for w, p, a in rows
+        ]
+        return self._put(requests, block)
 
     def _request(
         self,
@@ -409,11 +457,13 @@ class Engine:
             return check_grid_point(value, allow_extrapolation, name=name)
         return check(value, allow_extrapolation, name=name)
 
-    def _put(self, request: Request, block: bool) -> Future:
+    def _put(self, requests: list[Request], block: bool) -> list[Future]:
+        if not requests:
+            return []
         self.start()
-        self._queue.put(request, block=block)
-        self.stats.requests += 1
-        return request.future
+        self._queue.put(requests, block=block)
+        self.stats.requests += len(requests)
+        return [request.future for request in requests]
 
     def answer(self, windows: Sequence[np.ndarray], prompt: str, alpha: PointLike, **kwargs: Any) -> str:
         """Blocking convenience for one row."""
@@ -424,9 +474,8 @@ class Engine:
         rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
         **kwargs: Any,
     ) -> list[str]:
-        """Submit rows together so the worker can batch them (an alpha scan is one call, one caller)."""
-        kwargs.setdefault("caller", self.new_caller())
-        return self._results([self.submit(w, p, a, **kwargs) for w, p, a in rows], kwargs.get("timeout_s"))
+        """Blocking `submit_many`: the rows are batched together (an alpha scan is one call, one caller)."""
+        return self._results(self.submit_many(rows, **kwargs), kwargs.get("timeout_s"))
 
     def score_labels(
         self,
@@ -438,10 +487,7 @@ class Engine:
 
         Keyword arguments as for `submit_labels`.
         """
-        candidates = self.model.label_candidates(labels)
-        kwargs.setdefault("caller", self.new_caller())
-        futures = [self.submit_labels(w, p, candidates, a, **kwargs) for w, p, a in rows]
-        return self._results(futures, kwargs.get("timeout_s"))
+        return self._results(self.submit_labels_many(rows, labels, **kwargs), kwargs.get("timeout_s"))
 
     def _results(self, futures: list[Future], timeout_s: float | None) -> list[Any]:
         if self.inline:
@@ -453,7 +499,7 @@ class Engine:
 
     def _drain_in_caller(self) -> None:
         with self._inline_lock:
-            while batch := self._queue.take_batch(self.batch_limits.rows_for, 0.0, block=False):
+            while batch := self._queue.take_batch(self.batch_limits.rows_for, _NO_WAIT, block=False):
                 live = self._drop_expired(batch)
                 if live:
                     self._run_with_oom_backoff(live)
@@ -559,7 +605,7 @@ class Engine:
 
         Only one level deep: the interactive batch itself is not paused.
         """
-        batch = self._queue.take_batch(self.batch_limits.rows_for, 0.0, block=False, only=Priority.INTERACTIVE)
+        batch = self._queue.take_batch(self.batch_limits.rows_for, _NO_WAIT, block=False, only=Priority.INTERACTIVE)
         live = self._drop_expired(batch)
         if live:
             self.stats.sweep_pauses += 1

@@ -121,7 +121,7 @@ class ServedApp:
 
 @pytest.fixture(scope="module")
 def launch_app(tiny_model, tiny_checkpoint, tmp_path_factory):
-    """launch_app(model=None, max_batch_rows=32, max_wait_ms=20) -> ServedApp, served as `python app.py --demo`
+    """launch_app(model=None, max_batch_rows=32, sweep_wait_ms=20) -> ServedApp, served as `python app.py --demo`
     serves it; everything launched is closed after the test module.
 
     `model` wraps the tiny model (e.g. to pace its batches); the header always names the tiny model.
@@ -135,9 +135,9 @@ def launch_app(tiny_model, tiny_checkpoint, tmp_path_factory):
 
     launched: list[ServedApp] = []
 
-    def launch(model: Any = None, max_batch_rows: int = 32, max_wait_ms: int = 20) -> ServedApp:
+    def launch(model: Any = None, max_batch_rows: int = 32, sweep_wait_ms: int = 20) -> ServedApp:
         runs_dir = tmp_path_factory.mktemp("runs")
-        engine = Engine(model or tiny_model, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms)
+        engine = Engine(model or tiny_model, max_batch_rows=max_batch_rows, sweep_wait_ms=sweep_wait_ms)
         queue = SweepQueue(engine, runs_dir)
         served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
         blocks = build_app(served, engine, queue)

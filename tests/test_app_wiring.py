@@ -28,7 +28,7 @@ LOGGER = "naturelm_app"
 @pytest.fixture
 def built(tiny_model, tiny_checkpoint, tmp_path):
     """(Blocks, runs dir) of an app that is built but not served: handlers are called directly."""
-    engine = Engine(tiny_model, max_batch_rows=8, max_wait_ms=5)
+    engine = Engine(tiny_model, max_batch_rows=8, sweep_wait_ms=5)
     runs_dir = tmp_path / "runs"
     served = ServedModel(tiny_model, str(tiny_checkpoint), "cpu", "float32", demo=True, fallback_reason="tests")
     try:

@@ -62,7 +62,7 @@ def recorder():
 
 @pytest.fixture
 def engine(recorder):
-    engine = Engine(recorder, max_batch_rows=16, max_wait_ms=50).start()
+    engine = Engine(recorder, max_batch_rows=16, sweep_wait_ms=50).start()
     yield engine
     engine.stop()
 
@@ -113,7 +113,7 @@ def test_out_of_memory_of_one_shape_leaves_other_shapes_at_full_size(engine, rec
 
 
 def test_a_long_request_does_not_hold_back_a_short_one_for_more_than_a_batch(recorder):
-    engine = Engine(recorder, max_batch_rows=8, max_wait_ms=0).start()
+    engine = Engine(recorder, max_batch_rows=8, sweep_wait_ms=0).start()
     try:
         recorder.gate.clear()
         long_request = threading.Thread(target=engine.answer_many, args=(_rows(30, "long"),), daemon=True)
@@ -131,7 +131,7 @@ def test_a_long_request_does_not_hold_back_a_short_one_for_more_than_a_batch(rec
 
 
 def test_one_callers_rows_keep_their_order_and_interactive_rows_still_go_first(recorder):
-    engine = Engine(recorder, max_batch_rows=4, max_wait_ms=0).start()
+    engine = Engine(recorder, max_batch_rows=4, sweep_wait_ms=0).start()
     try:
         recorder.gate.clear()
         sweep = engine.new_caller()
@@ -190,7 +190,7 @@ def test_a_sweep_started_after_a_short_one_runs_full_batches(tiny_model, tmp_pat
     data = tmp_path / "data"
     write_sweep_data(data)
     recorder = BatchRecorder(tiny_model)
-    engine = Engine(recorder, max_batch_rows=12, max_wait_ms=50).start()
+    engine = Engine(recorder, max_batch_rows=12, sweep_wait_ms=50).start()
     try:
         short = SweepSpec.from_dict(spec_dict(data, name="short", limit=1, prompts=["common"], alphas=[0.5]))
         run_sweep(engine, short, tmp_path / "runs")
@@ -229,7 +229,7 @@ class PausingModel(BatchRecorder):
 
 def test_a_user_waiting_during_a_sweep_batch_is_answered_inside_it_not_after():
     model = PausingModel()
-    engine = Engine(model, max_batch_rows=8, max_wait_ms=0).start()
+    engine = Engine(model, max_batch_rows=8, sweep_wait_ms=0).start()
     try:
         sweep = [engine.submit([WINDOW], f"s{i}", 0.1, priority=Priority.SWEEP) for i in range(4)]
         time.sleep(0.1)
@@ -245,7 +245,7 @@ def test_a_user_waiting_during_a_sweep_batch_is_answered_inside_it_not_after():
 
 def test_interactive_and_inline_batches_are_never_paused():
     model = PausingModel()
-    engine = Engine(model, max_batch_rows=8, max_wait_ms=0, inline=True)
+    engine = Engine(model, max_batch_rows=8, sweep_wait_ms=0, inline=True)
     engine.answer_many([([WINDOW], "scan", 0.5)], priority=Priority.SWEEP)
     threaded = Engine(model, max_batch_rows=8)
     try:
@@ -271,7 +271,7 @@ def test_cancel_stops_a_sweep_within_the_batch_in_flight(tiny_model, tmp_path):
             done_at_cancel.append(status.done)
             cancel.set()
 
-    engine = Engine(PacedModel(tiny_model, 0.2), max_batch_rows=6, max_wait_ms=0).start()
+    engine = Engine(PacedModel(tiny_model, 0.2), max_batch_rows=6, sweep_wait_ms=0).start()
     try:
         status = run_sweep(engine, spec, tmp_path / "runs", cancel=cancel, on_progress=on_progress)
     finally:
@@ -320,7 +320,7 @@ def test_a_sweep_batch_encodes_in_chunks_and_answers_a_waiting_user_between_them
     from naturelm_core.engine import ENCODER_CHUNK
 
     model = EncodeGatedModel()
-    engine = Engine(model, max_batch_rows=80, max_wait_ms=5000)  # the worker waits for all 80 rows
+    engine = Engine(model, max_batch_rows=80, sweep_wait_ms=5000)  # the worker waits for all 80 rows
     caller = engine.new_caller()
     sweep = [
         engine.submit([w], f"s{i}", 0.5, priority=Priority.SWEEP, caller=caller)
@@ -342,7 +342,7 @@ def test_a_sweep_batch_encodes_in_chunks_and_answers_a_waiting_user_between_them
 def test_an_interactive_batch_encodes_its_windows_in_one_call():
     model = EncodeGatedModel()
     model.release_encoder.set()
-    engine = Engine(model, max_batch_rows=80, max_wait_ms=0, inline=True)
+    engine = Engine(model, max_batch_rows=80, sweep_wait_ms=0, inline=True)
     engine.answer_many([([w], "scan", 0.5) for w in _distinct_windows(40)])
     assert model.encoder_calls == [40]
 
@@ -360,10 +360,73 @@ def test_windows_are_hashed_by_the_submitting_thread_once_per_array(monkeypatch)
         return original(window, **params)
 
     monkeypatch.setattr(cache_module, "content_key", spy)
-    engine = Engine(BatchRecorder(), max_batch_rows=16, max_wait_ms=0)
+    engine = Engine(BatchRecorder(), max_batch_rows=16, sweep_wait_ms=0)
     window = np.full(16000, 0.25, dtype=np.float32)
     try:
         engine.answer_many([([window], "scan", a / 10) for a in range(11)])
     finally:
         engine.stop()
     assert hashed_by == [threading.current_thread().name]
+
+
+# -- rows submitted together, and how long a batch waits ----------------------------------------------
+
+
+def test_rows_submitted_together_are_one_batch_though_interactive_batches_never_wait(recorder, monkeypatch):
+    """`answer_many` queues its rows at once: the idle worker, which takes an interactive batch without
+    waiting for companions, still finds the whole scan, however slowly the submitting thread goes on
+    (here 50 ms after each time it queues; rows queued one by one would be split)."""
+    engine = Engine(recorder, max_batch_rows=16, sweep_wait_ms=0).start()
+    put = engine._queue.put
+
+    def slow_put(*args, **kwargs):
+        put(*args, **kwargs)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(engine._queue, "put", slow_put)
+    try:
+        for round_ in range(3):
+            engine.answer_many(_rows(11, f"scan{round_}"), settings=GREEDY)
+    finally:
+        engine.stop()
+    assert recorder.sizes() == [11] * 3
+
+
+def test_a_lone_interactive_row_does_not_wait_for_companions_but_sweep_rows_do(recorder):
+    """A sweep's rows come one by one from its decode threads, so a batch that starts with one waits up to
+    `sweep_wait_ms` for more; a user asking alone is answered without that wait."""
+    engine = Engine(recorder, max_batch_rows=4, sweep_wait_ms=30_000).start()
+    try:
+        started = time.monotonic()
+        assert engine.answer([WINDOW], "alone", 0.5, settings=GREEDY) == "alone@0.5"
+        assert time.monotonic() - started < 10  # far below the 30 s a sweep row may wait
+        caller = engine.new_caller()
+        sweep = []
+        for i in range(4):
+            sweep.append(engine.submit([WINDOW], f"s{i}", 0.5, priority=Priority.SWEEP, caller=caller))
+            time.sleep(0.05)
+        assert [f.result(timeout=10) for f in sweep] == [f"s{i}@0.5" for i in range(4)]
+    finally:
+        engine.stop()
+    assert recorder.sizes() == [1, 4]  # the sweep's four rows, queued 50 ms apart, still met in one batch
+
+
+def test_a_group_is_queued_whole_or_not_at_all(recorder):
+    """A group that does not fit the queue's room, or holds one bad alpha, leaves nothing half-queued."""
+    from naturelm_core.requests import EngineBusy
+
+    engine = Engine(recorder, max_batch_rows=16, interactive_capacity=4, inline=True)
+    engine.submit_many(_rows(3, "first"), settings=GREEDY)
+    with pytest.raises(EngineBusy):
+        engine.submit_many(_rows(2, "too many"), settings=GREEDY)
+    with pytest.raises(ValueError, match="alpha"):
+        engine.submit_many([([WINDOW], "good", 0.5), ([WINDOW], "bad", 99.0)], settings=GREEDY)
+    assert engine.answer([WINDOW], "last", 0.5, settings=GREEDY) == "last@0.5"
+    assert len(recorder.batches) == 1 and sorted(recorder.batches[0]) == ["first-0", "first-1", "first-2", "last"]
+
+
+def test_a_group_larger_than_the_queue_enters_it_when_empty(recorder):
+    """Else an Explore scan of more rows than the lane holds could never be queued, blocking or not."""
+    engine = Engine(recorder, max_batch_rows=16, interactive_capacity=4, inline=True)
+    assert engine.answer_many(_rows(6), settings=GREEDY) == [f"scan-{i}@{i / 5:g}" for i in range(6)]
+    assert recorder.sizes() == [6]

@@ -44,7 +44,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def app_url(launch_app):
-    return launch_app(max_batch_rows=8, max_wait_ms=5).url
+    return launch_app(max_batch_rows=8, sweep_wait_ms=5).url
 
 
 @pytest.fixture(scope="module")

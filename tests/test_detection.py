@@ -85,7 +85,7 @@ def test_events_cover_the_recording_window_by_window_and_merge_equal_answers(eng
 
 def test_windows_go_to_the_engine_in_batches_not_one_call_per_window(engine_of, recording):
     model = InstantModel()
-    result = detect(engine_of(model, max_batch_rows=8, max_wait_ms=50), recording, PROMPT, [1.0], 10.0, 1.0)
+    result = detect(engine_of(model, max_batch_rows=8, sweep_wait_ms=50), recording, PROMPT, [1.0], 10.0, 1.0)
     assert len(result.windows) == 56
     assert max(model.rows_per_call) == 8
     assert len(model.rows_per_call) <= 10  # 56 rows in batches of 8 is 7 calls; a few may run part-full
@@ -115,11 +115,13 @@ def test_alphas_reach_the_engine_unchanged_and_are_stored_as_text(recording):
         def new_caller(self) -> int:
             return 1
 
-        def submit(self, windows, prompt, alpha, **_) -> Future:
-            self.alphas.append(alpha)
-            future: Future = Future()
-            future.set_result("Tone.")
-            return future
+        def submit_many(self, rows, **_) -> list[Future]:
+            futures = []
+            for _windows, _prompt, alpha in rows:
+                self.alphas.append(alpha)
+                futures.append(Future())
+                futures[-1].set_result("Tone.")
+            return futures
 
     recipe = {"method": "ties", "density": 0.5}
     engine = RecordingEngine()

@@ -52,7 +52,7 @@ def test_concurrent_requests_batch_together_and_each_keeps_its_alpha(tiny_model)
     alphas = [0.0, 0.3, 0.6, 1.0, 0.45, 0.9]
     expected = [tiny_model.generate([clip], [PROMPT], [a], num_beams=1, max_new_tokens=6)[0] for a in alphas]
     counting = CountingModel(tiny_model)
-    engine = Engine(counting, max_batch_rows=16, max_wait_ms=200).start()
+    engine = Engine(counting, max_batch_rows=16, sweep_wait_ms=200).start()
     try:
         counting.gate.clear()  # hold the worker so every request is queued before the first batch
         futures = [engine.submit([clip], PROMPT, a, settings=GREEDY) for a in alphas]
@@ -68,7 +68,7 @@ def test_concurrent_requests_batch_together_and_each_keeps_its_alpha(tiny_model)
 
 def test_interactive_requests_are_served_before_queued_sweep_work(tiny_model):
     counting = CountingModel(tiny_model)
-    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0).start()
+    engine = Engine(counting, max_batch_rows=1, sweep_wait_ms=0).start()
     clip = _clip(1)
     try:
         counting.gate.clear()
@@ -87,7 +87,7 @@ def test_interactive_requests_are_served_before_queued_sweep_work(tiny_model):
 
 def test_full_queue_answers_busy_instead_of_hanging(tiny_model):
     counting = CountingModel(tiny_model)
-    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0, interactive_capacity=2).start()
+    engine = Engine(counting, max_batch_rows=1, sweep_wait_ms=0, interactive_capacity=2).start()
     clip = _clip(2)
     try:
         counting.gate.clear()
@@ -107,7 +107,7 @@ def test_out_of_memory_halves_the_batch_and_still_answers_every_row(tiny_model):
     alphas = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     expected = [tiny_model.generate([clip], [PROMPT], [a], num_beams=1, max_new_tokens=6)[0] for a in alphas]
     counting = CountingModel(tiny_model, oom_above_rows=2)
-    engine = Engine(counting, max_batch_rows=8, max_wait_ms=200)
+    engine = Engine(counting, max_batch_rows=8, sweep_wait_ms=200)
     try:
         answers = engine.answer_many([([clip], PROMPT, a) for a in alphas], settings=GREEDY)
     finally:
@@ -123,7 +123,7 @@ def test_after_running_out_of_memory_later_batches_start_at_the_size_that_fitted
     counting = CountingModel(tiny_model, oom_above_rows=2)
     released = []
     counting.release_cached_states = lambda: released.append(True)
-    engine = Engine(counting, max_batch_rows=8, max_wait_ms=200)
+    engine = Engine(counting, max_batch_rows=8, sweep_wait_ms=200)
     rows = [([clip], PROMPT, a) for a in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
     shape = BatchShape(num_beams=1, max_new_tokens=6, windows_per_row=1)
     try:
@@ -139,7 +139,7 @@ def test_after_running_out_of_memory_later_batches_start_at_the_size_that_fitted
 
 def test_model_failure_reaches_the_caller_as_a_message_and_the_engine_keeps_serving(tiny_model):
     counting = CountingModel(tiny_model, fail_with=RuntimeError("device-side assert"))
-    engine = Engine(counting, max_wait_ms=0)
+    engine = Engine(counting, sweep_wait_ms=0)
     clip = _clip(4)
     try:
         with pytest.raises(EngineError, match="device-side assert"):
@@ -171,7 +171,7 @@ def test_inline_engine_answers_in_the_callers_thread_without_a_worker(tiny_model
 
 def test_a_request_cancelled_by_its_caller_is_skipped_and_the_worker_survives(tiny_model):
     counting = CountingModel(tiny_model)
-    engine = Engine(counting, max_batch_rows=1, max_wait_ms=0).start()
+    engine = Engine(counting, max_batch_rows=1, sweep_wait_ms=0).start()
     clip = _clip(7)
     try:
         counting.gate.clear()
@@ -199,7 +199,7 @@ class EchoModel:
 
 def test_requests_submitted_while_the_worker_regroups_batches_are_all_answered():
     """Mixed settings make the worker set aside incompatible rows while other threads keep submitting."""
-    engine = Engine(EchoModel(), max_batch_rows=8, max_wait_ms=1, interactive_capacity=10_000).start()
+    engine = Engine(EchoModel(), max_batch_rows=8, sweep_wait_ms=1, interactive_capacity=10_000).start()
     window = np.zeros(16000, dtype=np.float32)
     settings = [GenerationSettings(num_beams=1), GenerationSettings(num_beams=2)]
     futures: list = []

@@ -89,7 +89,7 @@ def assert_scores(got, want) -> None:
 def test_the_engine_scores_as_the_model_does(tiny_model, inline):
     clip = _clip(10)
     alphas = [0.0, 0.4, {"alpha": 0.8, "layers": "linear:0.2:1"}, 1.0]
-    engine = Engine(tiny_model, max_batch_rows=8, max_wait_ms=100, inline=inline, max_candidates_per_pass=5)
+    engine = Engine(tiny_model, max_batch_rows=8, sweep_wait_ms=100, inline=inline, max_candidates_per_pass=5)
     try:
         scores = engine.score_labels([([clip], PROMPT, a) for a in alphas], LABEL_SET)
     finally:
@@ -102,18 +102,21 @@ def test_the_engine_scores_as_the_model_does(tiny_model, inline):
 def test_scoring_and_generation_rows_never_share_a_batch(tiny_model):
     stub = ScoringStub(tiny_model)
     clip = _clip(11)
-    engine = Engine(stub, max_batch_rows=16, max_wait_ms=100).start()
+    engine = Engine(stub, max_batch_rows=16, sweep_wait_ms=100).start()
     try:
-        stub.gate.clear()  # everything below is queued before the first batch is taken
+        stub.gate.clear()
+        blocker = engine.submit([clip], PROMPT, 0.25, settings=GREEDY)
+        time.sleep(0.2)  # the worker now holds the blocker: everything below is queued before the next batch
         futures = []
         for alpha in (0.0, 0.5, 1.0):
             futures.append(("labels", alpha, engine.submit_labels([clip], PROMPT, LABEL_SET, alpha)))
             futures.append(("generate", alpha, engine.submit([clip], PROMPT, alpha, settings=GREEDY)))
         stub.gate.set()
         results = [(kind, alpha, future.result(timeout=60)) for kind, alpha, future in futures]
+        blocker.result(timeout=60)
     finally:
         engine.stop()
-    kinds = [batch[0] for batch in stub.batches if batch[0] != "labels done"]
+    kinds = [batch[0] for batch in stub.batches[1:] if batch[0] != "labels done"]
     assert sorted(kinds) == ["generate", "labels"]  # one batch of each, whatever the order of arrival
     for kind, alpha, result in results:
         if kind == "labels":
@@ -124,7 +127,7 @@ def test_scoring_and_generation_rows_never_share_a_batch(tiny_model):
 
 def test_interactive_scoring_goes_before_queued_sweep_scoring(tiny_model):
     stub = ScoringStub(tiny_model)
-    engine = Engine(stub, max_batch_rows=1, max_wait_ms=0).start()
+    engine = Engine(stub, max_batch_rows=1, sweep_wait_ms=0).start()
     clip = _clip(12)
     try:
         stub.gate.clear()
@@ -143,7 +146,7 @@ def test_interactive_scoring_goes_before_queued_sweep_scoring(tiny_model):
 
 def test_a_sweep_scoring_batch_answers_waiting_users_between_its_passes(tiny_model):
     stub = ScoringStub(tiny_model)
-    engine = Engine(stub, max_batch_rows=8, max_wait_ms=50, max_candidates_per_pass=2).start()
+    engine = Engine(stub, max_batch_rows=8, sweep_wait_ms=50, max_candidates_per_pass=2).start()
     clip = _clip(13)
     waiting = []
     stub.on_first_pass = lambda: waiting.append(engine.submit([clip], PROMPT, 0.25, settings=GREEDY))
@@ -164,7 +167,7 @@ def test_out_of_memory_backs_off_and_still_answers_every_request(tiny_model, row
     stub.release_cached_states = lambda: released.append(True)
     clip = _clip(14)
     alphas = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    engine = Engine(stub, max_batch_rows=8, max_wait_ms=100)
+    engine = Engine(stub, max_batch_rows=8, sweep_wait_ms=100)
     rows = [([clip], PROMPT, a) for a in alphas]
     try:
         scores = engine.score_labels(rows, LABEL_SET)
@@ -188,7 +191,7 @@ def test_out_of_memory_backs_off_and_still_answers_every_request(tiny_model, row
 
 def test_a_row_that_cannot_fit_one_candidate_at_a_time_fails_with_a_message(tiny_model):
     stub = ScoringStub(tiny_model, oom_above_per_pass=0)
-    engine = Engine(stub, max_wait_ms=0)
+    engine = Engine(stub, sweep_wait_ms=0)
     clip = _clip(15)
     try:
         with pytest.raises(EngineError, match="one label at a time"):

@@ -354,7 +354,7 @@ def test_queued_sweeps_run_one_after_another_while_interactive_requests_are_serv
     first = SweepSpec.from_dict(spec_dict(data_dir, name="first", limit=4))
     second = SweepSpec.from_dict(spec_dict(data_dir, name="second", limit=4, alphas=[0.25]))
     third = SweepSpec.from_dict(spec_dict(data_dir, name="third", limit=2))
-    engine = Engine(PacedModel(tiny_model, 0.05), max_batch_rows=2, max_wait_ms=0).start()
+    engine = Engine(PacedModel(tiny_model, 0.05), max_batch_rows=2, sweep_wait_ms=0).start()
     events: list[tuple[str, str, int]] = []
     first_running = threading.Event()
 

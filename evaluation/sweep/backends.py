@@ -115,36 +115,16 @@ class EngineBackend:
         return self.engine.stats.sweep_rows_per_batch(), self.engine.max_batch_rows
 
     def submit_group(self, rows: Sequence[Row], settings: GenerationSettings) -> list[Future]:
-        return [
-            self.engine.submit(
-                windows,
-                prompt,
-                alpha,
-                settings=settings,
-                priority=Priority.SWEEP,
-                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
-                block=True,
-                caller=self.caller,
-            )
-            for windows, prompt, alpha in rows
-        ]
+        return self.engine.submit_many(
+            rows, settings, Priority.SWEEP, SWEEP_REQUEST_TIMEOUT_S, block=True, caller=self.caller
+        )
 
     def submit_label_group(self, rows: Sequence[Row], labels: Sequence[str]) -> list[Future]:
         """Score each row against the subset's whole label set, tokenized once per set (not once per row)."""
         candidates = self.engine.label_candidates(labels)
-        return [
-            self.engine.submit_labels(
-                windows,
-                prompt,
-                candidates,
-                alpha,
-                priority=Priority.SWEEP,
-                timeout_s=SWEEP_REQUEST_TIMEOUT_S,
-                block=True,
-                caller=self.caller,
-            )
-            for windows, prompt, alpha in rows
-        ]
+        return self.engine.submit_labels_many(
+            rows, candidates, Priority.SWEEP, SWEEP_REQUEST_TIMEOUT_S, block=True, caller=self.caller
+        )
 
 
 def as_backend(engine: Engine | SweepBackend) -> SweepBackend:

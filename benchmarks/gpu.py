@@ -666,7 +666,7 @@ def _kernel_table(trace: Any, rows: int) -> str:
 def _one_layer(kernels: list) -> str:
     """The kernels of the third decoder layer of the first step, in launch order: which operation costs what."""
     kernels = sorted(kernels, key=lambda e: e.time_range.start)
-    per_layer = [i for i, e in enumerate(kernels) if "layer_norm" in e.name]  # two RMSNorms per layer
+    per_layer = [i for i, e in enumerate(kernels) if "layer_norm" in e.name or "rms_norm" in e.name]  # two a layer
     start, stop = per_layer[4], per_layer[6]
     return "\n".join(f"{e.device_time:9.2f} us  {e.name[:110]}" for e in kernels[start:stop])
 

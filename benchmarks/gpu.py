@@ -628,13 +628,6 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
     with profile(activities=[ProfilerActivity.CUDA]) as trace:
         wall_s, _ = timed(device, generate)
     result[f"generation_items_{items}"] = {**_gpu_busy(trace), "wall_ms": 1000 * wall_s}
-    # The same generation, unprofiled, with each search step one graph replay and with it run eagerly.
-    for replayed in (False, True):
-        model.static_decoding.replay_searches = replayed
-        model.static_decoding.drop_states()
-        generate()
-        times = [timed(device, generate)[0] for _ in range(3)]
-        result[f"generation_items_{items}_search_{'replayed' if replayed else 'eager'}_ms"] = 1000 * min(times)
     tables.append(f"whole generation, {items} items x {args.beams} beams\n{_kernel_table(trace, 30)}")
     graphs_enabled, model.encoder_graphs.enabled = model.encoder_graphs.enabled, False  # each kernel, not a replay
     for precision in ("bfloat16", "float32"):  # one window: why bf16 costs twice float32 there (audio_encoder)

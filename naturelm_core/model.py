@@ -273,19 +273,10 @@ class NatureLM(nn.Module):
         """The static decoder's steps are graphs the CPU only enqueues: its search stays on the device too
         (naturelm_core.tensor_search, the same answers), so the CPU never waits for a step to finish."""
         if isinstance(decoder, StaticCacheDecoder):
-            searches = decoder.runner.searches
             if num_beams == 1:
-                return tensor_greedy_search(
-                    decoder, max_new_tokens, self.stop_ids, between_steps=between_steps, searches=searches
-                )
+                return tensor_greedy_search(decoder, max_new_tokens, self.stop_ids, between_steps=between_steps)
             return tensor_beam_search(
-                decoder,
-                num_beams,
-                max_new_tokens,
-                self.stop_ids,
-                length_penalty,
-                between_steps=between_steps,
-                searches=searches,
+                decoder, num_beams, max_new_tokens, self.stop_ids, length_penalty, between_steps=between_steps
             )
         if num_beams == 1:
             return greedy_search(decoder, max_new_tokens, self.stop_ids)

@@ -54,7 +54,6 @@ from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis, weigh_directions
-from naturelm_core.tensor_search import ReplayedSearches
 
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
@@ -552,13 +551,7 @@ class _Runner:
     """
 
     def __init__(
-        self,
-        step: LlamaStep,
-        state: DecodeState,
-        window_block: int,
-        use_graphs: bool,
-        small_prefill_tokens: int,
-        replay_searches: bool = True,
+        self, step: LlamaStep, state: DecodeState, window_block: int, use_graphs: bool, small_prefill_tokens: int
     ) -> None:
         self.step = step
         self.state = state
@@ -570,10 +563,7 @@ class _Runner:
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by (window, spectral)
         self.prefill_graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by spectral
         self.captured: set[bool] = set()  # variants whose graphs exist
-        # One memory pool for all of them (their outputs live in the state), the search's graphs included.
-        self.pool: tuple | None = torch.cuda.graph_pool_handle() if use_graphs else None
-        # A slot's generations run in turn, so its search states can be kept and replayed too.
-        self.searches = ReplayedSearches(self.pool) if use_graphs and replay_searches else None
+        self.pool: tuple | None = None  # one memory pool for all of them: their outputs live in the state
 
     def prepare(self, spectral: bool) -> bool:
         """Set the variant the next generation runs; capture its graphs if it is the first to. True if it did."""
@@ -608,6 +598,7 @@ class _Runner:
         """Warm up on a side stream (library handles, kernel choices), then capture one graph per window
         and, for small batches, one for the prefill. Warm-up mutates the state; every generation reloads it."""
         variant = self.state.spectral
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
         self.state.rewind()  # a state captured again (another variant) may sit at its last column: warm-up moves on
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -701,7 +692,6 @@ class StaticDecoding:
         self.prompt_block = prompt_block
         self.window_block = window_block
         self.small_prefill_tokens = small_prefill_tokens
-        self.replay_searches = True  # with graphs, each search step too is one replay (states built after a change)
         # Keyed by (shape, slot): a generation paused for another one of the same shape (the engine answering a
         # user inside a sweep batch) must not have its state reloaded under it, so the second takes slot 1.
         self._runners: OrderedDict[tuple[tuple[int, int, int, int], int], _Runner] = OrderedDict()
@@ -709,11 +699,6 @@ class StaticDecoding:
         self._step: LlamaStep | None = None
         self._fingerprint: tuple[int, ...] = ()
         self.captures = 0  # graph sets captured (per state and variant): a benchmark proves alphas cause none
-
-    @property
-    def search_captures(self) -> int:
-        """Search steps captured as graphs in the states held (one per state and search shape)."""
-        return sum(runner.searches.captures for runner in self._runners.values() if runner.searches is not None)
 
     def __deepcopy__(self, memo: dict) -> StaticDecoding:
         """A copied model starts with no states: graphs point at the original's weights."""
@@ -770,10 +755,7 @@ class StaticDecoding:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            state = DecodeState(step, *shape)
-            runner = _Runner(
-                step, state, self.window_block, use_graphs, self.small_prefill_tokens, self.replay_searches
-            )
+            runner = _Runner(step, DecodeState(step, *shape), self.window_block, use_graphs, self.small_prefill_tokens)
         self.captures += runner.prepare(spectral=merge.spectral is not None)
         self._runners[key] = runner
         self._runners.move_to_end(key)

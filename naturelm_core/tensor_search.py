@@ -22,7 +22,6 @@ The semantics are decoding.py's (transformers 4.44), token for token. Its Python
 from __future__ import annotations
 
 import numbers
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -311,93 +310,6 @@ class GreedySearchState:
         return [ids[:length] for ids, length in zip(sequences.tolist(), lengths, strict=True)]
 
 
-class ReplayedAdvance:
-    """One search state's `advance` as a CUDA graph: captured at its second call (the first, eager, warms up
-    the same kernels at the same shape), then replayed at every later step of every later generation.
-
-    Why: a beam step is 128 operations (counted at the dispatcher, 176 items x 2 beams), each a Python call
-    that hands the GIL back and waits to take it again, up to a switch interval while a sweep's decoding
-    threads run; and each a kernel launched between the step graphs' replays. A replay is one call.
-    The graph reads the logits buffer it was captured with (a static decoder's, the same every step);
-    a call with any other tensor (a prefill's logits) runs eagerly, with identical results.
-    """
-
-    def __init__(self, state: BeamSearchState | GreedySearchState, pool: tuple | None = None) -> None:
-        self.state = state
-        self.pool = pool
-        self._warmed: tuple | None = None  # the shape and dtype `advance` last ran eagerly at
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._captured_with: tuple | None = None  # the logits buffer the graph reads
-        self._outputs: Tensor | tuple[Tensor, Tensor] | None = None
-        self.refused = False  # capture failed once: this state stays eager, as it always could be
-        self.captures = 0
-
-    def __call__(self, logits: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        buffer = (logits.data_ptr(), logits.shape, logits.stride(), logits.dtype, logits.device)
-        warm = self._warmed == (logits.shape, logits.dtype)
-        if self._graph is None and not self.refused and logits.is_cuda and warm:
-            self._capture(logits, buffer)
-        if self._graph is not None and buffer == self._captured_with:
-            self._graph.replay()
-            return self._outputs
-        self._warmed = (logits.shape, logits.dtype)
-        return self.state.advance(logits)
-
-    def _capture(self, logits: Tensor, buffer: tuple) -> None:
-        """Record (nothing runs: the caller replays it); where capture fails, `advance` stays eager."""
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                self._outputs = self.state.advance(logits)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError:
-            self.refused = True
-            return
-        self._graph, self._captured_with = graph, buffer
-        self.captures += 1
-
-
-class ReplayedSearches:
-    """Search states kept between generations of one batch shape (a static decoder's), each `advance` replayed.
-
-    Keyed by everything a state's buffers depend on; the least recently used beyond `limit` is dropped with
-    its graph (a shape's last, smaller sweep batch makes a second one).
-    """
-
-    def __init__(self, pool: tuple | None = None, limit: int = 2) -> None:
-        self.pool = pool
-        self.limit = limit
-        self._states: OrderedDict[tuple, ReplayedAdvance] = OrderedDict()
-
-    @property
-    def captures(self) -> int:
-        return sum(replayed.captures for replayed in self._states.values())
-
-    def beam(
-        self, rows: int, num_beams: int, max_new_tokens: int, stop_ids: Sequence[int], length_penalty: float, device
-    ) -> ReplayedAdvance:
-        key = ("beam", rows, num_beams, max_new_tokens, tuple(stop_ids), length_penalty, str(device))
-        return self._get(
-            key, lambda: BeamSearchState(rows // num_beams, num_beams, max_new_tokens, stop_ids, length_penalty, device)
-        )
-
-    def greedy(self, rows: int, max_new_tokens: int, stop_ids: Sequence[int], device) -> ReplayedAdvance:
-        key = ("greedy", rows, max_new_tokens, tuple(stop_ids), str(device))
-        return self._get(key, lambda: GreedySearchState(rows, max_new_tokens, stop_ids, device))
-
-    def _get(self, key: tuple, build: Callable[[], BeamSearchState | GreedySearchState]) -> ReplayedAdvance:
-        replayed = self._states.get(key)
-        if replayed is None:
-            while len(self._states) >= self.limit:
-                self._states.popitem(last=False)
-            replayed = ReplayedAdvance(build(), self.pool)
-        self._states[key] = replayed
-        self._states.move_to_end(key)
-        replayed.state.reset()
-        return replayed
-
-
 def _stops_now(length: int, max_new_tokens: int, check_every: int, all_done: Callable[[], bool]) -> bool:
     """The loops' exit: at the last token, or at a check (every `check_every` steps) that finds all done.
 
@@ -418,22 +330,15 @@ def tensor_greedy_search(
     stop_ids: Sequence[int],
     check_every: int = 4,
     between_steps: Callable[[], None] | None = None,
-    searches: ReplayedSearches | None = None,
 ) -> list[list[int]]:
     """decoding.greedy_search's answers, looking at the device only every `check_every` steps.
 
-    `between_steps`, if given, is called every `check_every` steps (see NatureLM.generate_ids_from_embeddings).
-    With `searches` (a static decoder's), the state and its replayed `advance` come from there."""
+    `between_steps`, if given, is called every `check_every` steps (see NatureLM.generate_ids_from_embeddings)."""
     _require_positive("check_every", check_every)
     logits = decoder.prefill()
-    if searches is None:
-        state = GreedySearchState(logits.shape[0], max_new_tokens, stop_ids, logits.device)
-        advance = state.advance
-    else:
-        advance = searches.greedy(logits.shape[0], max_new_tokens, stop_ids, logits.device)
-        state = advance.state
+    state = GreedySearchState(logits.shape[0], max_new_tokens, stop_ids, logits.device)
     for length in range(1, max_new_tokens + 1):
-        tokens = advance(logits)
+        tokens = state.advance(logits)
         if _stops_now(length, max_new_tokens, check_every, state.all_done):
             break
         _pause(length, check_every, between_steps)
@@ -449,28 +354,22 @@ def tensor_beam_search(
     length_penalty: float = 1.0,
     check_every: int = 4,
     between_steps: Callable[[], None] | None = None,
-    searches: ReplayedSearches | None = None,
 ) -> list[list[int]]:
     """decoding.beam_search's answers, looking at the device only every `check_every` steps.
 
     The decoder receives this state's buffers (source rows, tokens), overwritten at the next step:
-    it must use them within the call, as CachedDecoder and StaticCacheDecoder do. With `searches`
-    (a static decoder's), the state and its replayed `advance` come from there.
+    it must use them within the call, as CachedDecoder and StaticCacheDecoder do.
     """
     _require_positive("check_every", check_every)
     _require_positive("num_beams", num_beams)
     logits = decoder.prefill()
-    rows = logits.shape[0]
-    if rows % num_beams:
-        raise ValueError(f"{rows} rows are not whole items of num_beams={num_beams} beams")
-    if searches is None:
-        state = BeamSearchState(rows // num_beams, num_beams, max_new_tokens, stop_ids, length_penalty, logits.device)
-        advance = state.advance
-    else:
-        advance = searches.beam(rows, num_beams, max_new_tokens, stop_ids, length_penalty, logits.device)
-        state = advance.state
+    if logits.shape[0] % num_beams:
+        raise ValueError(f"{logits.shape[0]} rows are not whole items of num_beams={num_beams} beams")
+    state = BeamSearchState(
+        logits.shape[0] // num_beams, num_beams, max_new_tokens, stop_ids, length_penalty, logits.device
+    )
     for length in range(1, max_new_tokens + 1):
-        tokens, source_rows = advance(logits)
+        tokens, source_rows = state.advance(logits)
         if _stops_now(length, max_new_tokens, check_every, state.all_done):
             break
         _pause(length, check_every, between_steps)

@@ -362,11 +362,7 @@ class Engine:
         is one batch, and a bad alpha in it leaves nothing half-queued.
         """
         settings = settings or GenerationSettings()
-        caller = self.new_caller() if caller is None else caller
-        requests = [
-            self._request(w, p, a, settings, None, priority, timeout_s, allow_extrapolation, caller) for w, p, a in rows
-        ]
-        return self._put(requests, block)
+        return self._queue_rows(rows, settings, None, priority, timeout_s, block, allow_extrapolation, caller)
 
     def label_candidates(self, labels: Sequence[str]) -> Candidates:
         """A label set tokenized once per engine: every row of a likelihood sweep, local or on a Ray actor,
@@ -409,12 +405,31 @@ class Engine:
     ) -> list[Future]:
         """Queue rows to score against one label set, tokenized once; all or none, as `submit_many`."""
         candidates = self.model.label_candidates(labels)
+        settings = GenerationSettings()  # plays no part in scoring
+        return self._queue_rows(rows, settings, candidates, priority, timeout_s, block, allow_extrapolation, caller)
+
+    def _queue_rows(
+        self,
+        rows: Sequence[tuple[Sequence[np.ndarray], str, PointLike]],
+        settings: GenerationSettings,
+        candidates: Candidates | None,
+        priority: Priority,
+        timeout_s: float | None,
+        block: bool,
+        allow_extrapolation: bool,
+        caller: int | None,
+    ) -> list[Future]:
         caller = self.new_caller() if caller is None else caller
         requests = [
-            self._request(w, p, a, GenerationSettings(), candidates, priority, timeout_s, allow_extrapolation, caller)
+            self._request(w, p, a, settings, candidates, priority, timeout_s, allow_extrapolation, caller)
             for w, p, a in rows
         ]
-        return self._put(requests, block)
+        if not requests:
+            return []
+        self.start()
+        self._queue.put(requests, block=block)
+        self.stats.requests += len(requests)
+        return [request.future for request in requests]
 
     def _request(
         self,
@@ -456,14 +471,6 @@ class Engine:
         if check is None:
             return check_grid_point(value, allow_extrapolation, name=name)
         return check(value, allow_extrapolation, name=name)
-
-    def _put(self, requests: list[Request], block: bool) -> list[Future]:
-        if not requests:
-            return []
-        self.start()
-        self._queue.put(requests, block=block)
-        self.stats.requests += len(requests)
-        return [request.future for request in requests]
 
     def answer(self, windows: Sequence[np.ndarray], prompt: str, alpha: PointLike, **kwargs: Any) -> str:
         """Blocking convenience for one row."""

@@ -112,7 +112,8 @@ def attention_candidates(items: int, beams: int, layers: int) -> dict[str, float
 
 
 def projection_candidates(rows: int, layers: int) -> dict[str, float]:
-    """q/k/v with LoRA, and the MLP's gate/up, as separate products or one fused product per layer."""
+    """q/k/v with LoRA, o with its LoRA A, and the MLP's gate/up, as separate products or one fused product
+    per layer."""
     device, dtype = torch.device("cuda"), torch.bfloat16
     kv_width = KV_HEADS * HEAD_DIM
     widths = (HIDDEN, kv_width, kv_width)
@@ -160,6 +161,19 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
         both = F.linear(x, gate_up[i])
         F.silu(both[:, :MLP]) * both[:, MLP:]
 
+    o_with_lora_a = weights(HIDDEN + RANK, HIDDEN)  # [Wo; Ao]
+    lora_b_o = weights(HIDDEN, RANK)
+    residual = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
+
+    def o_lora_separate(i: int) -> None:  # as static_decoding runs it: the residual summed inside o's product
+        low = (F.linear(x, o_with_lora_a[i][HIDDEN:]) * alphas).to(dtype)
+        residual.addmm_(x, o_with_lora_a[i][:HIDDEN].t()).addmm_(low, lora_b_o[i].t())
+
+    def o_lora_fused(i: int) -> None:  # one product for o and its LoRA A (as for q/k/v), the residual added after
+        projected = F.linear(x, o_with_lora_a[i])
+        low = (projected[:, HIDDEN:] * alphas).to(dtype)
+        residual.add_(projected[:, :HIDDEN]).addmm_(low, lora_b_o[i].t())
+
     def down_addmm(i: int) -> None:
         torch.addmm(x, hidden, down_proj[i].t())
 
@@ -170,6 +184,8 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
     for name, function in {
         "down_residual_in_product": down_addmm,
         "down_then_residual_add": down_then_add,
+        "o_lora_separate": o_lora_separate,
+        "o_lora_fused": o_lora_fused,
         "qkv_lora_separate": qkv_separate,
         "qkv_lora_fused": qkv_fused,
         "gate_up_separate": mlp_separate,

@@ -21,9 +21,8 @@ import gradio as gr  # analytics must be off before gradio is imported
 from evaluation.backend_choice import SweepBackends
 from evaluation.server_data import DataRoot
 from evaluation.sweep import SweepQueue
-from naturelm_core.config import PUBLISHED_REPO_ID
 from naturelm_core.engine import Engine, default_batch_rows
-from naturelm_core.startup import DEMO_BANNER, ServedModel, add_audio_precision_argument, load_served_model
+from naturelm_core.startup import DEMO_BANNER, ServedModel, add_model_source_arguments, load_served_model
 from ui.explore_tab import explore_tab
 from ui.sweeps_service import SweepsService
 from ui.sweeps_tab import sweeps_tab
@@ -68,12 +67,7 @@ def build_app(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or folder with config.json")
-    parser.add_argument("--llm", default=None, help="Llama override: Hub id or folder (default: from config)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bf16 on GPU")
-    add_audio_precision_argument(parser)
-    parser.add_argument("--demo", action="store_true", help="serve the tiny random model (offline demo)")
+    add_model_source_arguments(parser, "serve the tiny random model (offline demo)")
     parser.add_argument("--host", default=None, help="default: Gradio's (GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (GRADIO_SERVER_PORT or 7860)")
     parser.add_argument(

@@ -84,16 +84,25 @@ def load_served_model(
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every command-line tool that answers with the model takes (read by load_command_line_model)."""
+    add_model_source_arguments(parser, "answer with the tiny random model (offline; answers are meaningless)")
+    parser.add_argument("--num-beams", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser, demo_help: str) -> None:
+    """Which model to load and how, the same for the app, the command-line tools and headless sweeps:
+    --model, --llm, --device, --dtype, --audio-precision and --demo (what the demo does, in `demo_help`)."""
     parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
     parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
-    add_audio_precision_argument(parser)
-    parser.add_argument("--num-beams", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument(
-        "--demo", action="store_true", help="answer with the tiny random model (offline; answers are meaningless)"
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="the LLM's (default: bfloat16 on a GPU, else float32)",
     )
+    add_audio_precision_argument(parser)
+    parser.add_argument("--demo", action="store_true", help=demo_help)
 
 
 def add_audio_precision_argument(parser: argparse.ArgumentParser) -> None:

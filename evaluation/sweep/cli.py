@@ -38,8 +38,7 @@ from evaluation.sweep.store import (
     default_runs_dir,
     load_spec,
 )
-from naturelm_core.config import PUBLISHED_REPO_ID
-from naturelm_core.startup import add_audio_precision_argument
+from naturelm_core.startup import add_model_source_arguments
 
 if TYPE_CHECKING:
     from evaluation.sweep.ray_backend import RayBackend
@@ -66,12 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-path", default=None, help="YAML configs: a local BEANS-Zero copy (default: the Hub)")
     parser.add_argument("--limit", type=int, default=None, help="YAML configs: at most N samples per data set")
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: $NATURELM_RUNS_DIR, /data/runs or runs/")
-    parser.add_argument("--model", default=PUBLISHED_REPO_ID, help="Hub repo id or checkpoint folder")
-    parser.add_argument("--llm", default=None, help="Llama Hub id or folder (default: the checkpoint's llama_path)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the LLM's dtype")
-    add_audio_precision_argument(parser)
-    parser.add_argument("--demo", action="store_true", help="the tiny random model: exercises the pipeline only")
+    add_model_source_arguments(parser, "the tiny random model: exercises the pipeline only")
     parser.add_argument(
         "--max-batch-rows",
         type=int,

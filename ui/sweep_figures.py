@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -75,19 +76,23 @@ def _add_metric_curves(
     for (dataset, prompt), group in plain_alphas(frame).groupby(["dataset", "prompt"], sort=True):
         group = group.sort_values("alpha")
         name = prefix + _curve_name(dataset, prompt, several)
-        figure.add_trace(
-            go.Scatter(
-                x=group["alpha"].tolist(),
-                y=group[metric].tolist(),
-                customdata=group["n"].tolist(),
-                mode="lines+markers",
-                name=name,
-                line={"color": colours[prompt], "dash": dash},
-                meta={"dataset": dataset, "prompt": prompt},
-                hovertemplate="alpha %{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
-            )
-        )
+        line = {"color": colours[prompt], "dash": dash}
+        figure.add_trace(_metric_trace(group, metric, dataset, prompt, name=name, line=line))
         _add_tie_band(figure, group, metric, name, colours[prompt])
+
+
+def _metric_trace(group: pd.DataFrame, metric: str, dataset: str, prompt: str, **style: Any) -> go.Scatter:
+    """One prompt's metric over its plain alphas, n in the hover; `meta` names its data set and prompt, which
+    the figure tests read back."""
+    return go.Scatter(
+        x=group["alpha"].tolist(),
+        y=group[metric].tolist(),
+        customdata=group["n"].tolist(),
+        mode="lines+markers",
+        meta={"dataset": dataset, "prompt": prompt},
+        hovertemplate="alpha %{x}<br>" + METRIC_LABELS[metric] + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
+        **style,
+    )
 
 
 def _tie_ends(group: pd.DataFrame, metric: str) -> tuple[list[float], list[float]] | None:
@@ -342,22 +347,17 @@ def metric_vs_alpha_panels(frame: pd.DataFrame, metric: str = "accuracy") -> go.
     for column, dataset in enumerate(datasets, start=1):
         for prompt, group in plain_alphas(frame[frame["dataset"] == dataset]).groupby("prompt", sort=True):
             group = group.sort_values("alpha")
-            figure.add_trace(
-                go.Scatter(
-                    x=group["alpha"].tolist(),
-                    y=group[metric].tolist(),
-                    customdata=group["n"].tolist(),
-                    mode="lines+markers",
-                    name=prompt,
-                    legendgroup=prompt,
-                    showlegend=prompt not in in_legend,
-                    line={"color": colours[prompt]},
-                    meta={"dataset": dataset, "prompt": prompt},
-                    hovertemplate="alpha %{x}<br>" + label + " %{y:.3f}<br>n=%{customdata}<extra></extra>",
-                ),
-                row=1,
-                col=column,
+            trace = _metric_trace(
+                group,
+                metric,
+                dataset,
+                prompt,
+                name=prompt,
+                line={"color": colours[prompt]},
+                legendgroup=prompt,
+                showlegend=prompt not in in_legend,
             )
+            figure.add_trace(trace, row=1, col=column)
             in_legend.add(prompt)
         figure.update_xaxes(title_text="alpha", row=1, col=column)
     figure.update_yaxes(range=[0, 1.02], title_text=label, row=1, col=1)

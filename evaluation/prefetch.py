@@ -26,8 +26,10 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on an H100 with 16 host cores
-# (benchmarks/gpu.py sweep_files, 2026-12-06): 70.6 answers/s on 1 thread, 141.7 on 4, 173.8 on 8, 162.6 on 16.
+# A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on H100 machines with 16 host cores
+# (benchmarks/gpu.py sweep_files, 2026-12-06), answers/s on 1 / 4 / 8 / 16 threads: 70.6 / 141.7 / 173.8 /
+# 162.6 (17:41Z), 73.0 / 156.9 / 167.6 / 182.0 (18:47Z), 69.1 / 136.6 / 167.2 / 183.0 (22:27Z). 16 was once
+# slower and twice 9% faster than 8: not yet a reason to take every core from the process serving the model.
 MAX_DEFAULT_WORKERS = 8
 # Threads for recordings of one answer each, divided among a recording's answers (see default_workers).
 DECODE_THREADS_FOR_ONE_ROW = 16

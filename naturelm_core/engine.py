@@ -1,8 +1,8 @@
 """One worker owns the model; every caller (app users, alpha scans, sweeps) goes through its queue.
 
-Why a worker and a queue rather than a lock around the model: requests that arrive together are
-answered in one batched `generate`, each row at its own alpha, so ten users moving sliders cost
-about one generation, and a sweep's rows fill the batches that interactive users leave empty.
+Why a worker and a queue rather than a lock around the model: requests that arrive while the model is
+busy are answered in one batched `generate`, each row at its own alpha, so ten users moving sliders cost
+about two generations, not ten, and a sweep's rows fill the batches that interactive users leave empty.
 Interactive requests always go before sweep work; a full queue answers "busy" at once instead of
 letting a browser hang. Label scoring (`submit_labels`, `score_labels`: how likely each row is to answer
 each of a closed set of labels, naturelm_core.likelihood) goes through the same queue, priorities and
@@ -387,7 +387,7 @@ class Engine:
         """Queue one row to score against `labels`; its Future resolves to its `LabelScores` or an EngineError.
 
         Alpha and labels are checked here, like `submit`'s alpha. Pass `Candidates`
-        (`model.label_candidates(labels)`) when many rows share one closed set, so it is tokenized once.
+        (`label_candidates(labels)`, cached per engine) when many rows share one closed set, so it is tokenized once.
         Scoring rows batch only with scoring rows, under the same priorities as generation.
         """
         rows = [(windows, prompt, alpha)]

@@ -35,3 +35,37 @@ def test_the_stand_in_tokenizer_keeps_llama3_special_ids_and_word_counts():
     assert len(ids) == 9  # header, user, header end, "\n\n", What, " is", " it", "?", eot
     assert len(tokenizer) == 128257 and tokenizer.pad_token_id == 128256
     assert tokenizer.batch_decode([[5, 128009, 7]]) == ["w5 w7"]
+
+
+def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanwhile():
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.gpu import idle_gaps
+
+    def event(kind, start, end, stack=()):
+        device = torch.autograd.DeviceType.CUDA if kind == "gpu" else torch.autograd.DeviceType.CPU
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end), stack=list(stack))
+
+    search = ["naturelm_core/tensor_search.py(186): advance", "naturelm_core/static_decoding.py(700): generate"]
+    events = [
+        event("gpu", 0, 100),
+        event("gpu", 105, 200),  # a 5 us gap: below the threshold
+        event("gpu", 1200, 1300),  # a 1000 us gap, the host in the search for 3/4 of it, in torch for 1/4
+        event("gpu", 1300, 1400),
+        event("gpu", 3400, 3500),  # a 2000 us gap with nothing recorded on the host
+        event("cpu", 200, 950, search),
+        event("cpu", 950, 1200, ["site-packages/torch/nn/functional.py(10): linear"]),
+    ]
+    report = idle_gaps(events)
+    assert report["kernels"] == 5 and report["gaps"] == 2
+    assert report["idle_ms_in_gaps"] == 3.0 and report["span_ms"] == 3.5
+    assert report["largest_gaps_ms"] == [2.0, 1.0]
+    by_frame = report["idle_ms_by_host_frame"]
+    assert by_frame == {
+        "(no host operation recorded)": 2.0,
+        search[0]: 0.75,
+        "(outside the project)": 0.25,
+    }
+    assert idle_gaps([event("cpu", 0, 10, search)]) == {"kernels": 0}

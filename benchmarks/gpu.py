@@ -900,7 +900,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
         "recordings": args.file_recordings,
         "default_decode_workers": {"one_alpha": default_workers(1), "eleven_alphas": default_workers(11)},
     }
-    long_sweep = LONG_ONE_ALPHA_SWEEP_FACTOR * args.file_recordings
+    long_sweep = (1 if args.one_alpha_files_only else LONG_ONE_ALPHA_SWEEP_FACTOR) * args.file_recordings
     with tempfile.TemporaryDirectory() as folder:
         recordings_folder = write_recordings(Path(folder) / "recordings", long_sweep, 10.0, "flac")
         engine = Engine(model, max_batch_rows=args.sweep_batch, sweep_capacity=100_000)
@@ -922,12 +922,17 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 "graph_captures": model.static_decoding.captures - captures,  # new batch shapes met by this sweep
             }
 
+        plans = {"one_alpha": ([1.0], (1, 4, None, 16)), "eleven_alphas": (SWEEP_ALPHAS, (1, None))}
+        if args.one_alpha_files_only:  # an A/B of decoding beside the engine: the sweeps it moves, quickly
+            plans = {"one_alpha": ([1.0], (None, 16))}
         try:
-            for label, alphas in (("one_alpha", [1.0]), ("eleven_alphas", SWEEP_ALPHAS)):
+            for label, (alphas, worker_counts) in plans.items():
                 sweep(f"warm-{label}", alphas, None, limit=16)  # graph capture of these batch shapes
-                for workers in (1, 4, None, 16) if label == "one_alpha" else (1, None):  # decoding is the bound
+                for workers in worker_counts:  # with one alpha decoding is the bound, with eleven the GPU
                     key = f"{label}_decode_workers_{workers or 'default'}"
                     result[key] = sweep(f"{label}-{workers}", alphas, workers)
+            if args.one_alpha_files_only:
+                return result
             # The same with CPython's own switch interval while decoding (what evaluation.prefetch shortens).
             shorter, SHORTER_SWITCH_INTERVAL.seconds = SHORTER_SWITCH_INTERVAL.seconds, sys.getswitchinterval()
             try:
@@ -1119,6 +1124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--large-recordings", type=int, default=64, help="recordings in our larger sweep")
     parser.add_argument("--sweep-batch", type=int, default=176, help="rows per engine batch (16 recordings x 11)")
     parser.add_argument("--file-recordings", type=int, default=352, help="FLAC recordings in the sweep from files")
+    parser.add_argument(
+        "--one-alpha-files-only",
+        action="store_true",
+        help="sweep_files runs only its one-alpha sweeps on the default and 16 threads (an A/B in ~30 s)",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per latency measurement")
     parser.add_argument(
         "--sections",

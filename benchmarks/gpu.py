@@ -642,6 +642,14 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         generate()
         sync(device)
     result[f"generation_items_{items}_gpu_idle"] = idle_gaps(trace.events())
+    # An Explore answer (one recording, greedy), encoder included: what its time over the bound is made of.
+    window = recordings(1, seed=73)[0]
+    interactive_ids(model, window, 0.5, 1, args.new_tokens)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as trace:
+        interactive_ids(model, window, 0.5, 1, args.new_tokens)
+        sync(device)
+    result["explore_answer_gpu_idle"] = idle_gaps(trace.events(), min_gap_us=5.0)
     graphs_enabled, model.encoder_graphs.enabled = model.encoder_graphs.enabled, False  # each kernel, not a replay
     for precision in ("bfloat16", "float32"):  # one window: why bf16 costs twice float32 there (audio_encoder)
         model.audio_precision = precision

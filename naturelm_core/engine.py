@@ -155,6 +155,22 @@ class EngineStats:
         return sum(batches) / len(batches) if batches else None
 
 
+def _checked_window(index: int, window: np.ndarray) -> np.ndarray:
+    """A window as the model may see it: 16 kHz mono float32, finite, within [-1, 1].
+
+    Checked per request, because one bad window in a batch would fail every other caller's rows with it.
+    Every path from a file clamps as it decodes (naturelm_core.audio); an array handed to the API directly
+    is clamped the same way, so the same samples give the same answer whichever way they came in.
+    """
+    window = np.ascontiguousarray(window, dtype=np.float32)
+    if window.ndim != 1 or window.size == 0:
+        raise ValueError(f"audio window {index} must be a non-empty 1-D 16 kHz mono array, got shape {window.shape}")
+    peak = max(float(window.max()), -float(window.min()))  # NaN wins both, as it should
+    if not np.isfinite(peak):
+        raise ValueError(f"audio window {index} holds NaN or infinite samples")
+    return np.clip(window, -1.0, 1.0) if peak > 1.0 else window
+
+
 class _RequestQueue:
     """Two bounded lanes (interactive before sweep) that hand out batches of rows of one shape.
 
@@ -446,7 +462,7 @@ class Engine:
         alpha = self.check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
-        windows = [np.ascontiguousarray(w, dtype=np.float32) for w in windows]
+        windows = [_checked_window(index, w) for index, w in enumerate(windows)]
         return Request(
             windows=windows,
             window_keys=[self._window_keys.key(w) for w in windows],

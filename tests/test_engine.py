@@ -161,6 +161,30 @@ def test_bad_alpha_and_settings_fail_at_submit(tiny_model):
         engine.stop()
 
 
+def test_bad_windows_fail_at_submit_and_nothing_of_the_call_is_queued(tiny_model):
+    engine = Engine(tiny_model, inline=True)
+    good = _clip(5)
+    for bad, message in (
+        (np.zeros((2, 160_000), dtype=np.float32), "1-D"),
+        (np.zeros(0, dtype=np.float32), "non-empty"),
+        (np.where(np.arange(160_000) == 7, np.nan, good), "NaN or infinite"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            engine.answer_many([([good], PROMPT, 0.5), ([bad], PROMPT, 0.5)], settings=GREEDY)
+    assert engine.stats.requests == 0
+
+
+def test_an_array_beyond_full_scale_is_answered_as_its_clamped_self(tiny_model):
+    """Files are clamped to [-1, 1] as they decode; an array handed to the engine gets the same treatment,
+    so the same samples give the same answer whichever way they came in (and the embedding cache agrees)."""
+    loud = 4.0 * _clip(8)
+    assert np.abs(loud).max() > 1.0
+    engine = Engine(tiny_model, inline=True)
+    answers = engine.answer_many([([loud], PROMPT, 0.7), ([np.clip(loud, -1.0, 1.0)], PROMPT, 0.7)], settings=GREEDY)
+    assert answers[0] == answers[1] == tiny_model.generate([loud], [PROMPT], [0.7], num_beams=1, max_new_tokens=6)[0]
+    assert engine.stats.windows_encoded == 1  # the clamped array and the loud one are one window to the cache
+
+
 def test_inline_engine_answers_in_the_callers_thread_without_a_worker(tiny_model):
     clip = _clip(6)
     engine = Engine(tiny_model, inline=True)

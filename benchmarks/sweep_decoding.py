@@ -57,7 +57,7 @@ def write_recordings(folder: Path, count: int, seconds: float, extension: str, s
     return folder
 
 
-def decode_all(subset: Subset, workers: int) -> int:
+def decode_all(subset: Subset, workers: int, one_torch_thread: bool = False) -> int:
     """Read every recording as a sweep does; returns how many gave a model window."""
 
     def decode_window(row: SampleRow) -> np.ndarray:
@@ -65,21 +65,24 @@ def decode_all(subset: Subset, workers: int) -> int:
 
     ahead = DECODE_AHEAD_PER_WORKER * workers
     decoded = 0
-    for outcome in prefetch_map(decode_window, subset.rows(), workers=workers, ahead=ahead):
+    rows = subset.rows()
+    for outcome in prefetch_map(decode_window, rows, workers=workers, ahead=ahead, one_torch_thread=one_torch_thread):
         outcome.result()  # a recording this benchmark wrote must decode
         decoded += 1
     return decoded
 
 
-def recordings_per_second(subset: Subset, worker_counts: Sequence[int], repeats: int) -> dict[int, float]:
+def recordings_per_second(
+    subset: Subset, worker_counts: Sequence[int], repeats: int, one_torch_thread: bool = False
+) -> dict[int, float]:
     """Best of `repeats` passes per worker count; the counts take turns, so a burst of load hits them alike."""
-    decode_all(subset, worker_counts[0])  # warm-up
+    decode_all(subset, worker_counts[0], one_torch_thread)  # warm-up
     best = dict.fromkeys(worker_counts, float("inf"))
     count = 0
     for _ in range(repeats):
         for workers in worker_counts:
             started = time.perf_counter()
-            count = decode_all(subset, workers)
+            count = decode_all(subset, workers, one_torch_thread)
             best[workers] = min(best[workers], time.perf_counter() - started)
     return {workers: count / seconds for workers, seconds in best.items()}
 
@@ -125,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
     )
+    parser.add_argument(
+        "--one-torch-thread",
+        action="store_true",
+        help="decode threads keep to one torch thread each, as a sweep whose model is on a GPU decodes",
+    )
     parser.add_argument("--window-s", type=float, default=10.0, help="model window cut from each recording")
     parser.add_argument(
         "--beside-busy-thread", action="store_true", help="time decoding while another thread runs Python"
@@ -144,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"# {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
         f"default decode workers {default_workers()}; {args.recordings} x {args.seconds:g} s at {SOURCE_RATE} Hz, "
-        f"{args.window_s:g} s windows" + (", beside a thread running Python" if args.beside_busy_thread else "")
+        f"{args.window_s:g} s windows"
+        + (", beside a thread running Python" if args.beside_busy_thread else "")
+        + (", one torch thread per decode thread" if args.one_torch_thread else "")
     )
     print("| format | workers | recordings/s | speed-up |")
     print("|---|---:|---:|---:|")
@@ -153,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = write_recordings(Path(scratch) / extension, args.recordings, args.seconds, extension)
             subset = load_recordings(folder, window_s=args.window_s)
             with busy_python_thread() if args.beside_busy_thread else nullcontext():
-                rates = recordings_per_second(subset, args.workers, args.repeats)
+                rates = recordings_per_second(subset, args.workers, args.repeats, args.one_torch_thread)
             baseline = rates[args.workers[0]]
             for workers, rate in rates.items():
                 print(f"| {extension} | {workers} | {rate:.1f} | {rate / baseline:.2f} |", flush=True)

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -113,6 +114,7 @@ def prefetch_map(
     *,
     workers: int,
     ahead: int,
+    one_torch_thread: bool = False,
 ) -> Iterator[Prefetched[Item, Result]]:
     """`function(item)` for every item, run on `workers` threads, yielded in input order.
 
@@ -120,22 +122,59 @@ def prefetch_map(
     consumer is. An exception raised by the input iterator itself is raised after the items before it
     have been yielded. Closing the generator (or leaving the loop and dropping it) cancels the items
     not started and joins the threads; use `contextlib.closing` to make that deterministic.
-    Bad sizes raise ValueError here, at the call, not at the first item.
+    Bad sizes raise ValueError here, at the call, not at the first item. `one_torch_thread`: see `_pool`.
     """
     if workers < 1:
         raise ValueError(f"prefetch_map needs workers >= 1, got {workers}")
     if ahead < 1:
         raise ValueError(f"prefetch_map needs ahead >= 1, got {ahead}")
-    return _prefetch(function, iter(items), workers, ahead)
+    return _prefetch(function, iter(items), workers, ahead, one_torch_thread)
+
+
+def _pool(workers: int, one_torch_thread: bool) -> ThreadPoolExecutor:
+    """The decoding threads; with `one_torch_thread`, each runs torch's CPU operations on one thread.
+
+    Why: a decode thread's resampling convolution otherwise spreads over every core (OpenMP), so 8 decode
+    threads start up to 8 x cores threads beside the engine's. On this project's 2-core machine, beside a
+    thread running Python, one decode thread read 27.4 / 27.8 files/s with torch's 2 threads and 59.7 / 62.3
+    with 1 (benchmarks/sweep_decoding.py --beside-busy-thread, two alternations); the samples are the same
+    bits (tests/test_prefetch.py). For sweeps whose model does not compute on this process's CPU
+    (evaluation.sweep.runner): there, the model's threads are worth more than one file's.
+
+    How: torch fixes a thread's count when the thread first asks for it, from a process-wide value, and
+    `set_num_threads` sets both the calling thread's and that value. Each new decode thread asks, then sets
+    1; once all have, the caller sets the process-wide value back to its own, which threads starting later
+    (an engine's, a web server's) take as before, while the decode threads keep 1.
+    """
+    if not one_torch_thread:
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
+    import torch  # only here: a prefetch without torch work need not load it
+
+    callers_count = torch.get_num_threads()
+    started = threading.Barrier(workers + 1)
+
+    def keep_to_one_torch_thread() -> None:
+        torch.get_num_threads()  # this thread's count fixed now, from the process-wide value...
+        torch.set_num_threads(1)  # ...and then set to 1, with the process-wide value for a moment
+        with suppress(threading.BrokenBarrierError):  # a thread that came late decodes all the same
+            started.wait(timeout=60)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch", initializer=keep_to_one_torch_thread)
+    for _ in range(workers):  # each submit starts another thread while those before it wait at the barrier
+        pool.submit(int)
+    with suppress(threading.BrokenBarrierError):
+        started.wait(timeout=60)
+    torch.set_num_threads(callers_count)
+    return pool
 
 
 def _prefetch(
-    function: Callable[[Item], Result], source: Iterator[Item], workers: int, ahead: int
+    function: Callable[[Item], Result], source: Iterator[Item], workers: int, ahead: int, one_torch_thread: bool
 ) -> Iterator[Prefetched[Item, Result]]:
     pending: deque[tuple[Item, Future[Result]]] = deque()
     exhausted = False
     source_error: BaseException | None = None
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
+    pool = _pool(workers, one_torch_thread)
     with SHORTER_SWITCH_INTERVAL:
         try:
             while True:

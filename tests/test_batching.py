@@ -231,7 +231,8 @@ def test_a_user_waiting_during_a_sweep_batch_is_answered_inside_it_not_after():
     model = PausingModel()
     engine = Engine(model, max_batch_rows=8, sweep_wait_ms=0).start()
     try:
-        sweep = [engine.submit([WINDOW], f"s{i}", 0.1, priority=Priority.SWEEP) for i in range(4)]
+        # Queued at once: one by one, with no sweep wait, the worker may start on the first row alone.
+        sweep = engine.submit_many([([WINDOW], f"s{i}", 0.1) for i in range(4)], priority=Priority.SWEEP)
         time.sleep(0.1)
         user = engine.submit([WINDOW], "user", 0.5)
         model.user_waiting.set()

@@ -235,3 +235,68 @@ def test_an_interval_someone_else_set_meanwhile_is_left_as_they_set_it():
         assert sys.getswitchinterval() == pytest.approx(0.002)
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """The process's torch thread count set to 2 (so that one thread is told apart), put back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_decode_threads_asked_to_keep_to_one_torch_thread_do_and_the_callers_count_comes_back(two_torch_threads):
+    import torch
+
+    def threads_seen(_item: int) -> int:
+        return torch.get_num_threads()
+
+    assert {p.value for p in prefetch_map(threads_seen, range(6), workers=3, ahead=3)} == {2}
+    assert {p.value for p in prefetch_map(threads_seen, range(6), workers=3, ahead=3, one_torch_thread=True)} == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_overlapping_prefetches_ending_on_another_thread_still_give_the_torch_thread_count_back(two_torch_threads):
+    import torch
+
+    first = prefetch_map(lambda x: torch.get_num_threads(), range(4), workers=2, ahead=2, one_torch_thread=True)
+    assert next(first).value == 1
+    second_started, first_closed = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def another_sweep() -> None:  # starts while the first runs, and ends after it
+        running = prefetch_map(lambda x: torch.get_num_threads(), range(4), workers=2, ahead=2, one_torch_thread=True)
+        seen.append(next(running).value)
+        second_started.set()
+        first_closed.wait(10)
+        seen.extend(p.value for p in running)
+
+    thread = threading.Thread(target=another_sweep)
+    thread.start()
+    second_started.wait(10)
+    first.close()
+    first_closed.set()
+    thread.join(10)
+    assert seen == [1, 1, 1, 1]
+    assert torch.get_num_threads() == 2
+    new_thread_count: list[int] = []
+    probe = threading.Thread(target=lambda: new_thread_count.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    assert new_thread_count == [2]  # the process-wide value too, which threads starting now take
+
+
+def test_resampling_gives_the_same_bits_on_one_torch_thread_as_on_several(two_torch_threads):
+    """What makes OneTorchThread safe: a sweep decoded on one thread hears what Explore hears on several."""
+    import numpy as np
+    import torch
+
+    from naturelm_core.audio import _resample_to_16k
+
+    samples = (0.3 * np.random.default_rng(3).standard_normal(441_000)).astype(np.float32)
+    on_two = _resample_to_16k(samples, 44_100)
+    torch.set_num_threads(1)
+    assert np.array_equal(_resample_to_16k(samples, 44_100), on_two)

@@ -505,3 +505,46 @@ def test_by_default_recordings_with_more_answers_each_are_decoded_on_fewer_threa
     assert threads == {2: 8, 6: 3, 22: 1}
     spec = SweepSpec.from_dict(spec_dict(data_dir, alphas=[0.5]))
     assert SweepRunner(ToneBackend(), spec, "unused-runs", decode_workers=5).decode_workers == 5
+
+
+class ModelElsewhereBackend(ToneBackend):
+    """A backend whose model computes off this process's CPU (a GPU engine, Ray actors)."""
+
+    answers_on_this_cpu = False
+
+
+@pytest.mark.parametrize(("backend_class", "torch_threads"), [(ToneBackend, 2), (ModelElsewhereBackend, 1)])
+def test_recordings_are_decoded_on_one_torch_thread_each_only_where_the_model_is_elsewhere(
+    data_dir, tmp_path, monkeypatch, backend_class, torch_threads
+):
+    import torch
+
+    seen: set[int] = set()
+
+    def counting_window(sample):
+        seen.add(torch.get_num_threads())
+        return model_window(sample)
+
+    monkeypatch.setattr(runner, "model_window", counting_window)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = SweepSpec.from_dict(spec_dict(data_dir, prompts=["common"], alphas=[1.0]))
+        status = run_sweep(backend_class(), spec, tmp_path, decode_workers=3)
+        assert status.state is SweepState.COMPLETE
+        assert seen == {torch_threads}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_engine_backend_says_whether_its_model_computes_on_this_cpu(tiny_model):
+    import torch
+
+    from evaluation.sweep.backends import EngineBackend
+    from evaluation.sweep.ray_backend import RayBackend
+
+    assert EngineBackend(Engine(tiny_model, inline=True)).answers_on_this_cpu
+    on_a_gpu = type("OnAGpu", (), {"device": torch.device("cuda")})()  # a stand-in: nothing runs on it
+    assert not EngineBackend(Engine(on_a_gpu, inline=True)).answers_on_this_cpu
+    assert not RayBackend.answers_on_this_cpu

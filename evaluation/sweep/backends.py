@@ -99,6 +99,13 @@ class EngineBackend:
     def inflight_rows(self) -> int:
         return 2 * self.engine.max_batch_rows
 
+    @property
+    def answers_on_this_cpu(self) -> bool:
+        """Whether the model computes on this process's CPU (the runner's decode threads then leave torch its
+        threads; see evaluation.prefetch.OneTorchThread). A stand-in model without a device counts as one."""
+        device = getattr(self.engine.model, "device", None)
+        return getattr(device, "type", "cpu") == "cpu"
+
     def context_budget(self, max_context_tokens: int | None) -> ContextBudget | None:
         return ContextBudget.of_model(self.engine.model, max_context_tokens)
 

@@ -427,6 +427,8 @@ class RayBackend:
 
     # -- SweepBackend -----------------------------------------------------------------------------
 
+    answers_on_this_cpu = False  # the actors are processes of their own: decoding here may keep to one torch thread
+
     @property
     def inflight_rows(self) -> int:
         """Two batches per actor, so each has its next batch queued while it generates."""

@@ -230,6 +230,7 @@ class SweepRunner:
             self._rows_to_decode(plan, seen),
             workers=self.decode_workers,
             ahead=DECODE_AHEAD_PER_WORKER * self.decode_workers,
+            one_torch_thread=not getattr(self.backend, "answers_on_this_cpu", True),
         )
         with closing(decoded):
             for fetched in decoded:

@@ -136,10 +136,12 @@ def _pool(workers: int, one_torch_thread: bool) -> ThreadPoolExecutor:
 
     Why: a decode thread's resampling convolution otherwise spreads over every core (OpenMP), so 8 decode
     threads start up to 8 x cores threads beside the engine's. On this project's 2-core machine, beside a
-    thread running Python, one decode thread read 27.4 / 27.8 files/s with torch's 2 threads and 59.7 / 62.3
-    with 1 (benchmarks/sweep_decoding.py --beside-busy-thread, two alternations); the samples are the same
-    bits (tests/test_prefetch.py). For sweeps whose model does not compute on this process's CPU
-    (evaluation.sweep.runner): there, the model's threads are worth more than one file's.
+    thread running Python, one decode thread read 32.8 / 30.5 files/s with torch's 2 threads and 62.3 / 59.8
+    with 1 (benchmarks/sweep_decoding.py --beside-busy-thread with and without --one-torch-thread, two
+    alternations; two decode threads, filling both cores, no change beyond noise); the samples are the same
+    bits (tests/test_prefetch.py). Not yet measured on a GPU host (8 decode threads of 16 cores). Only for
+    sweeps whose model does not compute on this process's CPU (evaluation.sweep.runner): on a CPU model, its
+    own threads are worth more than one file's.
 
     How: torch fixes a thread's count when the thread first asks for it, from a process-wide value, and
     `set_num_threads` sets both the calling thread's and that value. Each new decode thread asks, then sets

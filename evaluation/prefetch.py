@@ -140,8 +140,8 @@ def _pool(workers: int, one_torch_thread: bool) -> ThreadPoolExecutor:
     with 1 (benchmarks/sweep_decoding.py --beside-busy-thread with and without --one-torch-thread, two
     alternations; two decode threads, filling both cores, no change beyond noise); the samples are the same
     bits (tests/test_prefetch.py). Not yet measured on a GPU host (8 decode threads of 16 cores). Only for
-    sweeps whose model does not compute on this process's CPU (evaluation.sweep.runner): on a CPU model, its
-    own threads are worth more than one file's.
+    sweeps whose model does not compute on this process's CPU (evaluation.sweep.runner): beside a model
+    computing on every core, what it does is not measured.
 
     How: torch fixes a thread's count when the thread first asks for it, from a process-wide value, and
     `set_num_threads` sets both the calling thread's and that value. Each new decode thread asks, then sets

@@ -290,7 +290,7 @@ def test_overlapping_prefetches_ending_on_another_thread_still_give_the_torch_th
 
 
 def test_resampling_gives_the_same_bits_on_one_torch_thread_as_on_several(two_torch_threads):
-    """What makes OneTorchThread safe: a sweep decoded on one thread hears what Explore hears on several."""
+    """Why one torch thread per decode thread is safe: a sweep decoded so hears what Explore hears on several."""
     import numpy as np
     import torch
 

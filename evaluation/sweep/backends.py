@@ -102,7 +102,7 @@ class EngineBackend:
     @property
     def answers_on_this_cpu(self) -> bool:
         """Whether the model computes on this process's CPU (the runner's decode threads then leave torch its
-        threads; see evaluation.prefetch.OneTorchThread). A stand-in model without a device counts as one."""
+        threads; see evaluation.prefetch._pool). A stand-in model without a device counts as one."""
         device = getattr(self.engine.model, "device", None)
         return getattr(device, "type", "cpu") == "cpu"
 

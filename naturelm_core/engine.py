@@ -436,8 +436,9 @@ class Engine:
         caller: int | None,
     ) -> list[Future]:
         caller = self.new_caller() if caller is None else caller
+        checked: dict[int, np.ndarray] = {}  # by identity: a sweep's rows of one recording share its array
         requests = [
-            self._request(w, p, a, settings, candidates, priority, timeout_s, allow_extrapolation, caller)
+            self._request(w, p, a, settings, candidates, priority, timeout_s, allow_extrapolation, caller, checked)
             for w, p, a in rows
         ]
         if not requests:
@@ -458,11 +459,15 @@ class Engine:
         timeout_s: float | None,
         allow_extrapolation: bool,
         caller: int | None,
+        checked: dict[int, np.ndarray],
     ) -> Request:
         alpha = self.check_grid_point(alpha, allow_extrapolation)
         if not windows:
             raise ValueError("a request needs at least one audio window")
-        windows = [_checked_window(index, w) for index, w in enumerate(windows)]
+        for index, window in enumerate(windows):
+            if id(window) not in checked:  # the rows (and so the arrays) live until the call returns
+                checked[id(window)] = _checked_window(index, window)
+        windows = [checked[id(w)] for w in windows]
         return Request(
             windows=windows,
             window_keys=[self._window_keys.key(w) for w in windows],

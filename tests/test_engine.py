@@ -185,6 +185,18 @@ def test_an_array_beyond_full_scale_is_answered_as_its_clamped_self(tiny_model):
     assert engine.stats.windows_encoded == 1  # the clamped array and the loud one are one window to the cache
 
 
+def test_rows_sharing_one_array_have_it_checked_once_per_call(tiny_model, monkeypatch):
+    import naturelm_core.engine as engine_module
+
+    checked = []
+    check = engine_module._checked_window
+    monkeypatch.setattr(engine_module, "_checked_window", lambda index, w: checked.append(w) or check(index, w))
+    shared, other = _clip(9), _clip(10)
+    engine = Engine(tiny_model, inline=True)
+    engine.answer_many([([shared], PROMPT, a) for a in (0.0, 0.5, 1.0)] + [([other], PROMPT, 0.5)], settings=GREEDY)
+    assert [id(w) for w in checked] == [id(shared), id(other)]
+
+
 def test_inline_engine_answers_in_the_callers_thread_without_a_worker(tiny_model):
     clip = _clip(6)
     engine = Engine(tiny_model, inline=True)

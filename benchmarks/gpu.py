@@ -21,6 +21,7 @@ it faster than the public code.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import datetime
 import json
@@ -694,11 +695,18 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
         if start - busy_until >= min_gap_us:
             gaps.append((busy_until, start))
         busy_until = max(busy_until, end)
-    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and getattr(e, "stack", None)]
+    host = sorted(
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU and getattr(e, "stack", None)),
+        key=lambda e: e.time_range.start,
+    )
+    starts = [e.time_range.start for e in host]
+    longest = max((e.time_range.end - e.time_range.start for e in host), default=0.0)
     credited: dict[str, float] = {}
     for gap_start, gap_end in gaps:
         overlaps = []
-        for event in host:
+        # Only events that start within `longest` before the gap can reach into it: tens of thousands of host
+        # events against hundreds of gaps would otherwise cost the GPU machine's time in Python.
+        for event in host[bisect.bisect_left(starts, gap_start - longest) : bisect.bisect_left(starts, gap_end)]:
             overlap = min(gap_end, event.time_range.end) - max(gap_start, event.time_range.start)
             if overlap > 0:
                 frame = next((f for f in event.stack if "naturelm_core" in f or "evaluation" in f), None)

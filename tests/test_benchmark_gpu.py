@@ -69,3 +69,7 @@ def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanw
         "(outside the project)": 0.25,
     }
     assert idle_gaps([event("cpu", 0, 10, search)]) == {"kernels": 0}
+    # A host operation that started before the gap (a long one among short ones) is still found.
+    spanning = [event("gpu", 0, 100), event("gpu", 1100, 1200), event("cpu", 50, 1100, search)]
+    spanning += [event("cpu", start, start + 10, search[1:]) for start in range(0, 40, 10)]
+    assert idle_gaps(spanning)["idle_ms_by_host_frame"] == {search[0]: 1.0}

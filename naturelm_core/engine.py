@@ -162,6 +162,11 @@ def _checked_window(index: int, window: np.ndarray) -> np.ndarray:
     Every path from a file clamps as it decodes (naturelm_core.audio); an array handed to the API directly
     is clamped the same way, so the same samples give the same answer whichever way they came in.
     """
+    if not np.issubdtype(np.asarray(window).dtype, np.floating):  # int16 PCM would be clamped to a square wave
+        raise ValueError(
+            f"audio window {index} must hold float samples in [-1, 1], got {np.asarray(window).dtype}; "
+            "decode files with naturelm_core.audio.load_audio, which scales integer PCM"
+        )
     window = np.ascontiguousarray(window, dtype=np.float32)
     if window.ndim != 1 or window.size == 0:
         raise ValueError(f"audio window {index} must be a non-empty 1-D 16 kHz mono array, got shape {window.shape}")

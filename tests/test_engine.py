@@ -168,6 +168,7 @@ def test_bad_windows_fail_at_submit_and_nothing_of_the_call_is_queued(tiny_model
         (np.zeros((2, 160_000), dtype=np.float32), "1-D"),
         (np.zeros(0, dtype=np.float32), "non-empty"),
         (np.where(np.arange(160_000) == 7, np.nan, good), "NaN or infinite"),
+        ((good * 32767).astype(np.int16), "float samples in \\[-1, 1\\], got int16"),
     ):
         with pytest.raises(ValueError, match=message):
             engine.answer_many([([good], PROMPT, 0.5), ([bad], PROMPT, 0.5)], settings=GREEDY)

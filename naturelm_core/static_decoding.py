@@ -58,6 +58,7 @@ from naturelm_core.spectral import SpectralBasis, weigh_directions
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
+MAX_MET_SHAPES = 64  # batch shapes remembered as met once (StaticDecoding._key_for)
 SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
 PAUSE_PREFILL_TOKENS = 4096  # a prefill that may pause for a waiting user does so after about this many tokens
 
@@ -696,6 +697,7 @@ class StaticDecoding:
         # user inside a sweep batch) must not have its state reloaded under it, so the second takes slot 1.
         self._runners: OrderedDict[tuple[tuple[int, int, int, int], int], _Runner] = OrderedDict()
         self._in_use: set[tuple[tuple[int, int, int, int], int]] = set()
+        self._met: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()  # shapes asked for (see _key_for)
         self._step: LlamaStep | None = None
         self._fingerprint: tuple[int, ...] = ()
         self.captures = 0  # graph sets captured (per state and variant): a benchmark proves alphas cause none
@@ -723,6 +725,7 @@ class StaticDecoding:
     def drop_states(self) -> None:
         """Forget every batch shape's buffers and graphs; the step (and its fused weight copies) stays."""
         self._runners.clear()
+        self._met.clear()
 
     @torch.no_grad()
     def decoder(
@@ -749,7 +752,7 @@ class StaticDecoding:
             raise ValueError(f"{merge.spectra.shape[1]} spectral weights per row for LoRA ranks {step.lora_ranks}")
         prompt_capacity = self.prompt_block * math.ceil(prompt_length / self.prompt_block)
         shape = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
-        key = (shape, next(slot for slot in itertools.count() if (shape, slot) not in self._in_use))
+        key = self._key_for(shape)
         runner = self._runners.get(key)
         if runner is None:
             while len(self._runners) >= self.max_states:
@@ -763,6 +766,25 @@ class StaticDecoding:
         return StaticCacheDecoder(
             runner, batch, merge.take(slice(None, None, repeats)), rows, lambda: self._in_use.discard(key)
         )
+
+    def _key_for(self, shape: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], int]:
+        """The state a generation of `shape` runs in: its own where held; the first time a shape is met, the
+        smallest free held state of the same beams, prompt capacity and new tokens with more items, if any.
+
+        Why: a sweep meets one-off batch sizes (its first batch of one recording, a short last one) and a
+        state of their own costs its graphs' capture (~0.5 s on an H100, the time of several batches), where
+        a held larger state only decodes the padding rows for one generation. A shape met again gets its own.
+        """
+        own = (shape, next(slot for slot in itertools.count() if (shape, slot) not in self._in_use))
+        if own in self._runners or shape in self._met:
+            return own
+        self._met[shape] = None
+        while len(self._met) > MAX_MET_SHAPES:
+            self._met.popitem(last=False)
+        larger = [
+            key for key in self._runners if key not in self._in_use and key[0][1:] == shape[1:] and key[0][0] > shape[0]
+        ]
+        return min(larger, key=lambda key: key[0][0]) if larger else own
 
     def _llama_step(self, llm: PreTrainedModel) -> LlamaStep:
         """The step for `llm`, rebuilt (and every graph dropped) when the model or a weight's address changed."""

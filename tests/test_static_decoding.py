@@ -278,3 +278,44 @@ def test_a_used_state_rewinds_to_its_first_column_for_another_capture(model, row
     assert not torch.equal(state.columns, fresh_columns)  # left where the generation ended
     state.rewind()
     assert torch.equal(state.columns, fresh_columns) and not state.positions.any()
+
+
+def _fresh() -> StaticDecoding:
+    return StaticDecoding(prompt_block=8, window_block=4, small_prefill_tokens=0)
+
+
+def test_a_shape_met_once_runs_in_a_held_larger_state_and_gets_its_own_when_met_again(model, rows):
+    """A sweep meets one-off batch sizes (its first recording alone, a short last batch): a state of their own
+    would cost a graph capture each, a held larger state only its padding rows for one generation."""
+    decoding = _fresh()
+    _ids(model, rows, PROMPTS, ALPHAS, 2, static=True, decoding=decoding)  # 3 items x 2 beams: a 4-item state
+    held = decoding.shapes
+    one = ([rows[1]], PROMPTS[1:2], [0.4])  # the batch's longest prompt: the same prompt capacity
+    alone = _ids(model, *one, 2, static=True, decoding=_fresh())
+    assert _ids(model, *one, 2, static=True, decoding=decoding) == alone
+    assert decoding.shapes == held  # no state built: the 4-item state served the 1-item batch
+    assert _ids(model, *one, 2, static=True, decoding=decoding) == alone
+    assert len(decoding.shapes) == 2 and decoding.shapes[-1][0] == 1  # met again: a state of its own
+
+
+def test_only_a_free_state_of_the_same_beams_and_lengths_is_borrowed(model, rows):
+    decoding = _fresh()
+    _ids(model, rows, PROMPTS, ALPHAS, 2, static=True, decoding=decoding)
+    _ids(model, [rows[1]], PROMPTS[1:2], [0.4], 1, static=True, decoding=decoding)  # greedy: other beams
+    _ids(model, [rows[0]], PROMPTS[:1], [0.4], 2, static=True, decoding=decoding)  # a shorter prompt capacity
+    large, greedy, shorter = decoding.shapes  # each built a state of its own
+    assert greedy[:2] == (1, 1) and shorter[:2] == (1, 2) and shorter[2] < large[2]
+
+    nested: list[int] = []
+    outer = _fresh()
+
+    def answer_a_user() -> None:  # the outer generation holds the only larger state
+        if not nested:
+            nested.append(len(model.generate_ids_from_embeddings([rows[1]], PROMPTS[1:2], [0.4], 2, MAX_NEW_TOKENS)))
+
+    model.static_decoding, model.decode_with_static_cache = outer, True
+    try:
+        model.generate_ids_from_embeddings(rows, PROMPTS, ALPHAS, 2, MAX_NEW_TOKENS, between_steps=answer_a_user)
+    finally:
+        model.decode_with_static_cache = None
+    assert nested and [shape[0] for shape in outer.shapes] == [4, 1]

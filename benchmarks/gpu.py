@@ -677,10 +677,13 @@ def _gpu_busy(trace: Any) -> dict[str, Any]:
 def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) -> dict[str, Any]:
     """Where the GPU sat idle during a profiled call, and what the host ran meanwhile.
 
-    The gaps between device kernels of at least `min_gap_us`, summed; each gap's time is credited to the
-    innermost frame of this project (naturelm_core, evaluation) in the stacks of the host operations that
-    overlapped it, in proportion to their overlap, so a gap that one slow Python function causes is named
-    by that function. Host operations without a project frame are credited as "(outside the project)".
+    The gaps between device kernels of at least `min_gap_us`, summed. Within a gap each host event's own
+    time (its overlap with the gap less its children's) is credited to its innermost enclosing frame of this
+    project (naturelm_core, evaluation), so a gap that one slow Python function causes is named by that
+    function; threads running side by side share the gap, and time no event covers is "(no host operation
+    recorded)". With `with_stack`, torch's profiler records Python frames as events of their own, parents of
+    the operations they call (its events' `stack` lists stayed empty on the GPU host, 2026-12-07, so every
+    gap read as unrecorded). Events with no project frame above them are "(outside the project)".
     """
     kernels = sorted(
         (e.time_range.start, e.time_range.end)
@@ -696,28 +699,30 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
             gaps.append((busy_until, start))
         busy_until = max(busy_until, end)
     host = sorted(
-        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU and getattr(e, "stack", None)),
-        key=lambda e: e.time_range.start,
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: e.time_range.start
     )
     starts = [e.time_range.start for e in host]
     longest = max((e.time_range.end - e.time_range.start for e in host), default=0.0)
     credited: dict[str, float] = {}
     for gap_start, gap_end in gaps:
-        overlaps = []
         # Only events that start within `longest` before the gap can reach into it: tens of thousands of host
         # events against hundreds of gaps would otherwise cost the GPU machine's time in Python.
-        for event in host[bisect.bisect_left(starts, gap_start - longest) : bisect.bisect_left(starts, gap_end)]:
-            overlap = min(gap_end, event.time_range.end) - max(gap_start, event.time_range.start)
-            if overlap > 0:
-                frame = next((f for f in event.stack if "naturelm_core" in f or "evaluation" in f), None)
-                overlaps.append((frame or "(outside the project)", overlap))
-        total = sum(overlap for _, overlap in overlaps)
-        for frame, overlap in overlaps:  # nested operations overlap each other: share the gap, do not count it twice
-            credited[frame] = credited.get(frame, 0.0) + (gap_end - gap_start) * overlap / total
-        if not overlaps:
-            credited["(no host operation recorded)"] = credited.get("(no host operation recorded)", 0.0) + (
-                gap_end - gap_start
-            )
+        window = host[bisect.bisect_left(starts, gap_start - longest) : bisect.bisect_left(starts, gap_end)]
+        overlaps = {id(e): min(gap_end, e.time_range.end) - max(gap_start, e.time_range.start) for e in window}
+        overlaps = {key: overlap for key, overlap in overlaps.items() if overlap > 0}
+        children: dict[int, float] = {}  # per event, the time its overlapping children ran within the gap
+        for e in window:
+            if id(e) in overlaps and e.cpu_parent is not None:
+                children[id(e.cpu_parent)] = children.get(id(e.cpu_parent), 0.0) + overlaps[id(e)]
+        own = [(_project_frame(e), overlaps[id(e)] - children.get(id(e), 0.0)) for e in window if id(e) in overlaps]
+        gap = gap_end - gap_start
+        total = sum(own_time for _, own_time in own)
+        scale = gap / total if total > gap else 1.0  # threads side by side share the gap: not counted twice
+        for frame, own_time in own:
+            credited[frame] = credited.get(frame, 0.0) + own_time * scale
+        if total < gap:
+            unrecorded = "(no host operation recorded)"
+            credited[unrecorded] = credited.get(unrecorded, 0.0) + gap - total
     ranked = sorted(credited.items(), key=lambda item: -item[1])[:top]
     return {
         "kernels": len(kernels),
@@ -727,6 +732,15 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
         "largest_gaps_ms": sorted(((end - start) / 1000 for start, end in gaps), reverse=True)[:5],
         "idle_ms_by_host_frame": {frame: ms / 1000 for frame, ms in ranked},
     }
+
+
+def _project_frame(event: Any) -> str:
+    """The name of the innermost project frame enclosing a host event (the event itself if it is one)."""
+    while event is not None:
+        if "naturelm_core" in event.name or "evaluation" in event.name:
+            return event.name
+        event = event.cpu_parent
+    return "(outside the project)"
 
 
 def _kernel_table(trace: Any, rows: int) -> str:

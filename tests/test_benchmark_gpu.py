@@ -37,39 +37,70 @@ def test_the_stand_in_tokenizer_keeps_llama3_special_ids_and_word_counts():
     assert tokenizer.batch_decode([[5, 128009, 7]]) == ["w5 w7"]
 
 
-def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanwhile():
+def _event(kind, start, end, name="", parent=None):
+    """A profiler event as idle_gaps reads it: device, time range, name, and the host event it runs inside."""
     from types import SimpleNamespace
 
     import torch
 
+    device = torch.autograd.DeviceType.CUDA if kind == "gpu" else torch.autograd.DeviceType.CPU
+    return SimpleNamespace(
+        device_type=device, time_range=SimpleNamespace(start=start, end=end), name=name, cpu_parent=parent
+    )
+
+
+def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanwhile():
     from benchmarks.gpu import idle_gaps
 
-    def event(kind, start, end, stack=()):
-        device = torch.autograd.DeviceType.CUDA if kind == "gpu" else torch.autograd.DeviceType.CPU
-        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end), stack=list(stack))
-
-    search = ["naturelm_core/tensor_search.py(186): advance", "naturelm_core/static_decoding.py(700): generate"]
-    events = [
-        event("gpu", 0, 100),
-        event("gpu", 105, 200),  # a 5 us gap: below the threshold
-        event("gpu", 1200, 1300),  # a 1000 us gap, the host in the search for 3/4 of it, in torch for 1/4
-        event("gpu", 1300, 1400),
-        event("gpu", 3400, 3500),  # a 2000 us gap with nothing recorded on the host
-        event("cpu", 200, 950, search),
-        event("cpu", 950, 1200, ["site-packages/torch/nn/functional.py(10): linear"]),
-    ]
-    report = idle_gaps(events)
-    assert report["kernels"] == 5 and report["gaps"] == 2
-    assert report["idle_ms_in_gaps"] == 3.0 and report["span_ms"] == 3.5
-    assert report["largest_gaps_ms"] == [2.0, 1.0]
-    by_frame = report["idle_ms_by_host_frame"]
-    assert by_frame == {
-        "(no host operation recorded)": 2.0,
-        search[0]: 0.75,
-        "(outside the project)": 0.25,
-    }
-    assert idle_gaps([event("cpu", 0, 10, search)]) == {"kernels": 0}
+    generate = _event("cpu", 0, 5000, "naturelm_core/static_decoding.py(700): generate")
+    advance = _event("cpu", 200, 950, "naturelm_core/tensor_search.py(186): advance", generate)
+    topk = _event("cpu", 300, 900, "aten::topk", advance)
+    linear = _event("cpu", 950, 1150, "torch/nn/functional.py(10): linear", generate)
+    decode = _event("cpu", 200, 1200, "evaluation/prefetch.py(50): decode")  # another thread, beside generate
+    other_thread = _event("cpu", 5200, 5700, "threading.py(1012): _bootstrap")  # no project frame above it
+    host = [generate, advance, topk, linear, decode, other_thread]
+    kernels = [(0, 100), (105, 200), (1200, 1300), (1300, 1400), (3400, 3500), (6000, 6100), (7000, 7100)]
+    report = idle_gaps([_event("gpu", start, end) for start, end in kernels] + host)
+    # Gaps: 200-1200 (1000 us), 1400-3400 (2000), 3500-6000 (2500), 6100-7000 (900); 5 us is below the threshold.
+    assert report["kernels"] == 7 and report["gaps"] == 4
+    assert report["idle_ms_in_gaps"] == pytest.approx(6.4) and report["span_ms"] == pytest.approx(7.1)
+    assert report["largest_gaps_ms"] == pytest.approx([2.5, 2.0, 1.0, 0.9])
+    # 200-1200: two threads, each the whole gap, so each gets half. Of generate's thread, advance's own time and
+    # topk's (inside advance) go to advance, 750 us; linear's and generate's own time to generate, 250 us.
+    # 1400-3400: generate alone. 3500-6000: generate to 5000, the other thread 5200-5700, nothing 500 us.
+    assert report["idle_ms_by_host_frame"] == pytest.approx(
+        {
+            advance.name: 0.375,
+            generate.name: 0.125 + 2.0 + 1.5,
+            decode.name: 0.5,
+            "(outside the project)": 0.5,
+            "(no host operation recorded)": 0.5 + 0.9,
+        }
+    )
+    assert idle_gaps(host) == {"kernels": 0}
     # A host operation that started before the gap (a long one among short ones) is still found.
-    spanning = [event("gpu", 0, 100), event("gpu", 1100, 1200), event("cpu", 50, 1100, search)]
-    spanning += [event("cpu", start, start + 10, search[1:]) for start in range(0, 40, 10)]
-    assert idle_gaps(spanning)["idle_ms_by_host_frame"] == {search[0]: 1.0}
+    spanning = [_event("gpu", 0, 100), _event("gpu", 1100, 1200), _event("cpu", 50, 1100, advance.name)]
+    spanning += [_event("cpu", start, start + 10, generate.name) for start in range(0, 40, 10)]
+    assert idle_gaps(spanning)["idle_ms_by_host_frame"] == {advance.name: 1.0}
+
+
+def test_idle_gaps_reads_the_frames_of_a_real_profile():
+    """torch's profiler, with_stack, on the CPU: a project function's frame encloses the operations it runs."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.gpu import idle_gaps
+    from naturelm_core.rmsnorm import rms_norm
+
+    x, weight = torch.randn(64, 4096), torch.ones(4096)
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as trace:
+        for _ in range(3):
+            rms_norm(x, weight, 1e-5, fused=False)
+    host = list(trace.events())
+    frames = [e for e in host if "naturelm_core" in e.name and "rms_norm" in e.name]
+    assert frames, "no Python frame events: with_stack no longer records them as events"
+    first, last = min(e.time_range.start for e in frames), max(e.time_range.end for e in frames)
+    kernels = [_event("gpu", first - 2, first - 1), _event("gpu", last + 1, last + 2)]  # the GPU waits for all three
+    credited = idle_gaps(kernels + host, min_gap_us=0.0)["idle_ms_by_host_frame"]
+    assert max(credited, key=credited.get) == frames[0].name  # the frames are all the same line
+    assert credited[frames[0].name] > 0.5 * sum(credited.values())

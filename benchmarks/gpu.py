@@ -683,7 +683,9 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
     function; threads running side by side share the gap, and time no event covers is "(no host operation
     recorded)". With `with_stack`, torch's profiler records Python frames as events of their own, parents of
     the operations they call (its events' `stack` lists stayed empty on the GPU host, 2026-12-07, so every
-    gap read as unrecorded). Events with no project frame above them are "(outside the project)".
+    gap read as unrecorded). Events with no project frame above them are "(outside the project)". Only
+    threads that ran torch operations count: a thread blocked in a wait (an idle engine or server thread)
+    records one Python frame that spans every gap.
     """
     kernels = sorted(
         (e.time_range.start, e.time_range.end)
@@ -698,9 +700,9 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
         if start - busy_until >= min_gap_us:
             gaps.append((busy_until, start))
         busy_until = max(busy_until, end)
-    host = sorted(
-        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: e.time_range.start
-    )
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    working = {e.thread for e in host if e.name.startswith("aten::")}
+    host = sorted((e for e in host if e.thread in working), key=lambda e: e.time_range.start)
     starts = [e.time_range.start for e in host]
     longest = max((e.time_range.end - e.time_range.start for e in host), default=0.0)
     credited: dict[str, float] = {}

@@ -37,16 +37,15 @@ def test_the_stand_in_tokenizer_keeps_llama3_special_ids_and_word_counts():
     assert tokenizer.batch_decode([[5, 128009, 7]]) == ["w5 w7"]
 
 
-def _event(kind, start, end, name="", parent=None):
-    """A profiler event as idle_gaps reads it: device, time range, name, and the host event it runs inside."""
+def _event(kind, start, end, name="", parent=None, thread=1):
+    """A profiler event as idle_gaps reads it: device, time range, name, thread, the host event it runs inside."""
     from types import SimpleNamespace
 
     import torch
 
     device = torch.autograd.DeviceType.CUDA if kind == "gpu" else torch.autograd.DeviceType.CPU
-    return SimpleNamespace(
-        device_type=device, time_range=SimpleNamespace(start=start, end=end), name=name, cpu_parent=parent
-    )
+    times = SimpleNamespace(start=start, end=end)
+    return SimpleNamespace(device_type=device, time_range=times, name=name, cpu_parent=parent, thread=thread)
 
 
 def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanwhile():
@@ -56,9 +55,12 @@ def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanw
     advance = _event("cpu", 200, 950, "naturelm_core/tensor_search.py(186): advance", generate)
     topk = _event("cpu", 300, 900, "aten::topk", advance)
     linear = _event("cpu", 950, 1150, "torch/nn/functional.py(10): linear", generate)
-    decode = _event("cpu", 200, 1200, "evaluation/prefetch.py(50): decode")  # another thread, beside generate
-    other_thread = _event("cpu", 5200, 5700, "threading.py(1012): _bootstrap")  # no project frame above it
-    host = [generate, advance, topk, linear, decode, other_thread]
+    decode = _event("cpu", 200, 1200, "evaluation/prefetch.py(50): decode", thread=2)  # beside generate
+    resample = _event("cpu", 200, 1200, "aten::conv1d", decode, thread=2)
+    other_thread = _event("cpu", 5200, 5700, "threading.py(1012): _bootstrap", thread=3)  # no project frame
+    copy = _event("cpu", 5200, 5700, "aten::copy_", other_thread, thread=3)
+    waiting = _event("cpu", 0, 8000, "naturelm_core/engine.py(400): _serve", thread=4)  # blocked: no torch op
+    host = [generate, advance, topk, linear, decode, resample, other_thread, copy, waiting]
     kernels = [(0, 100), (105, 200), (1200, 1300), (1300, 1400), (3400, 3500), (6000, 6100), (7000, 7100)]
     report = idle_gaps([_event("gpu", start, end) for start, end in kernels] + host)
     # Gaps: 200-1200 (1000 us), 1400-3400 (2000), 3500-6000 (2500), 6100-7000 (900); 5 us is below the threshold.
@@ -80,22 +82,38 @@ def test_idle_gaps_credits_each_gpu_wait_to_the_project_frame_the_host_ran_meanw
     assert idle_gaps(host) == {"kernels": 0}
     # A host operation that started before the gap (a long one among short ones) is still found.
     spanning = [_event("gpu", 0, 100), _event("gpu", 1100, 1200), _event("cpu", 50, 1100, advance.name)]
-    spanning += [_event("cpu", start, start + 10, generate.name) for start in range(0, 40, 10)]
+    spanning.append(_event("cpu", 50, 1100, "aten::topk", spanning[-1]))
+    spanning += [_event("cpu", start, start + 10, "aten::add") for start in range(0, 40, 10)]
     assert idle_gaps(spanning)["idle_ms_by_host_frame"] == {advance.name: 1.0}
 
 
 def test_idle_gaps_reads_the_frames_of_a_real_profile():
-    """torch's profiler, with_stack, on the CPU: a project function's frame encloses the operations it runs."""
+    """torch's profiler, with_stack, on the CPU: a project function's frame encloses the operations it runs,
+    and a thread waiting meanwhile (as the test suite's leftover threads do) takes none of the gap."""
+    import threading
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks.gpu import idle_gaps
     from naturelm_core.rmsnorm import rms_norm
 
+    stop = threading.Event()
+
+    def wait_until_stopped() -> None:
+        while not stop.is_set():
+            stop.wait(0.01)
+
+    waiting = threading.Thread(target=wait_until_stopped, daemon=True)
+    waiting.start()
     x, weight = torch.randn(64, 4096), torch.ones(4096)
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as trace:
-        for _ in range(3):
-            rms_norm(x, weight, 1e-5, fused=False)
+    try:
+        with profile(activities=[ProfilerActivity.CPU], with_stack=True) as trace:
+            for _ in range(3):
+                rms_norm(x, weight, 1e-5, fused=False)
+    finally:
+        stop.set()
+        waiting.join()
     host = list(trace.events())
     frames = [e for e in host if "naturelm_core" in e.name and "rms_norm" in e.name]
     assert frames, "no Python frame events: with_stack no longer records them as events"
@@ -103,4 +121,4 @@ def test_idle_gaps_reads_the_frames_of_a_real_profile():
     kernels = [_event("gpu", first - 2, first - 1), _event("gpu", last + 1, last + 2)]  # the GPU waits for all three
     credited = idle_gaps(kernels + host, min_gap_us=0.0)["idle_ms_by_host_frame"]
     assert max(credited, key=credited.get) == frames[0].name  # the frames are all the same line
-    assert credited[frames[0].name] > 0.5 * sum(credited.values())
+    assert credited[frames[0].name] > 0.9 * sum(credited.values())

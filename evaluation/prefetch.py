@@ -29,8 +29,10 @@ Result = TypeVar("Result")
 
 # A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on H100 machines with 16 host cores
 # (benchmarks/gpu.py sweep_files, 2026-12-06), answers/s on 1 / 4 / 8 / 16 threads: 70.6 / 141.7 / 173.8 /
-# 162.6 (17:41Z), 73.0 / 156.9 / 167.6 / 182.0 (18:47Z), 69.1 / 136.6 / 167.2 / 183.0 (22:27Z). 16 was once
-# slower and twice 9% faster than 8: not yet a reason to take every core from the process serving the model.
+# 162.6 (17:41Z), 73.0 / 156.9 / 167.6 / 182.0 (18:47Z), 69.1 / 136.6 / 167.2 / 183.0 (22:27Z), 69.5 / 141.6 /
+# 173.5 / 173.1 (2026-12-07 03:53Z); 8 / 16 only: 165.5 / 197.7 (03:46Z, 16 with a graph capture). 16 was once
+# slower, once equal and three times 9-19% faster than 8, and its cost to Explore answers during such a sweep is
+# not measured: not yet a reason to take every core from the process serving the model.
 MAX_DEFAULT_WORKERS = 8
 # Threads for recordings of one answer each, divided among a recording's answers (see default_workers).
 DECODE_THREADS_FOR_ONE_ROW = 16

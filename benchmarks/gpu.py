@@ -710,13 +710,13 @@ def idle_gaps(events: Sequence[Any], min_gap_us: float = 20.0, top: int = 15) ->
         # Only events that start within `longest` before the gap can reach into it: tens of thousands of host
         # events against hundreds of gaps would otherwise cost the GPU machine's time in Python.
         window = host[bisect.bisect_left(starts, gap_start - longest) : bisect.bisect_left(starts, gap_end)]
-        overlaps = {id(e): min(gap_end, e.time_range.end) - max(gap_start, e.time_range.start) for e in window}
-        overlaps = {key: overlap for key, overlap in overlaps.items() if overlap > 0}
+        overlapping = [(e, min(gap_end, e.time_range.end) - max(gap_start, e.time_range.start)) for e in window]
+        overlapping = [(e, overlap) for e, overlap in overlapping if overlap > 0]
         children: dict[int, float] = {}  # per event, the time its overlapping children ran within the gap
-        for e in window:
-            if id(e) in overlaps and e.cpu_parent is not None:
-                children[id(e.cpu_parent)] = children.get(id(e.cpu_parent), 0.0) + overlaps[id(e)]
-        own = [(_project_frame(e), overlaps[id(e)] - children.get(id(e), 0.0)) for e in window if id(e) in overlaps]
+        for e, overlap in overlapping:
+            if e.cpu_parent is not None:
+                children[id(e.cpu_parent)] = children.get(id(e.cpu_parent), 0.0) + overlap
+        own = [(_project_frame(e), overlap - children.get(id(e), 0.0)) for e, overlap in overlapping]
         gap = gap_end - gap_start
         total = sum(own_time for _, own_time in own)
         scale = gap / total if total > gap else 1.0  # threads side by side share the gap: not counted twice

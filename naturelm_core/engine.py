@@ -162,9 +162,10 @@ def _checked_window(index: int, window: np.ndarray) -> np.ndarray:
     Every path from a file clamps as it decodes (naturelm_core.audio); an array handed to the API directly
     is clamped the same way, so the same samples give the same answer whichever way they came in.
     """
-    if not np.issubdtype(np.asarray(window).dtype, np.floating):  # int16 PCM would be clamped to a square wave
+    dtype = np.asarray(window).dtype
+    if not np.issubdtype(dtype, np.floating):  # int16 PCM would be clamped to a square wave
         raise ValueError(
-            f"audio window {index} must hold float samples in [-1, 1], got {np.asarray(window).dtype}; "
+            f"audio window {index} must hold float samples in [-1, 1], got {dtype}; "
             "decode files with naturelm_core.audio.load_audio, which scales integer PCM"
         )
     window = np.ascontiguousarray(window, dtype=np.float32)

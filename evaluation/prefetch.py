@@ -141,7 +141,8 @@ def _pool(workers: int, one_torch_thread: bool) -> ThreadPoolExecutor:
     thread running Python, one decode thread read 32.8 / 30.5 files/s with torch's 2 threads and 62.3 / 59.8
     with 1 (benchmarks/sweep_decoding.py --beside-busy-thread with and without --one-torch-thread, two
     alternations; two decode threads, filling both cores, no change beyond noise); the samples are the same
-    bits (tests/test_prefetch.py). Not yet measured on a GPU host (8 decode threads of 16 cores). Only for
+    bits (tests/test_prefetch.py). On a GPU host (8 decode threads of 16 cores) not yet measured against its
+    absence: the H100 run of 2026-12-07 03:53Z ran with it (173.5 answers/s, docs/PERFORMANCE.md). Only for
     sweeps whose model does not compute on this process's CPU (evaluation.sweep.runner): beside a model
     computing on every core, what it does is not measured.
 

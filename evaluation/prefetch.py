@@ -27,14 +27,13 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on H100 machines with 16 host cores
-# (benchmarks/gpu.py sweep_files, 2026-12-06), answers/s on 1 / 4 / 8 / 16 threads: 70.6 / 141.7 / 173.8 /
-# 162.6 (17:41Z), 73.0 / 156.9 / 167.6 / 182.0 (18:47Z), 69.1 / 136.6 / 167.2 / 183.0 (22:27Z), 69.5 / 141.6 /
-# 173.5 / 173.1 (2026-12-07 03:53Z); 8 / 16 only: 165.5 / 197.7 (03:46Z, 16 with a graph capture). 16 was once
-# slower, once equal and three times 9-19% faster than 8, and its cost to Explore answers during such a sweep is
-# not measured: not yet a reason to take every core from the process serving the model.
-MAX_DEFAULT_WORKERS = 8
-# Threads for recordings of one answer each, divided among a recording's answers (see default_workers).
+# Threads for recordings of one answer each, divided among a recording's answers (see default_workers), and
+# never more than the cores. A sweep with one answer per recording, 352 FLAC files (10 s, 44.1 kHz), on H100
+# machines with 16 host cores (benchmarks/gpu.py sweep_files), answers/s on 8 / 16 threads: 173.8 / 162.6
+# (2026-12-06 17:41Z), 167.6 / 182.0 (18:47Z), 167.2 / 183.0 (22:27Z), 165.5 / 197.7 (2026-12-07 03:46Z), 173.5 /
+# 173.1 (03:53Z), 185.4 / 216.7 (05:59Z), 201.3 / 230.4 (06:03Z), 145.2 / 201.5 (06:11Z): 16 faster in six of
+# eight runs (by 8-39%), equal once, 6% slower once, so 16 is the default (it was 8). Its cost to an Explore
+# answer during such a sweep is not measured; a sweep of two or more answers per recording is not affected.
 DECODE_THREADS_FOR_ONE_ROW = 16
 
 
@@ -43,7 +42,7 @@ PREFETCH_SWITCH_INTERVAL_S = 0.0005
 
 
 def default_workers(rows_per_item: int = 1) -> int:
-    """Enough threads to keep one accelerator fed, without taking every core from the process serving it.
+    """Enough threads to keep one accelerator fed, and no more: each beyond that only takes the GIL.
 
     `rows_per_item`: the answers each decoded recording feeds (a sweep's alphas x prompts). The more there
     are, the fewer recordings a second the accelerator needs, and decoding threads beyond that only compete
@@ -53,7 +52,7 @@ def default_workers(rows_per_item: int = 1) -> int:
     if rows_per_item < 1:
         raise ValueError(f"rows_per_item must be at least 1, got {rows_per_item}")
     wanted = -(-DECODE_THREADS_FOR_ONE_ROW // rows_per_item)
-    return max(1, min(MAX_DEFAULT_WORKERS, wanted, os.cpu_count() or 1))
+    return max(1, min(wanted, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -141,8 +140,9 @@ def _pool(workers: int, one_torch_thread: bool) -> ThreadPoolExecutor:
     thread running Python, one decode thread read 32.8 / 30.5 files/s with torch's 2 threads and 62.3 / 59.8
     with 1 (benchmarks/sweep_decoding.py --beside-busy-thread with and without --one-torch-thread, two
     alternations; two decode threads, filling both cores, no change beyond noise); the samples are the same
-    bits (tests/test_prefetch.py). On a GPU host (8 decode threads of 16 cores) not yet measured against its
-    absence: the H100 run of 2026-12-07 03:53Z ran with it (173.5 answers/s, docs/PERFORMANCE.md). Only for
+    bits (tests/test_prefetch.py). On an H100 host of 16 cores, a sweep of 352 FLAC files at one alpha ran
+    145.2 / 201.5 answers/s with it and 114.4 / 168.3 without, on 8 / 16 decode threads (benchmarks/gpu.py
+    --one-alpha-files-only, 2026-12-07 06:11Z, one run each, the same machine). Only for
     sweeps whose model does not compute on this process's CPU (evaluation.sweep.runner): beside a model
     computing on every core, what it does is not measured.
 

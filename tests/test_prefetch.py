@@ -166,7 +166,9 @@ def test_the_default_worker_count_is_small_and_positive(monkeypatch):
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)
     assert default_workers() == 2
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 64)
-    assert default_workers() == 8
+    assert default_workers() == 16
+    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 12)
+    assert default_workers() == 12
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: None)
     assert default_workers() == 1
 
@@ -175,7 +177,7 @@ def test_recordings_with_many_answers_each_get_fewer_decoding_threads(monkeypatc
     import evaluation.prefetch as prefetch
 
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 64)
-    assert [default_workers(rows) for rows in (1, 2, 3, 11, 16, 40)] == [8, 8, 6, 2, 1, 1]
+    assert [default_workers(rows) for rows in (1, 2, 3, 11, 16, 40)] == [16, 8, 6, 2, 1, 1]
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)
     assert default_workers(3) == 2  # never more than the cores
     with pytest.raises(ValueError, match="at least 1"):

@@ -984,7 +984,9 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
 
     Explore answers come first (one of them used to shrink every later batch to one row); then sweeps at 1
     and 11 alphas per recording; then the 11-alpha sweep again while an Explore request arrives every
-    second: its rate against the idle sweep's, and Explore's p50 against the idle p50.
+    second: its rate against the idle sweep's, and Explore's p50 against the idle p50. Last, the one-alpha
+    sweep again with a request every quarter second (it lasts about two seconds): there the sweep's decoding
+    threads (one per core, up to 16) compete with the request's own thread for the interpreter.
     """
     import tempfile
     import threading
@@ -1048,15 +1050,21 @@ def section_app_path(model: NatureLM, device: torch.device, args: argparse.Names
                 result[label] = sweep(label, alphas)
             other_alphas = [round(0.05 + 0.1 * i, 2) for i in range(10)] + [1.0]  # a new sweep, not a resumption
             result["eleven_alphas_with_explore_each_s"] = sweep("with-explore", other_alphas, explore_every_s=1.0)
+            result["one_alpha_with_explore_each_quarter_s"] = sweep("one-with-explore", [0.95], explore_every_s=0.25)
         finally:
             queue.close()
             engine.stop()
-    with_explore = result["eleven_alphas_with_explore_each_s"]
-    result["sweep_rate_with_explore_vs_idle"] = with_explore["answers_per_s"] / result["eleven_alphas"]["answers_per_s"]
-    if "explore_during_sweep" in with_explore:
-        result["explore_p50_during_sweep_vs_idle"] = (
-            with_explore["explore_during_sweep"]["p50_ms"] / result["explore_idle"]["p50_ms"]
-        )
+    for prefix, idle, busy in (
+        ("", "eleven_alphas", "eleven_alphas_with_explore_each_s"),
+        ("one_alpha_", "one_alpha", "one_alpha_with_explore_each_quarter_s"),
+    ):
+        with_explore = result[busy]
+        rate = with_explore["answers_per_s"] / result[idle]["answers_per_s"]
+        result[f"{prefix}sweep_rate_with_explore_vs_idle"] = rate
+        if "explore_during_sweep" in with_explore:
+            result[f"{prefix}explore_p50_during_sweep_vs_idle"] = (
+                with_explore["explore_during_sweep"]["p50_ms"] / result["explore_idle"]["p50_ms"]
+            )
     return result
 
 

@@ -26,6 +26,25 @@ def test_the_tiny_run_reports_static_decoding_equal_to_eager_and_to_float32(tmp_
     assert "| correctness.beams_1.rows_identical | 4 |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: the app's Engine and SweepQueue over FLAC files, five sweeps
+def test_the_tiny_app_path_answers_every_sweep_and_compares_each_with_explore_to_its_idle_run(tmp_path):
+    from benchmarks import gpu as benchmark
+
+    argv = ["--size", "tiny", "--out", str(tmp_path), "--sections", "app_path", "--new-tokens", "2"]
+    assert benchmark.main([*argv, "--file-recordings", "8", "--repeats", "2"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())["app_path"]
+    assert "error" not in result
+    assert result["one_alpha"]["answers"] == result["one_alpha_with_explore_each_quarter_s"]["answers"] == 8
+    assert result["eleven_alphas"]["answers"] == result["eleven_alphas_with_explore_each_s"]["answers"] == 88
+    for prefix, busy in (
+        ("", "eleven_alphas_with_explore_each_s"),
+        ("one_alpha_", "one_alpha_with_explore_each_quarter_s"),
+    ):
+        assert result[f"{prefix}sweep_rate_with_explore_vs_idle"] > 0
+        if "explore_during_sweep" in result[busy]:  # a request came before the sweep ended (it does on 2 cores)
+            assert result[f"{prefix}explore_p50_during_sweep_vs_idle"] > 0
+
+
 def test_the_stand_in_tokenizer_keeps_llama3_special_ids_and_word_counts():
     from benchmarks.gpu import StandInTokenizer
 

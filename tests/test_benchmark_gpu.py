@@ -47,7 +47,8 @@ def test_the_tiny_app_path_answers_every_sweep_and_compares_each_with_explore_to
 
 @pytest.mark.slow  # about 12 s on 2 cores: two tiny sweeps of 2 recordings x 11 alphas
 def test_the_sweep_leaves_out_the_public_loop_only_when_asked(tmp_path):
-    """`--sweep-ours-only` (for A/Bs) drops the reference loop and the eager-decode sweep, and nothing of ours."""
+    """`--sweep-ours-only` (for A/Bs) drops the reference loop and the eager-decode sweep, and nothing of ours:
+    beam 2 and greedy (issue 23 asks for both)."""
     from benchmarks import gpu as benchmark
 
     sizes = ["--new-tokens", "2", "--sweep-recordings", "2", "--large-recordings", "2", "--sweep-batch", "22"]
@@ -56,11 +57,12 @@ def test_the_sweep_leaves_out_the_public_loop_only_when_asked(tmp_path):
         out = tmp_path / label
         assert benchmark.main(["--size", "tiny", "--out", str(out), "--sections", "sweep", *sizes, *extra]) == 0
         reports[label] = json.loads((out / "results.json").read_text())["sweep"]
-    ours = {"ours", "ours_large", "ours_large_double_batch"}
+    ours = {"ours", "ours_large", "ours_large_double_batch", "ours_greedy"}
     public = {"reference_loop", "ours_eager_decode", "speedup_vs_reference", "speedup_large_vs_reference"}
     assert ours | public <= set(reports["full"])
     assert ours <= set(reports["ours_only"]) and not public & set(reports["ours_only"])
     assert all(reports["ours_only"][key]["answers"] == reports["full"][key]["answers"] for key in ours)
+    assert reports["full"]["ours_greedy"]["beams"] == 1 and reports["full"]["ours"]["beams"] == 2
 
 
 def test_the_stand_in_tokenizer_keeps_llama3_special_ids_and_word_counts():

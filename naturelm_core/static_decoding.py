@@ -49,7 +49,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import rmsnorm, rotary_store, swiglu
+from naturelm_core import decode_attention, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
 from naturelm_core.recipes import MERGE_MODULES
@@ -259,6 +259,9 @@ class LlamaStep:
         )
         self.fused_swiglu = swiglu.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_rmsnorm = rmsnorm.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.fused_decode_attention = decode_attention.fused_kernel_works(
+            self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
+        )
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -328,11 +331,14 @@ class LlamaStep:
         items, length = positions.shape
         chosen = slice(first, first + items)
         keys_to = keys_from + visible.shape[-1]
-        bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
-            ~visible[:, None], torch.finfo(hidden.dtype).min
-        )  # [items, 1, length, keys]
+        fused_attention = every_token and self.fused_decode_attention  # reads `visible` itself: no bias is built
+        bias = None
+        if not fused_attention:
+            bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
+                ~visible[:, None], torch.finfo(hidden.dtype).min
+            )  # [items, 1, length, keys]
         queries_as_rows = every_token or not self.cudnn_gqa  # see `_attention`
-        if queries_as_rows:
+        if queries_as_rows and bias is not None:
             groups = self.num_heads // self.num_kv_heads
             bias = bias[:, :, None].expand(-1, -1, groups, -1, -1).flatten(2, 3)
         rotary = rotary_store.RotaryStore(
@@ -353,7 +359,10 @@ class LlamaStep:
             keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
-            attended = self._attention(query, keys, values, bias, queries_as_rows)
+            if fused_attention:
+                attended = decode_attention.attention(query, keys, values, visible, fused=True)
+            else:
+                attended = self._attention(query, keys, values, bias, queries_as_rows)
             hidden = layer.attention_output(attended, scales, spectral_scales, hidden)
             normed = _rms_norm(layer.post_attention_layernorm, hidden, self.fused_rmsnorm)
             hidden = layer.mlp(normed, hidden, self.fused_swiglu)
@@ -368,7 +377,9 @@ class LlamaStep:
         (a token per beam) takes the query heads of each kv head as query rows instead, so the same
         attention is ordinary attention over [items, kv, groups x length, d], with no key copied per
         query head: at the sweep batch cuDNN's grouped kernel took 193 µs per layer for it, ordinary
-        attention 53 µs (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not).
+        attention 53 µs (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not). Where its check passes,
+        `_forward` runs a decode step's attention as this project's Triton kernel instead
+        (naturelm_core.decode_attention), which reads the visibility mask itself; this is its torch version.
         """
         items, _, length, _ = query.shape
         if not queries_as_rows:
@@ -590,8 +601,14 @@ class _Runner:
                 self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
-                elif self.step.fused_rotary or self.step.fused_swiglu or self.step.fused_rmsnorm:
+                elif (
+                    self.step.fused_rotary
+                    or self.step.fused_swiglu
+                    or self.step.fused_rmsnorm
+                    or self.step.fused_decode_attention
+                ):
                     self.step.fused_rotary = self.step.fused_swiglu = self.step.fused_rmsnorm = False
+                    self.step.fused_decode_attention = False
                 else:
                     raise
 

@@ -124,8 +124,7 @@ def triton_attention_candidates(keys: torch.Tensor, values: torch.Tensor, beams:
 
     device, dtype = keys.device, keys.dtype
     items, columns = keys.shape[1], keys.shape[3]
-    if not decode_attention.fused_kernel_works(device, dtype, HEADS, KV_HEADS, HEAD_DIM):
-        return {"shared_prompt_triton": "unavailable: decode_attention.fused_kernel_works is False"}
+    result: dict[str, Any] = {"triton_check": decode_attention.why_not_fused(device, dtype, HEADS, KV_HEADS, HEAD_DIM)}
     query = torch.randn(items, HEADS, beams, HEAD_DIM, device=device, dtype=dtype)
     column_beam = (torch.arange(columns, device=device) - PROMPT_CAPACITY) % beams
     visible = (column_beam[None, :] == torch.arange(beams, device=device)[:, None]).expand(items, -1, -1).clone()
@@ -137,8 +136,7 @@ def triton_attention_candidates(keys: torch.Tensor, values: torch.Tensor, beams:
         "shared_prompt_triton_block_128": {"block_columns": 128},
         "shared_prompt_triton_bf16_products_block_128": {"float32_products": False, "block_columns": 128},
     }
-    result: dict[str, Any] = {}
-    for name, options in variants.items():
+    for name, options in variants.items():  # timed whatever the check says: its reason is reported beside
 
         def run(options: dict = options) -> None:
             for layer in range(len(keys)):

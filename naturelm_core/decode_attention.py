@@ -201,11 +201,21 @@ def _kernel():
 def fused_kernel_works(
     device: torch.device, dtype: torch.dtype, num_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128
 ) -> bool:
-    """Whether the Triton kernel runs here and computes what `reference` computes (to rounding), at the model's
-    heads, for 1, 2 and 3 beams, windows the column block does not divide, keys and values as strided views of
-    a longer cache, ancestry-like visibility and a fully masked item."""
-    if device.type != "cuda" or num_heads % num_kv_heads or head_dim < 16 or head_dim & (head_dim - 1):
-        return False
+    """Whether the Triton kernel runs here and computes what `reference` computes (to rounding)."""
+    return why_not_fused(device, dtype, num_heads, num_kv_heads, head_dim) is None
+
+
+def why_not_fused(
+    device: torch.device, dtype: torch.dtype, num_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128
+) -> str | None:
+    """None where the kernel may serve, else why not: checked at the model's heads, for 1, 2 and 3 beams,
+    windows the column block does not divide, keys and values as strided views of a longer cache,
+    ancestry-like visibility and a fully masked item. (On an H100, 2026-12-07, the check refused the kernel
+    without saying why: benchmarks/decode_parts.py reports this reason.)"""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    if num_heads % num_kv_heads or head_dim < 16 or head_dim & (head_dim - 1):
+        return f"unsupported heads: {num_heads} / {num_kv_heads} of {head_dim}"
     generator = torch.Generator(device=device).manual_seed(0)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
     for beams, window in ((1, 71), (2, 100), (3, 64)):
@@ -220,8 +230,11 @@ def fused_kernel_works(
         try:
             got = _fused(query, keys, values, visible)
             torch.cuda.synchronize(device)
-        except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
-            return False
-        if not (got.isfinite().all() and torch.allclose(got.float(), expected.float(), **tolerance)):
-            return False
-    return True
+        except Exception as error:  # no Triton, no compiler, an unsupported GPU: the torch version serves
+            return f"{type(error).__name__}: {str(error)[:300]}"
+        if not got.isfinite().all():
+            return f"non-finite output at {beams} beams"
+        if not torch.allclose(got.float(), expected.float(), **tolerance):
+            difference = (got.float() - expected.float()).abs().max().item()
+            return f"differs from the reference at {beams} beams, window {window}: max abs {difference:.3g}"
+    return None

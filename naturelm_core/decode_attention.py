@@ -14,7 +14,10 @@ NOT yet measured on a GPU: the decode step uses it only where `fused_kernel_work
 against SDPA is benchmarks/decode_parts.py's `shared_prompt_triton` candidates.
 
 Fully masked rows (items beyond the loaded batch) average the window's values uniformly, as the finite bias
-does, never NaN: a masked column scores a large negative finite number, a column beyond the window -inf.
+does in torch's math kernel (the CPU's), never NaN: a masked column scores a large negative finite number, a column
+beyond the window -inf. CUDA's memory-efficient SDPA gives such rows zeros instead: it scales the biased scores by
+log2(e), so the dtype's lowest value overflows to -inf, and it writes 0 where a row's weights sum to 0. Those rows
+are no item's output, so the start-up check holds them to the kernel's average (`_expected`), not to SDPA's value.
 """
 
 from __future__ import annotations
@@ -210,10 +213,19 @@ def why_not_fused(
 ) -> str | None:
     """None where the kernel may serve, else why not: checked at the model's heads, for 1, 2 and 3 beams,
     windows the column block does not divide, keys and values as strided views of a longer cache,
-    ancestry-like visibility and a fully masked item. (On an H100, 2026-12-07, the check refused the kernel
-    without saying why: benchmarks/decode_parts.py reports this reason.)"""
+    ancestry-like visibility and a fully masked item. (On an H100, 2026-12-07, the check refused the kernel with
+    "differs from the reference at 1 beams, window 71: max abs 0.361", most likely the fully masked item, which
+    SDPA's memory-efficient kernel returns as zeros: read from its source and reproduced on the CPU, not yet
+    re-run on a GPU. See the module's docstring and `_expected`.)"""
     if device.type != "cuda":
         return "not a CUDA device"
+    return _disagreement(device, dtype, num_heads, num_kv_heads, head_dim)
+
+
+def _disagreement(
+    device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int
+) -> str | None:
+    """`why_not_fused`'s cases on any device: the interpreter tests run them on the CPU."""
     if num_heads % num_kv_heads or head_dim < 16 or head_dim & (head_dim - 1):
         return f"unsupported heads: {num_heads} / {num_kv_heads} of {head_dim}"
     generator = torch.Generator(device=device).manual_seed(0)
@@ -226,10 +238,11 @@ def why_not_fused(
         visible = torch.rand(items, beams, window, generator=generator, device=device) < 0.7
         visible[:, :, :3] = True
         visible[-1] = False  # an item beyond the loaded batch
-        expected = reference(query, keys, values, visible)
+        expected = _expected(query, keys, values, visible)
         try:
             got = _fused(query, keys, values, visible)
-            torch.cuda.synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         except Exception as error:  # no Triton, no compiler, an unsupported GPU: the torch version serves
             return f"{type(error).__name__}: {str(error)[:300]}"
         if not got.isfinite().all():
@@ -238,3 +251,16 @@ def why_not_fused(
             difference = (got.float() - expected.float()).abs().max().item()
             return f"differs from the reference at {beams} beams, window {window}: max abs {difference:.3g}"
     return None
+
+
+def _expected(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor) -> Tensor:
+    """What the kernel must compute: `reference`, except that a row which sees no column is the mean of the
+    window's values of its kv head. torch's math kernel (the CPU's) gives that mean too; CUDA's memory-efficient
+    kernel gives zeros (see the module's docstring), so comparing those rows to SDPA on a GPU tests the backend,
+    not the kernel."""
+    items, heads, beams, head_dim = query.shape
+    groups = heads // keys.shape[1]
+    expected = reference(query, keys, values, visible).view(items, beams, heads * head_dim)
+    mean = values.float().mean(dim=2).repeat_interleave(groups, dim=1).flatten(1)  # [items, heads x d]
+    blind = ~visible.any(dim=-1)  # [items, beams]
+    return torch.where(blind[..., None], mean[:, None].to(expected.dtype), expected).view(items * beams, -1)

@@ -79,6 +79,44 @@ def test_a_fully_masked_item_averages_the_window_as_the_finite_bias_does():
     torch.testing.assert_close(attended[-1], mean[None, :, None].expand_as(attended[-1]))
 
 
+def _like_cuda(query, keys, values, visible):
+    """`reference` as CUDA's memory-efficient SDPA computes it: the same, except that a row which sees no column is
+    0 (its bias, the dtype's lowest value, times log2(e) overflows to -inf there, and a row of zero weights is
+    written as 0)."""
+    attended = reference(query, keys, values, visible).clone()
+    attended.view(query.shape[0], query.shape[2], -1)[~visible.any(-1)] = 0
+    return attended
+
+
+def test_the_check_expects_the_mean_where_a_row_sees_nothing_and_the_reference_elsewhere():
+    """`_expected` is `reference` on the CPU (whose math kernel averages a fully masked row) and differs from the
+    CUDA-like reference only in the fully masked item, which it sets to the window's mean of its kv head."""
+    for beams, window in ((1, 71), (2, 100), (3, 64)):
+        case = _case(3, 8, 2, 16, beams, window, torch.float32)
+        expected = decode_attention._expected(*case)
+        torch.testing.assert_close(expected, reference(*case))
+        cuda = _like_cuda(*case)
+        live = 2 * beams  # the first two items' rows
+        assert torch.equal(expected[:live], cuda[:live])
+        assert not cuda[live:].any() and expected[live:].abs().min() > 0
+
+
+def test_the_check_refuses_a_kernel_wrong_in_a_row_that_sees_something(monkeypatch):
+    """The check on the CPU, with stand-ins for the kernel: it passes the reference, and refuses zeros in the item
+    that sees nothing (the kernel must average there, as documented) and a window short of its last column."""
+
+    def a_column_short(query, keys, values, visible):
+        return reference(query, keys[:, :, :-1], values[:, :, :-1], visible[..., :-1])
+
+    verdicts = {}
+    for kernel in (reference, _like_cuda, a_column_short):
+        monkeypatch.setattr(decode_attention, "_fused", kernel)
+        verdicts[kernel] = decode_attention._disagreement(torch.device("cpu"), torch.float32, 8, 2, 16)
+    assert verdicts[reference] is None
+    assert verdicts[_like_cuda].startswith("differs from the reference at 1 beams, window 71")
+    assert verdicts[a_column_short].startswith("differs from the reference at 1 beams, window 71")
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return load_model(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny")), device="cpu", dtype="float32")
@@ -144,6 +182,30 @@ def test_a_failed_capture_turns_the_kernel_off_with_the_others(model, rows, monk
     assert seen == [(True, True, True, True), (False, True, True, True), (False, False, False, False)]
 
 
+# Run first in every interpreter child. Triton 3.6's interpreter (the one torch 2.11 bundles) hands a kernel's
+# scalar arguments over as one-element arrays, and a tensor's `__index__` (what `range(0, window, BLOCK_N)` calls)
+# is `int()` of that array, which numpy 2.4 refuses: "only 0-dimensional arrays can be converted to Python scalars".
+# Later Triton squeezes the array first; `.item()` reads one element whatever the array's rank.
+_SCALAR_INDEX = """
+from triton.runtime import interpreter as _interpreter
+
+if hasattr(_interpreter, "_patch_lang_tensor"):
+    _patch_tensor = _interpreter._patch_lang_tensor
+
+    def _index(self):
+        return int(self.handle.data.item())
+
+    def _patch_lang_tensor(tensor, *scope):
+        _patch_tensor(tensor, *scope)
+        if scope:
+            scope[0].set_attr(tensor, "__index__", _index)
+        else:
+            tensor.__index__ = _index
+
+    _interpreter._patch_lang_tensor = _patch_lang_tensor
+"""
+
+
 def _interpret(script: str) -> str:
     pytest.importorskip("triton")
     environment = {
@@ -152,7 +214,7 @@ def _interpret(script: str) -> str:
         "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
     }
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", _SCALAR_INDEX + textwrap.dedent(script)],
         capture_output=True,
         text=True,
         env=environment,
@@ -192,6 +254,32 @@ def test_the_kernel_in_tritons_interpreter_computes_the_reference():
         """
     )
     assert out.strip() == "ok 40"
+
+
+def test_the_start_up_check_passes_the_kernel_against_cudas_sdpa_in_the_interpreter():
+    """The H100's start-up check said "differs from the reference at 1 beams, window 71: max abs 0.361". Its
+    cases, run here on the CPU with `reference` replaced by what SDPA computes on CUDA (`_like_cuda`): the old
+    comparison of every row fails as it did there, at each of its cases, on the fully masked item alone; the check
+    (against `_expected`) passes the kernel, in float32 and bf16."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core import decode_attention
+        from tests.test_decode_attention import _case, _like_cuda
+
+        for beams, window in ((1, 71), (2, 100), (3, 64), (1, 130)):
+            case = _case(4, 32, 8, 128, beams, window, torch.bfloat16)
+            got = decode_attention._fused(*case).float()
+            difference = (got - _like_cuda(*case).float()).abs().view(4, beams, -1)
+            assert difference[-1].max() > 0.1, (beams, window)  # the symptom: the item that sees nothing
+            assert difference[:-1].max() < 3e-2, (beams, window)
+        decode_attention.reference = _like_cuda
+        for dtype in (torch.float32, torch.bfloat16):
+            assert decode_attention._disagreement(torch.device("cpu"), dtype, 32, 8, 128) is None, dtype
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
 
 
 def test_the_kernels_native_bf16_products_in_a_corrected_interpreter():
@@ -270,4 +358,7 @@ def test_the_fused_kernel_computes_the_reference_on_a_gpu(dtype, items, beams, w
         case = _case(items + 1, 32, 8, 128, beams, window, dtype, pattern, device="cuda")
         got = decode_attention.attention(*case, fused=True)
         assert got.isfinite().all()
-        torch.testing.assert_close(got.float(), reference(*case).float(), **tolerance)
+        # the last item sees nothing: CUDA's memory-efficient SDPA gives it zeros, the kernel the window's mean
+        torch.testing.assert_close(got.float(), decode_attention._expected(*case).float(), **tolerance)
+        live = len(got) - beams
+        torch.testing.assert_close(got[:live].float(), reference(*case)[:live].float(), **tolerance)

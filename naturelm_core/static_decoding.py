@@ -60,6 +60,9 @@ WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one grap
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
 MAX_MET_SHAPES = 64  # batch shapes remembered as met once (StaticDecoding._key_for)
 SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
+# An eager prefill computes its items' shared first tokens (PaddedBatch.shared_prefix) once per merge when that
+# spares at least this many tokens: the extra pass reads every weight once, about a 250-token prefill's time.
+SHARED_PREFIX_TOKENS = 1024
 PAUSE_PREFILL_TOKENS = 4096  # a prefill that may pause for a waiting user does so after about this many tokens
 
 
@@ -290,24 +293,54 @@ class LlamaStep:
 
     @torch.no_grad()
     def prefill(
-        self, state: DecodeState, items: int | None = None, length: int | None = None, first: int = 0
+        self, state: DecodeState, items: int | None = None, length: int | None = None, first: int = 0, shared: int = 0
     ) -> Tensor:
         """The prompts of `items` items from item `first` (default: all), causal over their last `length` prompt
         columns (default: all), keys and values written there. Logits [items, V] of each item's first new token,
-        in rows first.. of the state's logits."""
+        in rows first.. of the state's logits. With `shared`, the first `shared` of those columns already hold
+        their keys and values (`share_prefix`): attended to, not computed."""
         items = state.items - first if items is None else items
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
+        queries = start + shared
         chosen = slice(first, first + items)
         return self._forward(
             state,
-            hidden=state.prompt_embeds[chosen, start:].flatten(0, 1).clone(),  # summed into in place
-            positions=state.prompt_positions[chosen, start:],
-            columns=state.prompt_columns[start:],
-            visible=state.mask[chosen, None, start : state.prompt_capacity] & state.causal[start:, start:],
+            hidden=state.prompt_embeds[chosen, queries:].flatten(0, 1).clone(),  # summed into in place
+            positions=state.prompt_positions[chosen, queries:],
+            columns=state.prompt_columns[queries:],
+            visible=state.mask[chosen, None, start : state.prompt_capacity] & state.causal[queries:, start:],
             keys_from=start,
             every_token=False,
             first=first,
         )
+
+    @torch.no_grad()
+    def share_prefix(self, state: DecodeState, items: int, shared: int) -> None:
+        """Keys and values of the first `shared` real prompt tokens of items 0..items, which all items have in
+        common (PaddedBatch.shared_prefix: the same ids at positions 0..shared-1): computed once per distinct
+        merge among the items, then copied to each item's columns (a padded item's start later).
+
+        Why: in a sweep batch every recording's prompt opens with the same chat header and `<Audio>` tag (8 of
+        Llama's ~58 tokens a prompt), and 16 recordings share each of its 11 alphas.
+        """
+        device = state.scales.device
+        merges = torch.stack((state.scales[:items], state.spectral_scales[:items]), dim=1)  # [items, 2, layers, r]
+        distinct, merge_of_item = torch.unique(merges.flatten(1), dim=0, return_inverse=True)
+        prefix = DecodeState(self, distinct.shape[0], 1, shared, 0)
+        distinct = distinct.view(-1, *merges.shape[1:])
+        prefix.scales.copy_(distinct[:, 0])
+        prefix.spectral_scales.copy_(distinct[:, 1])
+        prefix.spectral = state.spectral
+        starts = (~state.mask[:items, : state.prompt_capacity]).sum(dim=1)  # prompts are right-aligned
+        offsets = torch.arange(shared, device=device)
+        prefix.prompt_embeds.copy_(state.prompt_embeds[0, starts[0] + offsets].expand_as(prefix.prompt_embeds))
+        prefix.prompt_positions.copy_(offsets.expand_as(prefix.prompt_positions))
+        prefix.mask.fill_(True)
+        self.prefill(prefix)
+        columns = starts[:, None] + offsets  # [items, shared]
+        item = torch.arange(items, device=device)[:, None]
+        for cache, computed in ((state.keys, prefix.keys), (state.values, prefix.values)):
+            cache[:, item, :, columns] = computed[:, merge_of_item[:, None], :, offsets]
 
     def _forward(
         self,
@@ -552,7 +585,13 @@ class _Runner:
     """
 
     def __init__(
-        self, step: LlamaStep, state: DecodeState, window_block: int, use_graphs: bool, small_prefill_tokens: int
+        self,
+        step: LlamaStep,
+        state: DecodeState,
+        window_block: int,
+        use_graphs: bool,
+        small_prefill_tokens: int,
+        shared_prefix_tokens: int = SHARED_PREFIX_TOKENS,
     ) -> None:
         self.step = step
         self.state = state
@@ -561,6 +600,7 @@ class _Runner:
         self.use_graphs = use_graphs
         # A small prompt batch is prefilled over the whole capacity by a graph; a large one eagerly.
         self.prefill_by_graph = state.items * state.prompt_capacity <= small_prefill_tokens
+        self.shared_prefix_tokens = shared_prefix_tokens
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by (window, spectral)
         self.prefill_graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by spectral
         self.captured: set[bool] = set()  # variants whose graphs exist
@@ -636,13 +676,16 @@ class _Runner:
         graph = self.prefill_graphs.get(self.state.spectral)
         if not self.prefill_by_graph:
             chunk = items if between_chunks is None else max(1, PAUSE_PREFILL_TOKENS // prompt_length)
+            shared = batch.shared_prefix if items * batch.shared_prefix >= self.shared_prefix_tokens else 0
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
+                if shared:
+                    self.step.share_prefix(self.state, items, shared)
                 for first in range(0, items, chunk):
                     if first:
                         _catch_up(self.state.logits)  # or the host runs chunks ahead and the pause comes too late
                         between_chunks()
                     count = min(chunk, items - first)
-                    self.step.prefill(self.state, items=count, length=prompt_length, first=first)
+                    self.step.prefill(self.state, items=count, length=prompt_length, first=first, shared=shared)
             logits = self.state.logits[:items]
         elif graph is None:
             logits = self.step.prefill(self.state)[:items]
@@ -686,6 +729,7 @@ class StaticDecoding:
         prompt_block: int = PROMPT_BLOCK,
         window_block: int = WINDOW_BLOCK,
         small_prefill_tokens: int = SMALL_PREFILL_TOKENS,
+        shared_prefix_tokens: int = SHARED_PREFIX_TOKENS,
     ) -> None:
         """`use_graphs=None` captures graphs exactly when the model is on CUDA."""
         self.use_graphs = use_graphs
@@ -693,6 +737,7 @@ class StaticDecoding:
         self.prompt_block = prompt_block
         self.window_block = window_block
         self.small_prefill_tokens = small_prefill_tokens
+        self.shared_prefix_tokens = shared_prefix_tokens
         # Keyed by (shape, slot): a generation paused for another one of the same shape (the engine answering a
         # user inside a sweep batch) must not have its state reloaded under it, so the second takes slot 1.
         self._runners: OrderedDict[tuple[tuple[int, int, int, int], int], _Runner] = OrderedDict()
@@ -705,7 +750,12 @@ class StaticDecoding:
     def __deepcopy__(self, memo: dict) -> StaticDecoding:
         """A copied model starts with no states: graphs point at the original's weights."""
         return StaticDecoding(
-            self.use_graphs, self.max_states, self.prompt_block, self.window_block, self.small_prefill_tokens
+            self.use_graphs,
+            self.max_states,
+            self.prompt_block,
+            self.window_block,
+            self.small_prefill_tokens,
+            self.shared_prefix_tokens,
         )
 
     @property
@@ -758,7 +808,10 @@ class StaticDecoding:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            runner = _Runner(step, DecodeState(step, *shape), self.window_block, use_graphs, self.small_prefill_tokens)
+            state = DecodeState(step, *shape)
+            runner = _Runner(
+                step, state, self.window_block, use_graphs, self.small_prefill_tokens, self.shared_prefix_tokens
+            )
         self.captures += runner.prepare(spectral=merge.spectral is not None)
         self._runners[key] = runner
         self._runners.move_to_end(key)

@@ -315,7 +315,7 @@ class LlamaStep:
         )
 
     @torch.no_grad()
-    def share_prefix(self, state: DecodeState, items: int, shared: int) -> None:
+    def share_prefix(self, state: DecodeState, item_merge: RowMerge, shared: int) -> None:
         """Keys and values of the first `shared` real prompt tokens of items 0..items, which all items have in
         common (PaddedBatch.shared_prefix: the same ids at positions 0..shared-1): computed once per distinct
         merge among the items, then copied to each item's columns (a padded item's start later).
@@ -324,12 +324,11 @@ class LlamaStep:
         Llama's ~58 tokens a prompt), and 16 recordings share each of its 11 alphas.
         """
         device = state.scales.device
-        merges = torch.stack((state.scales[:items], state.spectral_scales[:items]), dim=1)  # [items, 2, layers, r]
-        distinct, merge_of_item = torch.unique(merges.flatten(1), dim=0, return_inverse=True)
-        prefix = DecodeState(self, distinct.shape[0], 1, shared, 0)
-        distinct = distinct.view(-1, *merges.shape[1:])
-        prefix.scales.copy_(distinct[:, 0])
-        prefix.spectral_scales.copy_(distinct[:, 1])
+        items = item_merge.rows
+        merge_of_item, representatives = (index.to(device) for index in _merge_groups(item_merge))
+        prefix = DecodeState(self, representatives.shape[0], 1, shared, 0)
+        prefix.scales.copy_(state.scales[representatives])
+        prefix.spectral_scales.copy_(state.spectral_scales[representatives])
         prefix.spectral = state.spectral
         starts = (~state.mask[:items, : state.prompt_capacity]).sum(dim=1)  # prompts are right-aligned
         offsets = torch.arange(shared, device=device)
@@ -437,6 +436,20 @@ class LlamaStep:
     def fingerprint(self) -> tuple[int, ...]:
         """Addresses of every weight: a captured graph is only valid while none of them moved."""
         return tuple(parameter.data_ptr() for parameter in self.llm.parameters())
+
+
+def _merge_groups(item_merge: RowMerge) -> tuple[Tensor, Tensor]:
+    """Each item's group of identical merges [items], and each group's first item [groups]. Found on the host,
+    where the merges are a few hundred numbers an item (layers x projections, spectral weights)."""
+    parts = [item_merge.scales.flatten(1)]
+    if item_merge.spectral is not None:
+        parts += [item_merge.spectra, item_merge.spectral[:, None].float()]
+    _, group_of_item = torch.unique(torch.cat(parts, dim=1).cpu(), dim=0, return_inverse=True)
+    items = group_of_item.shape[0]
+    first = torch.full((int(group_of_item.max()) + 1,), items).scatter_reduce_(
+        0, group_of_item, torch.arange(items), "amin"
+    )
+    return group_of_item, first
 
 
 def _cudnn_attention():
@@ -679,7 +692,7 @@ class _Runner:
             shared = batch.shared_prefix if items * batch.shared_prefix >= self.shared_prefix_tokens else 0
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
                 if shared:
-                    self.step.share_prefix(self.state, items, shared)
+                    self.step.share_prefix(self.state, item_merge, shared)
                 for first in range(0, items, chunk):
                     if first:
                         _catch_up(self.state.logits)  # or the host runs chunks ahead and the pause comes too late

@@ -44,9 +44,9 @@ def shared_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = LlamaStep.share_prefix
 
-    def counted(self, state, items, shared):
+    def counted(self, state, item_merge, shared):
         calls.append(shared)
-        return original(self, state, items, shared)
+        return original(self, state, item_merge, shared)
 
     monkeypatch.setattr(LlamaStep, "share_prefix", counted)
     return calls

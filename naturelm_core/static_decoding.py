@@ -60,9 +60,9 @@ WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one grap
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
 MAX_MET_SHAPES = 64  # batch shapes remembered as met once (StaticDecoding._key_for)
 SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
-# An eager prefill computes its items' shared first tokens (PaddedBatch.shared_prefix) once per merge when that
-# spares at least this many tokens: the extra pass reads every weight once, about a 250-token prefill's time.
-SHARED_PREFIX_TOKENS = 1024
+# An eager prefill copies its items' shared first tokens (PaddedBatch.shared_prefix) from an item of the same merge
+# when that spares at least this many tokens: below it, the host-side grouping costs more than it saves.
+SHARED_PREFIX_TOKENS = 512
 PAUSE_PREFILL_TOKENS = 4096  # a prefill that may pause for a waiting user does so after about this many tokens
 
 
@@ -298,7 +298,7 @@ class LlamaStep:
         """The prompts of `items` items from item `first` (default: all), causal over their last `length` prompt
         columns (default: all), keys and values written there. Logits [items, V] of each item's first new token,
         in rows first.. of the state's logits. With `shared`, the first `shared` of those columns already hold
-        their keys and values (`share_prefix`): attended to, not computed."""
+        their keys and values (`copy_prefix`): attended to, not computed."""
         items = state.items - first if items is None else items
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
         queries = start + shared
@@ -315,31 +315,17 @@ class LlamaStep:
         )
 
     @torch.no_grad()
-    def share_prefix(self, state: DecodeState, item_merge: RowMerge, shared: int) -> None:
-        """Keys and values of the first `shared` real prompt tokens of items 0..items, which all items have in
-        common (PaddedBatch.shared_prefix: the same ids at positions 0..shared-1): computed once per distinct
-        merge among the items, then copied to each item's columns (a padded item's start later).
-
-        Why: in a sweep batch every recording's prompt opens with the same chat header and `<Audio>` tag (8 of
-        Llama's ~58 tokens a prompt), and 16 recordings share each of its 11 alphas.
-        """
-        device = state.scales.device
-        items = item_merge.rows
-        merge_of_item, representatives = (index.to(device) for index in _merge_groups(item_merge))
-        prefix = DecodeState(self, representatives.shape[0], 1, shared, 0)
-        prefix.scales.copy_(state.scales[representatives])
-        prefix.spectral_scales.copy_(state.spectral_scales[representatives])
-        prefix.spectral = state.spectral
-        starts = (~state.mask[:items, : state.prompt_capacity]).sum(dim=1)  # prompts are right-aligned
+    def copy_prefix(self, state: DecodeState, sources: Tensor, first: int, shared: int) -> None:
+        """Items first, first + 1, .. take the keys and values of their first `shared` real prompt tokens from items
+        `sources` (already prefilled, of the same merge): the same ids at positions 0..shared-1 under the same
+        merge give the same keys and values. Columns are each item's own (a padded item's prompt starts later)."""
+        device = sources.device
+        targets = torch.arange(first, first + sources.shape[0], device=device)
+        starts = (~state.mask[:, : state.prompt_capacity]).sum(dim=1)  # prompts are right-aligned
         offsets = torch.arange(shared, device=device)
-        prefix.prompt_embeds.copy_(state.prompt_embeds[0, starts[0] + offsets].expand_as(prefix.prompt_embeds))
-        prefix.prompt_positions.copy_(offsets.expand_as(prefix.prompt_positions))
-        prefix.mask.fill_(True)
-        self.prefill(prefix)
-        columns = starts[:, None] + offsets  # [items, shared]
-        item = torch.arange(items, device=device)[:, None]
-        for cache, computed in ((state.keys, prefix.keys), (state.values, prefix.values)):
-            cache[:, item, :, columns] = computed[:, merge_of_item[:, None], :, offsets]
+        target_columns, source_columns = (starts[items][:, None] + offsets for items in (targets, sources))
+        for cache in (state.keys, state.values):
+            cache[:, targets[:, None], :, target_columns] = cache[:, sources[:, None], :, source_columns]
 
     def _forward(
         self,
@@ -439,8 +425,9 @@ class LlamaStep:
 
 
 def _merge_groups(item_merge: RowMerge) -> tuple[Tensor, Tensor]:
-    """Each item's group of identical merges [items], and each group's first item [groups]. Found on the host,
-    where the merges are a few hundred numbers an item (layers x projections, spectral weights)."""
+    """Each item's group of identical merges [items], and each group's first item [groups], on the host: the
+    merges are a few hundred numbers an item (layers x projections, spectral weights), where the state's rank
+    columns are 8,192 (torch.unique over those took 63 ms on an H100)."""
     parts = [item_merge.scales.flatten(1)]
     if item_merge.spectral is not None:
         parts += [item_merge.spectra, item_merge.spectral[:, None].float()]
@@ -689,16 +676,17 @@ class _Runner:
         graph = self.prefill_graphs.get(self.state.spectral)
         if not self.prefill_by_graph:
             chunk = items if between_chunks is None else max(1, PAUSE_PREFILL_TOKENS // prompt_length)
-            shared = batch.shared_prefix if items * batch.shared_prefix >= self.shared_prefix_tokens else 0
+            passes, sources = self._prefill_passes(batch, item_merge)
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
-                if shared:
-                    self.step.share_prefix(self.state, item_merge, shared)
-                for first in range(0, items, chunk):
-                    if first:
-                        _catch_up(self.state.logits)  # or the host runs chunks ahead and the pause comes too late
-                        between_chunks()
-                    count = min(chunk, items - first)
-                    self.step.prefill(self.state, items=count, length=prompt_length, first=first, shared=shared)
+                for begin, end, shared in passes:
+                    if shared:
+                        self.step.copy_prefix(self.state, sources, begin, shared)
+                    for first in range(begin, end, chunk):
+                        if first and between_chunks is not None:
+                            _catch_up(self.state.logits)  # or the host runs ahead and the pause comes too late
+                            between_chunks()
+                        count = min(chunk, end - first)
+                        self.step.prefill(self.state, items=count, length=prompt_length, first=first, shared=shared)
             logits = self.state.logits[:items]
         elif graph is None:
             logits = self.step.prefill(self.state)[:items]
@@ -706,6 +694,27 @@ class _Runner:
             graph[0].replay()
             logits = graph[1][:items]
         return logits.repeat_interleave(self.state.beams, dim=0)
+
+    def _prefill_passes(
+        self, batch: PaddedBatch, item_merge: RowMerge
+    ) -> tuple[list[tuple[int, int, int]], Tensor | None]:
+        """The eager prefill's passes (first item, end, shared tokens) and the items the second pass copies from.
+
+        Items up to the last first-of-its-merge are prefilled whole; every later item takes its shared prompt
+        prefix (PaddedBatch.shared_prefix) from the first item of its merge and computes only the rest. A sweep
+        batch lists a recording's alphas together, so the first recording's items hold every merge: 8 of each
+        later item's 58 prompt tokens are copied, not computed, and no pass is added.
+        """
+        items, shared = item_merge.rows, batch.shared_prefix
+        whole = [(0, items, 0)]
+        if items * shared < self.shared_prefix_tokens:
+            return whole, None
+        group_of_item, first_of_group = _merge_groups(item_merge)
+        split = int(first_of_group.max()) + 1
+        if (items - split) * shared < max(1, self.shared_prefix_tokens):
+            return whole, None
+        sources = first_of_group[group_of_item[split:]].to(self.state.keys.device)
+        return [(0, split, 0), (split, items, shared)], sources
 
     def run(self, generated: int) -> Tensor:
         """The decode step that writes generated token number `generated` (0-based) of every beam."""

@@ -1,7 +1,7 @@
-"""A sweep batch's shared first prompt tokens, computed once per merge (static decoding's eager prefill).
+"""A sweep batch's shared first prompt tokens, copied between rows of one merge (static decoding's eager prefill).
 
 Every prompt opens with the same chat header and `<Audio>` tag; at one merge their keys and values are the
-same in every row, so the prefill computes them once per distinct merge and copies them. What the rows then
+same in every row, so rows after the first of each merge copy them from it instead of computing them. What the rows then
 generate must not change: the eager path's ids, logits to float32 rounding, with left padding, beams,
 recipes, spectral rows and a prefill paused between chunks.
 """
@@ -39,16 +39,16 @@ def rows() -> list[list[torch.Tensor]]:
 
 
 @pytest.fixture
-def shared_calls(monkeypatch) -> list[int]:
-    """The `shared` of every share_prefix call, the real method still running."""
-    calls: list[int] = []
-    original = LlamaStep.share_prefix
+def shared_calls(monkeypatch) -> list[tuple[int, int]]:
+    """(items copied to, shared tokens) of every copy_prefix call, the real method still running."""
+    calls: list[tuple[int, int]] = []
+    original = LlamaStep.copy_prefix
 
-    def counted(self, state, item_merge, shared):
-        calls.append(shared)
-        return original(self, state, item_merge, shared)
+    def counted(self, state, sources, first, shared):
+        calls.append((sources.shape[0], shared))
+        return original(self, state, sources, first, shared)
 
-    monkeypatch.setattr(LlamaStep, "share_prefix", counted)
+    monkeypatch.setattr(LlamaStep, "copy_prefix", counted)
     return calls
 
 
@@ -100,26 +100,29 @@ def test_shared_prefixes_generate_the_eager_ids(model, rows, num_beams, chunked_
     alphas = [0.5, 1.0, 0.5, 1.0]
     eager = _ids(model, rows, alphas, num_beams, static=False)
     assert _ids(model, rows, alphas, num_beams, static=True, decoding=_sharing()) == eager
-    assert shared_calls == [model.build_inputs(rows, PROMPTS).shared_prefix]
+    assert shared_calls == [(2, model.build_inputs(rows, PROMPTS).shared_prefix)]  # rows 2, 3 copy from 0, 1
 
 
 @pytest.mark.parametrize(
-    "alphas",
+    ("alphas", "copied"),
     [
-        [
-            {"alpha": 0.8, "rank": 2},
-            {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}},
-            0.5,
-            {"alpha": 0.8, "rank": 2},
-        ],
-        [{"modules": {"o_proj": 0, "q_proj": 0.25}}, 0.5, {"modules": {"o_proj": 0, "q_proj": 0.25}}, 0.5],
+        (
+            [
+                {"alpha": 0.8, "rank": 2},
+                {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}},
+                0.5,
+                {"alpha": 0.8, "rank": 2},
+            ],
+            1,  # the last row, from the first
+        ),
+        ([{"modules": {"o_proj": 0, "q_proj": 0.25}}, 0.5, {"modules": {"o_proj": 0, "q_proj": 0.25}}, 0.5], 2),
     ],
     ids=["spectral", "recipes"],
 )
-def test_shared_prefixes_keep_each_rows_merge(model, rows, alphas, shared_calls):
+def test_shared_prefixes_keep_each_rows_merge(model, rows, alphas, copied, shared_calls):
     eager = _ids(model, rows, alphas, 2, static=False)
     assert _ids(model, rows, alphas, 2, static=True, decoding=_sharing()) == eager
-    assert len(shared_calls) == 1
+    assert [count for count, _ in shared_calls] == [copied]
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1] * 4], ids=["left-padded", "one-length"])
@@ -129,7 +132,7 @@ def test_logits_with_a_shared_prefix_match_the_eager_decoder(model, rows, prompt
     a prefix copied to the wrong columns, merge or row moves them by O(1). With left padding the shorter rows'
     prefixes are partly recomputed by the main pass; in a batch of one length (a sweep's) every row's is copied."""
     batch = model.build_inputs(rows, prompts)
-    merge = model.row_merge([0.3, {"alpha": 0.9, "layers": [0.5, 1]}, 0.3, 0.8], len(rows))
+    merge = model.row_merge([0.3, {"alpha": 0.9, "layers": [0.5, 1]}, 0.8, 0.3], len(rows))
     with model.row_alphas.applied(merge):
         eager = CachedDecoder(model.llm, batch)
         static = _sharing().decoder(model.llm, batch, merge, 1, 5)
@@ -138,16 +141,23 @@ def test_logits_with_a_shared_prefix_match_the_eager_decoder(model, rows, prompt
             assert float((static_logits - eager_logits).norm() / eager_logits.norm()) < 2e-5
             tokens = eager_logits.argmax(dim=-1)
             eager_logits, static_logits = eager.step(tokens), static.step(tokens)
-    assert shared_calls == [batch.shared_prefix]
+    assert shared_calls == [(1, batch.shared_prefix)]
 
 
-def test_small_batches_do_not_pay_for_the_extra_pass(model, rows, shared_calls):
-    """At the default threshold a few rows' prefixes are not worth a pass over every weight; a larger setting
-    of the same batch is."""
+def test_small_batches_do_not_pay_for_the_grouping(model, rows, shared_calls):
+    """At the default threshold a few rows' prefixes are not worth grouping the rows by merge on the host; a
+    lower setting of the same batch is."""
     default = StaticDecoding(prompt_block=8, window_block=4, small_prefill_tokens=0)
     _ids(model, rows, [0.5] * 4, 1, static=True, decoding=default)
     assert shared_calls == []
     shared = model.build_inputs(rows, PROMPTS).shared_prefix
-    just_enough = StaticDecoding(small_prefill_tokens=0, shared_prefix_tokens=len(rows) * shared)
+    just_enough = StaticDecoding(small_prefill_tokens=0, shared_prefix_tokens=(len(rows) - 1) * shared)
     _ids(model, rows, [0.5] * 4, 1, static=True, decoding=just_enough)
-    assert shared_calls == [shared]
+    assert shared_calls == [(len(rows) - 1, shared)]  # one merge: every row after the first copies from it
+
+
+def test_a_merge_first_met_last_leaves_nothing_to_copy(model, rows, shared_calls):
+    """Rows up to the last first-of-its-merge are prefilled whole: here that is every row."""
+    alphas = [0.5, 0.5, 0.5, 1.0]
+    assert _ids(model, rows, alphas, 1, static=True, decoding=_sharing()) == _ids(model, rows, alphas, 1, static=False)
+    assert shared_calls == []

@@ -15,6 +15,7 @@ from naturelm_core import static_decoding
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.prompting import assemble_batch
 from naturelm_core.static_decoding import LlamaStep, StaticDecoding
+from tests.static_helpers import generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -26,10 +27,8 @@ MAX_NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    yield tiny_model
-    tiny_model.decode_with_static_cache = None
-    tiny_model.static_decoding = StaticDecoding()
+def model(static_tiny_model):
+    return static_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +52,7 @@ def shared_calls(monkeypatch) -> list[tuple[int, int]]:
 
 
 def _ids(model, rows, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None):
-    model.decode_with_static_cache = static
-    if decoding is not None:
-        model.static_decoding = decoding
-    try:
-        return model.generate_ids_from_embeddings(rows, PROMPTS, alphas, num_beams, MAX_NEW_TOKENS)
-    finally:
-        model.decode_with_static_cache = None
+    return generate_ids(model, rows, PROMPTS, alphas, num_beams, MAX_NEW_TOKENS, static, decoding)
 
 
 def _sharing() -> StaticDecoding:

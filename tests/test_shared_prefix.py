@@ -87,13 +87,24 @@ def test_every_row_keeps_its_last_token_to_itself():
 @pytest.mark.parametrize("chunked_prefill", [False, True])
 @pytest.mark.parametrize("num_beams", [1, 2, 3])
 def test_shared_prefixes_generate_the_eager_ids(model, rows, num_beams, chunked_prefill, shared_calls, monkeypatch):
-    """Repeated alphas (two merges shared by two rows each), left padding (prompts of three lengths)."""
-    if chunked_prefill:
-        monkeypatch.setattr(static_decoding, "PAUSE_PREFILL_TOKENS", 1)  # one item per chunk
+    """Repeated alphas (two merges shared by two rows each), left padding (prompts of three lengths); chunked, the
+    prefill pauses between items as a sweep batch's does for waiting users, inside both passes and between them."""
     alphas = [0.5, 1.0, 0.5, 1.0]
     eager = _ids(model, rows, alphas, num_beams, static=False)
-    assert _ids(model, rows, alphas, num_beams, static=True, decoding=_sharing()) == eager
+    pauses: list[None] = []
+    if chunked_prefill:
+        monkeypatch.setattr(static_decoding, "PAUSE_PREFILL_TOKENS", 1)  # one item per chunk
+    model.decode_with_static_cache, model.static_decoding = True, _sharing()
+    try:
+        between_steps = (lambda: pauses.append(None)) if chunked_prefill else None
+        static = model.generate_ids_from_embeddings(
+            rows, PROMPTS, alphas, num_beams, MAX_NEW_TOKENS, between_steps=between_steps
+        )
+    finally:
+        model.decode_with_static_cache = None
+    assert static == eager
     assert shared_calls == [(2, model.build_inputs(rows, PROMPTS).shared_prefix)]  # rows 2, 3 copy from 0, 1
+    assert len(pauses) >= (len(rows) - 1 if chunked_prefill else 0)  # before items 1, 2 and 3 at least
 
 
 @pytest.mark.parametrize(

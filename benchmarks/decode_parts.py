@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # naturelm_core, for its Triton kernels
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP, RANK = 4096, 32, 8, 128, 14336, 32
 PROMPT, PROMPT_CAPACITY, NEW_TOKENS = 58, 64, 20
@@ -107,6 +110,41 @@ def attention_candidates(items: int, beams: int, layers: int) -> dict[str, float
             with sdpa_kernel(backends):
                 result[name] = graph_ms(per_layer(function)) / layers
         except RuntimeError as error:
+            result[name] = f"unavailable: {str(error)[:100]}"
+    result.update(triton_attention_candidates(shared_keys, shared_values, beams))
+    return result
+
+
+def triton_attention_candidates(keys: torch.Tensor, values: torch.Tensor, beams: int) -> dict[str, Any]:
+    """naturelm_core.decode_attention's kernel over the shared candidates' keys and values [layers, items, kv,
+    prompt + beams x new, d], as the decode step calls it: query [items, heads, beams, d] (rotary's layout), each
+    beam's boolean visibility [items, beams, columns] (the left padding hidden, the generated columns of its own
+    beam seen), no bias; output [items x beams, heads x d], the layout the o projection reads (no permute)."""
+    from naturelm_core import decode_attention
+
+    device, dtype = keys.device, keys.dtype
+    items, columns = keys.shape[1], keys.shape[3]
+    result: dict[str, Any] = {"triton_check": decode_attention.why_not_fused(device, dtype, HEADS, KV_HEADS, HEAD_DIM)}
+    query = torch.randn(items, HEADS, beams, HEAD_DIM, device=device, dtype=dtype)
+    column_beam = (torch.arange(columns, device=device) - PROMPT_CAPACITY) % beams
+    visible = (column_beam[None, :] == torch.arange(beams, device=device)[:, None]).expand(items, -1, -1).clone()
+    visible[..., :PROMPT_CAPACITY] = True
+    visible[..., : PROMPT_CAPACITY - PROMPT] = False
+    variants = {  # the default; bf16 operands natively (P rounded to bf16); wider column blocks
+        "shared_prompt_triton": {},
+        "shared_prompt_triton_bf16_products": {"float32_products": False},
+        "shared_prompt_triton_block_128": {"block_columns": 128},
+        "shared_prompt_triton_bf16_products_block_128": {"float32_products": False, "block_columns": 128},
+    }
+    for name, options in variants.items():  # timed whatever the check says: its reason is reported beside
+
+        def run(options: dict = options) -> None:
+            for layer in range(len(keys)):
+                decode_attention._fused(query, keys[layer], values[layer], visible, **options)
+
+        try:
+            result[name] = graph_ms(run) / len(keys)
+        except Exception as error:  # a Triton compile error is not a RuntimeError
             result[name] = f"unavailable: {str(error)[:100]}"
     return result
 

@@ -88,7 +88,19 @@ def assemble_batch(
     starts = length - torch.tensor(lengths, device=weight.device)
     attention_mask = (torch.arange(length, device=weight.device)[None] >= starts[:, None]).long()
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return PaddedBatch(inputs_embeds, attention_mask, position_ids)
+    leading = [layout[0][1] for layout in layouts]  # each row's BOS and first text piece
+    return PaddedBatch(inputs_embeds, attention_mask, position_ids, _shared_prefix(leading, min(lengths)))
+
+
+def _shared_prefix(leading: Sequence[Sequence[int]], shortest: int) -> int:
+    """How many first tokens every row has in common: the same ids at the same positions, hence the same keys and
+    values at any one merge. Each row keeps at least its last token to itself (its logits start the answer)."""
+    common = 0
+    for ids in zip(*leading, strict=False):
+        if any(token != ids[0] for token in ids):
+            break
+        common += 1
+    return min(common, shortest - 1)
 
 
 @dataclass
@@ -98,6 +110,7 @@ class PaddedBatch:
     inputs_embeds: torch.Tensor  # [B, L, H]
     attention_mask: torch.Tensor  # [B, L], 0 on padding
     position_ids: torch.Tensor  # [B, L], 0 on padding, then 0, 1, ... on the real tokens
+    shared_prefix: int = 0  # first real tokens identical in every row (text before the first audio block)
 
     def repeat_rows(self, repeats: int) -> PaddedBatch:
         """Each row `repeats` times in place (row r -> rows r * repeats ..), as beam search lays out beams."""
@@ -105,4 +118,5 @@ class PaddedBatch:
             self.inputs_embeds.repeat_interleave(repeats, dim=0),
             self.attention_mask.repeat_interleave(repeats, dim=0),
             self.position_ids.repeat_interleave(repeats, dim=0),
+            self.shared_prefix,
         )

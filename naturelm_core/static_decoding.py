@@ -49,7 +49,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import rmsnorm, rotary_store, swiglu
+from naturelm_core import decode_attention, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
 from naturelm_core.recipes import MERGE_MODULES
@@ -60,6 +60,9 @@ WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one grap
 MAX_STATES = 4  # batch shapes kept with their buffers and graphs; the least recently used is dropped
 MAX_MET_SHAPES = 64  # batch shapes remembered as met once (StaticDecoding._key_for)
 SMALL_PREFILL_TOKENS = 1024  # prompt batches up to items x capacity tokens are prefilled by a graph
+# An eager prefill copies its items' shared first tokens (PaddedBatch.shared_prefix) from an item of the same merge
+# when that spares at least this many tokens: below it, the host-side grouping costs more than it saves.
+SHARED_PREFIX_TOKENS = 512
 PAUSE_PREFILL_TOKENS = 4096  # a prefill that may pause for a waiting user does so after about this many tokens
 
 
@@ -259,6 +262,9 @@ class LlamaStep:
         )
         self.fused_swiglu = swiglu.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_rmsnorm = rmsnorm.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.fused_decode_attention = decode_attention.fused_kernel_works(
+            self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
+        )
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -290,24 +296,39 @@ class LlamaStep:
 
     @torch.no_grad()
     def prefill(
-        self, state: DecodeState, items: int | None = None, length: int | None = None, first: int = 0
+        self, state: DecodeState, items: int | None = None, length: int | None = None, first: int = 0, shared: int = 0
     ) -> Tensor:
         """The prompts of `items` items from item `first` (default: all), causal over their last `length` prompt
         columns (default: all), keys and values written there. Logits [items, V] of each item's first new token,
-        in rows first.. of the state's logits."""
+        in rows first.. of the state's logits. With `shared`, the first `shared` of those columns already hold
+        their keys and values (`copy_prefix`): attended to, not computed."""
         items = state.items - first if items is None else items
         start = state.prompt_capacity - (state.prompt_capacity if length is None else length)
+        queries = start + shared
         chosen = slice(first, first + items)
         return self._forward(
             state,
-            hidden=state.prompt_embeds[chosen, start:].flatten(0, 1).clone(),  # summed into in place
-            positions=state.prompt_positions[chosen, start:],
-            columns=state.prompt_columns[start:],
-            visible=state.mask[chosen, None, start : state.prompt_capacity] & state.causal[start:, start:],
+            hidden=state.prompt_embeds[chosen, queries:].flatten(0, 1).clone(),  # summed into in place
+            positions=state.prompt_positions[chosen, queries:],
+            columns=state.prompt_columns[queries:],
+            visible=state.mask[chosen, None, start : state.prompt_capacity] & state.causal[queries:, start:],
             keys_from=start,
             every_token=False,
             first=first,
         )
+
+    @torch.no_grad()
+    def copy_prefix(self, state: DecodeState, sources: Tensor, first: int, shared: int) -> None:
+        """Items first, first + 1, .. take the keys and values of their first `shared` real prompt tokens from items
+        `sources` (already prefilled, of the same merge): the same ids at positions 0..shared-1 under the same
+        merge give the same keys and values. Columns are each item's own (a padded item's prompt starts later)."""
+        device = sources.device
+        targets = torch.arange(first, first + sources.shape[0], device=device)
+        starts = (~state.mask[:, : state.prompt_capacity]).sum(dim=1)  # prompts are right-aligned
+        offsets = torch.arange(shared, device=device)
+        target_columns, source_columns = (starts[items][:, None] + offsets for items in (targets, sources))
+        for cache in (state.keys, state.values):
+            cache[:, targets[:, None], :, target_columns] = cache[:, sources[:, None], :, source_columns]
 
     def _forward(
         self,
@@ -328,11 +349,14 @@ class LlamaStep:
         items, length = positions.shape
         chosen = slice(first, first + items)
         keys_to = keys_from + visible.shape[-1]
-        bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
-            ~visible[:, None], torch.finfo(hidden.dtype).min
-        )  # [items, 1, length, keys]
+        fused_attention = every_token and self.fused_decode_attention  # reads `visible` itself: no bias is built
+        bias = None
+        if not fused_attention:
+            bias = torch.zeros((), dtype=hidden.dtype, device=hidden.device).masked_fill(
+                ~visible[:, None], torch.finfo(hidden.dtype).min
+            )  # [items, 1, length, keys]
         queries_as_rows = every_token or not self.cudnn_gqa  # see `_attention`
-        if queries_as_rows:
+        if queries_as_rows and bias is not None:
             groups = self.num_heads // self.num_kv_heads
             bias = bias[:, :, None].expand(-1, -1, groups, -1, -1).flatten(2, 3)
         rotary = rotary_store.RotaryStore(
@@ -353,7 +377,10 @@ class LlamaStep:
             keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
-            attended = self._attention(query, keys, values, bias, queries_as_rows)
+            if fused_attention:
+                attended = decode_attention.attention(query, keys, values, visible, fused=True)
+            else:
+                attended = self._attention(query, keys, values, bias, queries_as_rows)
             hidden = layer.attention_output(attended, scales, spectral_scales, hidden)
             normed = _rms_norm(layer.post_attention_layernorm, hidden, self.fused_rmsnorm)
             hidden = layer.mlp(normed, hidden, self.fused_swiglu)
@@ -368,7 +395,9 @@ class LlamaStep:
         (a token per beam) takes the query heads of each kv head as query rows instead, so the same
         attention is ordinary attention over [items, kv, groups x length, d], with no key copied per
         query head: at the sweep batch cuDNN's grouped kernel took 193 µs per layer for it, ordinary
-        attention 53 µs (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not).
+        attention 53 µs (cuDNN) or 56 µs (memory-efficient, used where cuDNN is not). Where its check passes,
+        `_forward` runs a decode step's attention as this project's Triton kernel instead
+        (naturelm_core.decode_attention), which reads the visibility mask itself; this is its torch version.
         """
         items, _, length, _ = query.shape
         if not queries_as_rows:
@@ -404,6 +433,21 @@ class LlamaStep:
     def fingerprint(self) -> tuple[int, ...]:
         """Addresses of every weight: a captured graph is only valid while none of them moved."""
         return tuple(parameter.data_ptr() for parameter in self.llm.parameters())
+
+
+def _merge_groups(item_merge: RowMerge) -> tuple[Tensor, Tensor]:
+    """Each item's group of identical merges [items], and each group's first item [groups], on the host: the
+    merges are a few hundred numbers an item (layers x projections, spectral weights), where the state's rank
+    columns are 8,192 (torch.unique over those took 63 ms on an H100)."""
+    parts = [item_merge.scales.flatten(1)]
+    if item_merge.spectral is not None:
+        parts += [item_merge.spectra, item_merge.spectral[:, None].float()]
+    _, group_of_item = torch.unique(torch.cat(parts, dim=1).cpu(), dim=0, return_inverse=True)
+    items = group_of_item.shape[0]
+    first = torch.full((int(group_of_item.max()) + 1,), items).scatter_reduce_(
+        0, group_of_item, torch.arange(items), "amin"
+    )
+    return group_of_item, first
 
 
 def _cudnn_attention():
@@ -552,7 +596,13 @@ class _Runner:
     """
 
     def __init__(
-        self, step: LlamaStep, state: DecodeState, window_block: int, use_graphs: bool, small_prefill_tokens: int
+        self,
+        step: LlamaStep,
+        state: DecodeState,
+        window_block: int,
+        use_graphs: bool,
+        small_prefill_tokens: int,
+        shared_prefix_tokens: int = SHARED_PREFIX_TOKENS,
     ) -> None:
         self.step = step
         self.state = state
@@ -561,6 +611,7 @@ class _Runner:
         self.use_graphs = use_graphs
         # A small prompt batch is prefilled over the whole capacity by a graph; a large one eagerly.
         self.prefill_by_graph = state.items * state.prompt_capacity <= small_prefill_tokens
+        self.shared_prefix_tokens = shared_prefix_tokens
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by (window, spectral)
         self.prefill_graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # by spectral
         self.captured: set[bool] = set()  # variants whose graphs exist
@@ -590,8 +641,14 @@ class _Runner:
                 self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
-                elif self.step.fused_rotary or self.step.fused_swiglu or self.step.fused_rmsnorm:
+                elif (
+                    self.step.fused_rotary
+                    or self.step.fused_swiglu
+                    or self.step.fused_rmsnorm
+                    or self.step.fused_decode_attention
+                ):
                     self.step.fused_rotary = self.step.fused_swiglu = self.step.fused_rmsnorm = False
+                    self.step.fused_decode_attention = False
                 else:
                     raise
 
@@ -636,13 +693,17 @@ class _Runner:
         graph = self.prefill_graphs.get(self.state.spectral)
         if not self.prefill_by_graph:
             chunk = items if between_chunks is None else max(1, PAUSE_PREFILL_TOKENS // prompt_length)
+            passes, sources = self._prefill_passes(batch, item_merge)
             with _attention_kernels():  # over the batch's own length: no compute on the capacity's padding
-                for first in range(0, items, chunk):
-                    if first:
-                        _catch_up(self.state.logits)  # or the host runs chunks ahead and the pause comes too late
-                        between_chunks()
-                    count = min(chunk, items - first)
-                    self.step.prefill(self.state, items=count, length=prompt_length, first=first)
+                for begin, end, shared in passes:
+                    if shared:
+                        self.step.copy_prefix(self.state, sources, begin, shared)
+                    for first in range(begin, end, chunk):
+                        if first and between_chunks is not None:
+                            _catch_up(self.state.logits)  # or the host runs ahead and the pause comes too late
+                            between_chunks()
+                        count = min(chunk, end - first)
+                        self.step.prefill(self.state, items=count, length=prompt_length, first=first, shared=shared)
             logits = self.state.logits[:items]
         elif graph is None:
             logits = self.step.prefill(self.state)[:items]
@@ -650,6 +711,27 @@ class _Runner:
             graph[0].replay()
             logits = graph[1][:items]
         return logits.repeat_interleave(self.state.beams, dim=0)
+
+    def _prefill_passes(
+        self, batch: PaddedBatch, item_merge: RowMerge
+    ) -> tuple[list[tuple[int, int, int]], Tensor | None]:
+        """The eager prefill's passes (first item, end, shared tokens) and the items the second pass copies from.
+
+        Items up to the last first-of-its-merge are prefilled whole; every later item takes its shared prompt
+        prefix (PaddedBatch.shared_prefix) from the first item of its merge and computes only the rest. A sweep
+        batch lists a recording's alphas together, so the first recording's items hold every merge: 8 of each
+        later item's 58 prompt tokens are copied, not computed, and no pass is added.
+        """
+        items, shared = item_merge.rows, batch.shared_prefix
+        whole = [(0, items, 0)]
+        if items * shared < self.shared_prefix_tokens:
+            return whole, None
+        group_of_item, first_of_group = _merge_groups(item_merge)
+        split = int(first_of_group.max()) + 1
+        if (items - split) * shared < max(1, self.shared_prefix_tokens):
+            return whole, None
+        sources = first_of_group[group_of_item[split:]].to(self.state.keys.device)
+        return [(0, split, 0), (split, items, shared)], sources
 
     def run(self, generated: int) -> Tensor:
         """The decode step that writes generated token number `generated` (0-based) of every beam."""
@@ -686,6 +768,7 @@ class StaticDecoding:
         prompt_block: int = PROMPT_BLOCK,
         window_block: int = WINDOW_BLOCK,
         small_prefill_tokens: int = SMALL_PREFILL_TOKENS,
+        shared_prefix_tokens: int = SHARED_PREFIX_TOKENS,
     ) -> None:
         """`use_graphs=None` captures graphs exactly when the model is on CUDA."""
         self.use_graphs = use_graphs
@@ -693,6 +776,7 @@ class StaticDecoding:
         self.prompt_block = prompt_block
         self.window_block = window_block
         self.small_prefill_tokens = small_prefill_tokens
+        self.shared_prefix_tokens = shared_prefix_tokens
         # Keyed by (shape, slot): a generation paused for another one of the same shape (the engine answering a
         # user inside a sweep batch) must not have its state reloaded under it, so the second takes slot 1.
         self._runners: OrderedDict[tuple[tuple[int, int, int, int], int], _Runner] = OrderedDict()
@@ -705,7 +789,12 @@ class StaticDecoding:
     def __deepcopy__(self, memo: dict) -> StaticDecoding:
         """A copied model starts with no states: graphs point at the original's weights."""
         return StaticDecoding(
-            self.use_graphs, self.max_states, self.prompt_block, self.window_block, self.small_prefill_tokens
+            self.use_graphs,
+            self.max_states,
+            self.prompt_block,
+            self.window_block,
+            self.small_prefill_tokens,
+            self.shared_prefix_tokens,
         )
 
     @property
@@ -758,7 +847,10 @@ class StaticDecoding:
             while len(self._runners) >= self.max_states:
                 self._runners.popitem(last=False)
             use_graphs = step.weight.is_cuda if self.use_graphs is None else self.use_graphs
-            runner = _Runner(step, DecodeState(step, *shape), self.window_block, use_graphs, self.small_prefill_tokens)
+            state = DecodeState(step, *shape)
+            runner = _Runner(
+                step, state, self.window_block, use_graphs, self.small_prefill_tokens, self.shared_prefix_tokens
+            )
         self.captures += runner.prepare(spectral=merge.spectral is not None)
         self._runners[key] = runner
         self._runners.move_to_end(key)

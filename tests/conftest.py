@@ -67,6 +67,16 @@ def tiny_model(tiny_checkpoint):
     return load_model(str(tiny_checkpoint), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def static_tiny_model(tiny_model):
+    """The session's tiny model for a module that sets its decoding path and states: both restored after it."""
+    from naturelm_core.static_decoding import StaticDecoding
+
+    yield tiny_model
+    tiny_model.decode_with_static_cache = None
+    tiny_model.static_decoding = StaticDecoding()
+
+
 # --- model stubs shared by the sweep and engine tests ---
 
 import time  # noqa: E402  (kept inside this section, which is appended as one block)

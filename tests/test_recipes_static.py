@@ -14,6 +14,7 @@ from naturelm_core import static_decoding
 from naturelm_core.alphas import MergeRecipe
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.static_decoding import StaticDecoding
+from tests.static_helpers import generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -33,10 +34,8 @@ MIXED_BATCH = [
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    yield tiny_model
-    tiny_model.decode_with_static_cache = None
-    tiny_model.static_decoding = StaticDecoding()
+def model(static_tiny_model):
+    return static_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +45,7 @@ def rows() -> list[list[torch.Tensor]]:
 
 
 def _ids(model, rows, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None, prompts=PROMPTS):
-    model.decode_with_static_cache = static
-    if decoding is not None:
-        model.static_decoding = decoding
-    try:
-        return model.generate_ids_from_embeddings(rows, prompts, alphas, num_beams, MAX_NEW_TOKENS)
-    finally:
-        model.decode_with_static_cache = None
+    return generate_ids(model, rows, prompts, alphas, num_beams, MAX_NEW_TOKENS, static, decoding)
 
 
 @pytest.mark.parametrize("small_prefill_tokens", [0, 1024])

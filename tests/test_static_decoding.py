@@ -22,6 +22,7 @@ from naturelm_core.static_decoding import (
     row_capacity,
 )
 from naturelm_core.tiny import write_tiny_checkpoint
+from tests.static_helpers import generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -45,13 +46,7 @@ def rows() -> list[list[torch.Tensor]]:
 
 
 def _ids(model, rows, prompts, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None):
-    model.decode_with_static_cache = static
-    if decoding is not None:
-        model.static_decoding = decoding
-    try:
-        return model.generate_ids_from_embeddings(rows, prompts, alphas, num_beams, MAX_NEW_TOKENS)
-    finally:
-        model.decode_with_static_cache = None
+    return generate_ids(model, rows, prompts, alphas, num_beams, MAX_NEW_TOKENS, static, decoding)
 
 
 # Small blocks so that a 12-token generation crosses several attention windows; small_prefill_tokens=0

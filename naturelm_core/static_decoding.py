@@ -49,11 +49,11 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import decode_attention, rmsnorm, rotary_store, swiglu
+from naturelm_core import decode_attention, low_rank, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowMerge, RowScaledDropout
 from naturelm_core.prompting import PaddedBatch
 from naturelm_core.recipes import MERGE_MODULES
-from naturelm_core.spectral import SpectralBasis, weigh_directions
+from naturelm_core.spectral import SpectralBasis
 
 PROMPT_BLOCK = 16  # prompt capacity is rounded up to this, so prompts of similar length share a graph
 WINDOW_BLOCK = 16  # attention window granularity, in generated tokens (one graph per window)
@@ -159,66 +159,39 @@ class _Layer:
         self.out_of_o.copy_(out_of_o)
         self._versions = versions
 
-    def attention_inputs(self, x: Tensor, scales: Tensor, spectral_scales: Tensor | None) -> Tensor:
+    def attention_inputs(self, x: Tensor, scales: Tensor, spectral_scales: Tensor | None, fused: bool) -> Tensor:
         """[q | k | v] with their LoRA terms: base(x) + B((A x) * scale) * s, LoRA B added inside the product.
 
         NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; the scale is applied
         here to the rank-r product instead, a tiny kernel instead of a full-width one. `scales` [items, 1,
         rank columns] (see `DecodeState`); `spectral_scales` likewise for spectral rows, None when the
-        batch has none.
+        batch has none; `fused`: scaled by naturelm_core.low_rank's kernel.
         """
         projected = nn.functional.linear(x, self.qkv)
         width, rank = self.lora_b_qkv.shape
-        down = projected[:, width:]
-        low_rank = _scaled(down, scales[..., :rank], self.scaling_qkv)
-        if spectral_scales is not None:
-            spectral = spectral_scales[..., :rank]
-            low_rank.add_(_spectral(down, spectral, self.into_qkv, self.out_of_qkv, self.scaling_qkv))
-        return projected[:, :width].addmm_(low_rank, self.lora_b_qkv.t())
+        spectral = None if spectral_scales is None else spectral_scales[..., :rank]
+        scaled = low_rank.scale_rows(
+            projected[:, width:], scales[..., :rank], spectral, self.into_qkv, self.out_of_qkv, self.scaling_qkv, fused
+        )
+        return projected[:, :width].addmm_(scaled, self.lora_b_qkv.t())
 
     def attention_output(
-        self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor
+        self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor, fused: bool
     ) -> Tensor:
         """residual += o(attended) + its LoRA term, in place: an out-of-place sum first copies the residual."""
         rank = self.lora_a_o.shape[0]
         down = nn.functional.linear(attended, self.lora_a_o)
-        low_rank = _scaled(down, scales[..., -rank:], self.scaling_o)
-        if spectral_scales is not None:
-            spectral = spectral_scales[..., -rank:]
-            low_rank.add_(_spectral(down, spectral, self.into_o, self.out_of_o, self.scaling_o))
-        return residual.addmm_(attended, self.o.t()).addmm_(low_rank, self.lora_b_o.t())
+        spectral = None if spectral_scales is None else spectral_scales[..., -rank:]
+        scaled = low_rank.scale_rows(
+            down, scales[..., -rank:], spectral, self.into_o, self.out_of_o, self.scaling_o, fused
+        )
+        return residual.addmm_(attended, self.o.t()).addmm_(scaled, self.lora_b_o.t())
 
     def mlp(self, x: Tensor, residual: Tensor, fused_swiglu: bool) -> Tensor:
         """residual += down(silu(gate(x)) * up(x)), Llama's SwiGLU, in place. (One fused gate/up product
         measured slower at the sweep batch, 172 vs 149 µs per layer, and equal at one row.)"""
         gate, up = nn.functional.linear(x, self.gate), nn.functional.linear(x, self.up)
         return residual.addmm_(swiglu.silu_mul(gate, up, fused_swiglu), self.down.t())
-
-
-def _scaled(down: Tensor, scales: Tensor, scaling: Tensor | float | None) -> Tensor:
-    """Each row's rank-r LoRA product times its scale (in float32, as scales are) and the LoRA scale.
-
-    `down` [items x tokens, r], `scales` [items, 1, r]: one scale per item and rank column, broadcast
-    over the item's tokens. Without a LoRA scale it is one kernel: the float32 product is rounded once
-    into the output's dtype.
-    """
-    per_item = down.unflatten(0, (scales.shape[0], -1))  # [items, tokens, r], a view
-    if isinstance(scaling, Tensor) or (scaling is not None and scaling != 1.0):
-        return (per_item * scales * scaling).to(down.dtype).flatten(0, 1)
-    out = torch.empty(per_item.shape, dtype=down.dtype, device=down.device)
-    return torch.mul(per_item, scales, out=out).flatten(0, 1)
-
-
-def _spectral(
-    down: Tensor, spectral_scales: Tensor, into: Tensor, out_of: Tensor, scaling: Tensor | float | None
-) -> Tensor:
-    """Spectral rows' LoRA products through the singular basis, weighed by their scale times w; exactly zero
-    on other rows (their `spectral_scales` are 0), so adding it leaves those rows' numbers as they were."""
-    per_item = down.unflatten(0, (spectral_scales.shape[0], -1))  # [items, tokens, r]
-    weighed = weigh_directions(per_item, spectral_scales, into, out_of).flatten(0, 1)
-    if isinstance(scaling, Tensor) or (scaling is not None and scaling != 1.0):
-        return weighed * scaling
-    return weighed
 
 
 def _rms_norm(norm: nn.Module, x: Tensor, fused: bool) -> Tensor:
@@ -265,6 +238,7 @@ class LlamaStep:
         self.fused_decode_attention = decode_attention.fused_kernel_works(
             self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
         )
+        self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -373,7 +347,7 @@ class LlamaStep:
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
             spectral_scales = state.spectral_scales[chosen, index, None] if state.spectral else None
             normed = _rms_norm(layer.input_layernorm, hidden, self.fused_rmsnorm)
-            qkv = layer.attention_inputs(normed, scales, spectral_scales)
+            qkv = layer.attention_inputs(normed, scales, spectral_scales, self.fused_low_rank)
             keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
@@ -381,7 +355,7 @@ class LlamaStep:
                 attended = decode_attention.attention(query, keys, values, visible, fused=True)
             else:
                 attended = self._attention(query, keys, values, bias, queries_as_rows)
-            hidden = layer.attention_output(attended, scales, spectral_scales, hidden)
+            hidden = layer.attention_output(attended, scales, spectral_scales, hidden, self.fused_low_rank)
             normed = _rms_norm(layer.post_attention_layernorm, hidden, self.fused_rmsnorm)
             hidden = layer.mlp(normed, hidden, self.fused_swiglu)
         if not every_token:
@@ -646,9 +620,10 @@ class _Runner:
                     or self.step.fused_swiglu
                     or self.step.fused_rmsnorm
                     or self.step.fused_decode_attention
+                    or self.step.fused_low_rank
                 ):
                     self.step.fused_rotary = self.step.fused_swiglu = self.step.fused_rmsnorm = False
-                    self.step.fused_decode_attention = False
+                    self.step.fused_decode_attention = self.step.fused_low_rank = False
                 else:
                     raise
 

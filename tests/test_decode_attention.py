@@ -167,7 +167,9 @@ def test_a_failed_capture_turns_the_kernel_off_with_the_others(model, rows, monk
 
     def refuse(self, prefill):
         step = self.step
-        seen.append((step.cudnn_gqa, step.fused_rotary, step.fused_rmsnorm, step.fused_decode_attention))
+        seen.append(
+            (step.cudnn_gqa, step.fused_rotary, step.fused_rmsnorm, step.fused_decode_attention, step.fused_low_rank)
+        )
         if len(seen) > 3:  # a flag left on would have it retry for ever
             raise torch.OutOfMemoryError("still capturing with a fused kernel on")
         raise RuntimeError("operation not permitted when stream is capturing (simulated)")
@@ -176,10 +178,10 @@ def test_a_failed_capture_turns_the_kernel_off_with_the_others(model, rows, monk
     decoding = StaticDecoding(use_graphs=True)
     step = decoding._llama_step(model.llm)
     step.cudnn_gqa = step.fused_rotary = step.fused_swiglu = step.fused_rmsnorm = True
-    step.fused_decode_attention = True
+    step.fused_decode_attention = step.fused_low_rank = True
     with pytest.raises(RuntimeError, match="simulated"):
         decoding.decoder(model.llm, model.build_inputs(rows, PROMPTS), torch.zeros(3), 1, 4)
-    assert seen == [(True, True, True, True), (False, True, True, True), (False, False, False, False)]
+    assert seen == [(True,) * 5, (False,) + (True,) * 4, (False,) * 5]
 
 
 # Run first in every interpreter child. Triton 3.6's interpreter (the one torch 2.11 bundles) hands a kernel's

@@ -200,9 +200,11 @@ def test_running_out_of_memory_while_capturing_keeps_the_fast_kernels(model, row
     alphas = torch.zeros(3)
     step = decoding._llama_step(model.llm)
     step.cudnn_gqa = step.fused_rotary = step.fused_swiglu = step.fused_rmsnorm = True  # as on a GPU where they work
+    step.fused_decode_attention = step.fused_low_rank = True
     with pytest.raises(torch.OutOfMemoryError):
         decoding.decoder(model.llm, batch, alphas, 1, 4)
     assert step.cudnn_gqa and step.fused_rotary and step.fused_swiglu and step.fused_rmsnorm
+    assert step.fused_decode_attention and step.fused_low_rank
 
 
 def test_releasing_cached_states_frees_the_shapes_and_keeps_the_step(model, rows):

@@ -125,6 +125,7 @@ class _Layer:
         self._bases = tuple(part[4] for part in (q, k, v, o))
         self.widths = tuple(weight.shape[0] for weight in self._weights)
         self.ranks = tuple(part[1].shape[0] for part in (q, k, v, o))  # rank columns: [q | k | v | o]
+        self.rank_block_qkv = self.ranks[0] if len(set(self.ranks[:3])) == 1 else None  # the maps' diagonal blocks
         weight = self._weights[0]
         rank_qkv = sum(self.ranks[:3])
         self.qkv = torch.empty(sum(self.widths) + rank_qkv, weight.shape[1], dtype=weight.dtype, device=weight.device)
@@ -171,7 +172,14 @@ class _Layer:
         width, rank = self.lora_b_qkv.shape
         spectral = None if spectral_scales is None else spectral_scales[..., :rank]
         scaled = low_rank.scale_rows(
-            projected[:, width:], scales[..., :rank], spectral, self.into_qkv, self.out_of_qkv, self.scaling_qkv, fused
+            projected[:, width:],
+            scales[..., :rank],
+            spectral,
+            self.into_qkv,
+            self.out_of_qkv,
+            self.scaling_qkv,
+            fused,
+            self.rank_block_qkv,
         )
         return projected[:, :width].addmm_(scaled, self.lora_b_qkv.t())
 

@@ -20,9 +20,10 @@ def test_without_a_gpu_the_fused_kernel_is_not_used():
     assert not fused_kernel_works(torch.device("cpu"), torch.float32)
 
 
-def _case(rank: int, items: int, tokens: int, dtype: torch.dtype, seed: int = 0):
+def _case(rank: int, items: int, tokens: int, dtype: torch.dtype, seed: int = 0, block: int | None = None):
     """A column slice of a wider product (as q | k | v's rank columns are), scales as a state's per-layer view
-    (one item stride over every layer's columns), odd items spectral, even items plain, orthogonal maps."""
+    (one item stride over every layer's columns), odd items spectral, even items plain, orthogonal maps
+    (block-diagonal in blocks of `block` columns, as q | k | v's are)."""
     generator = torch.Generator().manual_seed(seed)
     down = torch.randn(items * tokens, rank + 24, generator=generator).to(dtype)[:, 24:]
     buffer = torch.zeros(2, items, 3, rank)  # [plain | spectral, items, layers, rank columns]
@@ -30,7 +31,9 @@ def _case(rank: int, items: int, tokens: int, dtype: torch.dtype, seed: int = 0)
     buffer[1] = torch.rand(items, 3, rank, generator=generator) * 2
     buffer[0, 1::2], buffer[1, ::2] = 0.0, 0.0
     scales, spectral = buffer[0, :, 1, None], buffer[1, :, 1, None]  # [items, 1, rank], strided
-    into, out_of = torch.linalg.qr(torch.randn(2, rank, rank, generator=generator)).Q.unbind()
+    block = block or rank
+    maps = torch.linalg.qr(torch.randn(2, rank // block, block, block, generator=generator)).Q
+    into, out_of = (torch.block_diag(*m.unbind()) for m in maps.unbind())
     return down, scales, spectral, into, out_of
 
 
@@ -66,12 +69,14 @@ def test_the_kernel_in_tritons_interpreter_computes_what_torch_computes():
         from naturelm_core.low_rank import scale_rows
         from tests.test_low_rank import _case
         checked = 0
-        # NatureLM's q | k | v and o ranks, one below the smallest block; one row, a decode step's beams, a prompt
-        for rank, items, tokens in ((96, 3, 2), (32, 5, 1), (12, 2, 7), (32, 3, 11)):
+        # NatureLM's q | k | v (in blocks of 32, and whole) and o ranks, a block below the kernel's smallest;
+        # one row, a decode step's beams, a prompt
+        cases = ((96, 32, 3, 2), (96, 96, 2, 3), (32, 32, 5, 1), (12, 4, 2, 7), (32, 32, 3, 11))
+        for rank, block, items, tokens in cases:
             for dtype in (torch.float32, torch.bfloat16):
-                down, scales, spectral, into, out_of = _case(rank, items, tokens, dtype, seed=rank + tokens)
+                down, scales, spectral, into, out_of = _case(rank, items, tokens, dtype, rank + tokens, block)
                 for spectral_scales in (None, spectral):
-                    got = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=True)
+                    got = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=True, block=block)
                     expected = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=False)
                     assert got.shape == expected.shape and got.dtype == dtype and got.is_contiguous()
                     plain = torch.arange(items * tokens) // tokens % 2 == 0
@@ -83,7 +88,7 @@ def test_the_kernel_in_tritons_interpreter_computes_what_torch_computes():
         print("ok", checked)
         """
     )
-    assert out.strip() == "ok 16"
+    assert out.strip() == "ok 20"
 
 
 def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
@@ -131,10 +136,10 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
 @pytest.mark.parametrize(("rank", "items", "tokens"), [(96, 1, 1), (96, 176, 2), (32, 176, 58), (32, 64, 4)])
 def test_the_fused_kernel_computes_what_torch_computes_on_a_gpu(dtype, rank, items, tokens):
     assert fused_kernel_works(torch.device("cuda"), dtype)
-    case = [t.cuda() for t in _case(rank, items, tokens, dtype, seed=items)]
+    case = [t.cuda() for t in _case(rank, items, tokens, dtype, items, block=32)]
     down, scales, spectral, into, out_of = case
     for spectral_scales in (None, spectral):
-        got = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=True)
+        got = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=True, block=32)
         expected = scale_rows(down, scales, spectral_scales, into, out_of, None, fused=False)
         plain = (torch.arange(items * tokens, device="cuda") // tokens) % 2 == 0
         assert torch.equal(got[plain], expected[plain])

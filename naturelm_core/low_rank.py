@@ -118,7 +118,7 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "tokens"])  # they change with every batch shape: one compilation
     def scale_low_rank(
         down,
         scales,

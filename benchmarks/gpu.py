@@ -182,8 +182,11 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def interactive_ids(model: NatureLM, window: np.ndarray, alpha: float, beams: int, new_tokens: int) -> list[int]:
-    """What NatureLM.generate does for one recording, returning ids so the tokens can be counted."""
+def interactive_ids(
+    model: NatureLM, window: np.ndarray, alpha: float | dict[str, Any], beams: int, new_tokens: int
+) -> list[int]:
+    """What NatureLM.generate does for one recording at an alpha or a merge recipe, returning ids so the tokens
+    can be counted."""
     embeds = model.encode_audio(window[None])
     ids = model.generate_ids_from_embeddings([[embeds[0]]], PROMPT, [alpha], beams, new_tokens)
     decode_answers(model.tokenizer, ids)
@@ -873,10 +876,21 @@ def _reference_rate(
     return max(median_rate, result["reference_loop"]["answers_per_s"])
 
 
+def recipe_points(rank: int, alpha: float = 0.5) -> dict[str, Any]:
+    """One point of each kind at `alpha`: a plain alpha, a layer ramp, a spectral recipe (half the rank)."""
+    return {
+        "plain_alphas": alpha,
+        "layer_ramps": {"layers": f"linear:{alpha:g}:1"},
+        "spectral": {"alpha": alpha, "rank": max(1, rank // 2)},
+    }
+
+
 def section_recipes(model: NatureLM, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Merge recipes per row (issue 18): the same sweep as `section_sweep`'s "ours" with 11 plain alphas, 11
     layer ramps and 11 spectral recipes per recording, side by side (median of interleaved rounds); no graph
-    capture and no weight write once each variant's graphs exist; the SVD bases' memory."""
+    capture and no weight write once each variant's graphs exist; the SVD bases' memory. Then an Explore
+    answer (`section_latency`'s, greedy) at a plain alpha, a layer ramp and a spectral recipe, interleaved:
+    issue 23 asks recipes for 95% of plain alphas' speed at the sweep, at Explore and from files."""
     from naturelm_core.alpha import RowScaledDropout
 
     start = time.perf_counter()
@@ -918,13 +932,45 @@ def section_recipes(model: NatureLM, device: torch.device, args: argparse.Namesp
     plain = result["plain_alphas"]["answers_per_s"]
     result["layer_ramps_vs_plain"] = result["layer_ramps"]["answers_per_s"] / plain
     result["spectral_vs_plain"] = result["spectral"]["answers_per_s"] / plain
+    result["explore"] = _explore_by_recipe(model, device, args, recipe_points(rank))
+    return result
+
+
+def _explore_by_recipe(
+    model: NatureLM, device: torch.device, args: argparse.Namespace, points: dict[str, Any]
+) -> dict[str, Any]:
+    """Explore's p50 at each point, interleaved (a slow moment of the GPU lands on every kind alike), and each
+    kind's speed as a share of the plain alpha's (its p50 over theirs)."""
+    window = recordings(1, seed=31)[0]
+    model.decode_with_static_cache = True
+    try:
+        for point in points.values():  # warm-up: the spectral variant's graphs are captured on first use
+            interactive_ids(model, window, point, 1, args.new_tokens)
+        seconds: dict[str, list[float]] = {label: [] for label in points}
+        for _ in range(args.repeats):
+            for label, point in points.items():
+                seconds[label].append(
+                    timed(device, lambda p=point: interactive_ids(model, window, p, 1, args.new_tokens))[0]
+                )
+    finally:
+        model.decode_with_static_cache = None
+    result: dict[str, Any] = {label: percentiles(times) for label, times in seconds.items()}
+    plain = result["plain_alphas"]["p50_ms"]
+    for label in points:
+        if label != "plain_alphas":
+            result[f"{label}_vs_plain"] = plain / result[label]["p50_ms"]
     return result
 
 
 def file_sweep_spec(
-    name: str, recordings_folder: Path, alphas: list[float], args: argparse.Namespace, limit: int | None = None
+    name: str,
+    recordings_folder: Path,
+    points: list[float | dict[str, Any]],
+    args: argparse.Namespace,
+    limit: int | None = None,
 ) -> Any:
-    """A sweep over the benchmark's FLAC recordings: the common-name prompt, the run's beams and tokens."""
+    """A sweep over the benchmark's FLAC recordings: the common-name prompt, the run's beams and tokens, at
+    `points` (plain alphas, and recipes, which a spec lists apart)."""
     from evaluation.sweep import SweepSpec
 
     return SweepSpec.from_dict(
@@ -934,7 +980,8 @@ def file_sweep_spec(
             "path": str(recordings_folder),
             "subsets": ["benchmark"],
             "prompts": [{"name": "common", "template": PROMPT}],
-            "alphas": alphas,
+            "alphas": [point for point in points if not isinstance(point, dict)],
+            "recipes": [point for point in points if isinstance(point, dict)],
             "num_beams": args.beams,
             "max_new_tokens": args.new_tokens,
             "limit": limit,
@@ -979,6 +1026,9 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
             }
 
         plans = {"one_alpha": ([1.0], (1, 4, 8, None)), "eleven_alphas": (SWEEP_ALPHAS, (1, None))}
+        recipes = recipe_points(model.config.lora_rank)  # at 0.5: a ramp to alpha 1 would be plain alpha 1
+        for label in ("layer_ramps", "spectral"):  # one recipe per recording: its share of one alpha's rate
+            plans[f"one_recipe_{label}"] = ([recipes[label]], (None,))
         if args.one_alpha_files_only:  # an A/B of decoding beside the engine: the sweeps it moves, quickly
             plans = {"one_alpha": ([1.0], (8, None))}
         try:
@@ -999,6 +1049,11 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
             result["one_alpha_long_decode_workers_default"] = sweep("one-long", [1.0], None, limit=long_sweep)
         finally:
             engine.stop()
+    one_alpha = result["one_alpha_decode_workers_default"]["answers_per_s"]
+    for label in ("layer_ramps", "spectral"):
+        result[f"one_recipe_{label}_vs_one_alpha"] = (
+            result[f"one_recipe_{label}_decode_workers_default"]["answers_per_s"] / one_alpha
+        )
     return result
 
 
@@ -1150,7 +1205,8 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     encoder, then prefill and each decode step at the larger of their compute and memory bounds)."""
     env, bandwidth = results["environment"], results.get("bandwidth")
     if not bandwidth:
-        return {}
+        shares = _recipe_shares(results)
+        return {"recipes_share_of_plain": shares} if shares else {}
     flop_rate = bandwidth["bf16_matmul_tflop_per_s"] * 1e12
     copy_rate = bandwidth["copy_gb_per_s"] * 1e9
     weights = env["weight_bytes_per_step"] / 2  # bf16 parameters a token passes through (lm_head included)
@@ -1183,7 +1239,28 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         }
         out["explore_p50_ms"] = latency
         out["explore_over_bound"] = latency / bound
+    shares = _recipe_shares(results)
+    if shares:
+        out["recipes_share_of_plain"] = shares
     return out
+
+
+def _recipe_shares(results: dict[str, Any]) -> dict[str, float]:
+    """Each recipe kind's speed as a share of plain alphas', where this run measured it (the sweep, an Explore
+    answer, one recipe per recording from files), and the lowest: issue 23 asks >= 0.95 at each."""
+    places = (
+        ("sweep", results.get("recipes", {})),
+        ("explore", results.get("recipes", {}).get("explore", {})),
+        ("files_one_per_recording", results.get("sweep_files", {})),
+    )
+    shares = {
+        f"{where}_{kind}": value
+        for where, section in places
+        for kind in ("layer_ramps", "spectral")
+        for value in [section.get(f"{kind}_vs_plain", section.get(f"one_recipe_{kind}_vs_one_alpha"))]
+        if isinstance(value, float)
+    }
+    return {**shares, "lowest": min(shares.values())} if shares else {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

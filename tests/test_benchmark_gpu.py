@@ -161,3 +161,39 @@ def test_idle_gaps_reads_the_frames_of_a_real_profile():
     credited = idle_gaps(kernels + host, min_gap_us=0.0)["idle_ms_by_host_frame"]
     assert max(credited, key=credited.get) == frames[0].name  # the frames are all the same line
     assert credited[frames[0].name] > 0.9 * sum(credited.values())
+
+
+@pytest.mark.slow  # about 25 s on 2 cores: the tiny recipes sweeps, then Explore at each kind of point
+def test_the_recipes_section_times_explore_at_a_plain_alpha_a_layer_ramp_and_a_spectral_recipe(tmp_path):
+    """Issue 23 asks recipes for 95% of plain alphas' speed at the sweep and at Explore (and from files, below):
+    each kind's Explore p50 over the same repeats, its share of plain, and `targets` gathers every share."""
+    from benchmarks import gpu as benchmark
+
+    argv = ["--size", "tiny", "--out", str(tmp_path), "--sections", "recipes", "--new-tokens", "2"]
+    assert benchmark.main([*argv, "--sweep-recordings", "2", "--repeats", "3"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    explore = results["recipes"]["explore"]
+    assert {explore[kind]["n"] for kind in ("plain_alphas", "layer_ramps", "spectral")} == {3}
+    for kind in ("layer_ramps", "spectral"):
+        assert explore[f"{kind}_vs_plain"] == pytest.approx(explore["plain_alphas"]["p50_ms"] / explore[kind]["p50_ms"])
+    shares = results["targets"]["recipes_share_of_plain"]
+    assert set(shares) == {"sweep_layer_ramps", "sweep_spectral", "explore_layer_ramps", "explore_spectral", "lowest"}
+    assert shares["explore_spectral"] == explore["spectral_vs_plain"]
+    assert shares["sweep_layer_ramps"] == results["recipes"]["layer_ramps_vs_plain"]
+    assert shares["lowest"] == min(value for key, value in shares.items() if key != "lowest")
+
+
+@pytest.mark.slow  # about 40 s on 2 cores: every sweep from FLAC files of 2 recordings, tiny
+def test_the_file_sweeps_run_one_recipe_per_recording_beside_one_alpha(tmp_path):
+    from benchmarks import gpu as benchmark
+
+    argv = ["--size", "tiny", "--out", str(tmp_path), "--sections", "sweep_files", "--new-tokens", "2"]
+    assert benchmark.main([*argv, "--file-recordings", "2"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())["sweep_files"]
+    assert "error" not in result
+    for kind in ("layer_ramps", "spectral"):
+        measured = result[f"one_recipe_{kind}_decode_workers_default"]
+        assert measured["answers"] == result["one_alpha_decode_workers_default"]["answers"] == 2
+        assert result[f"one_recipe_{kind}_vs_one_alpha"] == pytest.approx(
+            measured["answers_per_s"] / result["one_alpha_decode_workers_default"]["answers_per_s"]
+        )

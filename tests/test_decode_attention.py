@@ -208,7 +208,21 @@ if hasattr(_interpreter, "_patch_lang_tensor"):
 """
 
 
-def _interpret(script: str) -> str:
+# A child's tiny model and three rows of audio embeddings: what the kernels' static-decoding tests run.
+TINY_MODEL_IN_CHILD = """
+import tempfile
+import torch
+from naturelm_core.loading import load_model
+from naturelm_core.tiny import write_tiny_checkpoint
+from tests.test_decode_attention import PROMPTS
+
+model = load_model(str(write_tiny_checkpoint(tempfile.mkdtemp())), device="cpu", dtype="float32")
+generator = torch.Generator().manual_seed(11)
+rows = [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+"""
+
+
+def _interpret(script: str, prelude: str = "") -> str:
     pytest.importorskip("triton")
     environment = {
         **os.environ,
@@ -216,7 +230,7 @@ def _interpret(script: str) -> str:
         "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
     }
     done = subprocess.run(
-        [sys.executable, "-c", _SCALAR_INDEX + textwrap.dedent(script)],
+        [sys.executable, "-c", _SCALAR_INDEX + prelude + textwrap.dedent(script)],
         capture_output=True,
         text=True,
         env=environment,
@@ -321,16 +335,7 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
     off: greedy, beams 2 and 3 (reorders move each beam's history), and the kernel is what ran."""
     out = _interpret(
         """
-        import tempfile
-        import torch
         from naturelm_core import decode_attention, static_decoding
-        from naturelm_core.loading import load_model
-        from naturelm_core.tiny import write_tiny_checkpoint
-        from tests.test_decode_attention import PROMPTS
-
-        model = load_model(str(write_tiny_checkpoint(tempfile.mkdtemp())), device="cpu", dtype="float32")
-        generator = torch.Generator().manual_seed(11)
-        rows = [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
         calls = []
         kernel = decode_attention._fused
         decode_attention._fused = lambda *args: calls.append(1) or kernel(*args)
@@ -345,7 +350,8 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
             assert all(len(ids) > 1 for ids in answers[True])
         assert calls, "the kernel never ran"
         print("ok", len(calls))
-        """
+        """,
+        prelude=TINY_MODEL_IN_CHILD,
     )
     assert out.strip().startswith("ok")
 

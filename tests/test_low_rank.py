@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from naturelm_core.low_rank import fused_kernel_works, scale_rows
-from tests.test_decode_attention import _interpret
+from tests.test_decode_attention import TINY_MODEL_IN_CHILD, _interpret
 
 
 def test_without_a_gpu_the_fused_kernel_is_not_used():
@@ -97,16 +97,7 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
     kernel is what ran, with and without its spectral term."""
     out = _interpret(
         """
-        import tempfile
-        import torch
         from naturelm_core import low_rank, static_decoding
-        from naturelm_core.loading import load_model
-        from naturelm_core.tiny import write_tiny_checkpoint
-        from tests.test_decode_attention import PROMPTS
-
-        model = load_model(str(write_tiny_checkpoint(tempfile.mkdtemp())), device="cpu", dtype="float32")
-        generator = torch.Generator().manual_seed(11)
-        rows = [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
         calls = []
         kernel = low_rank._fused
         low_rank._fused = lambda *args: calls.append(args[2] is not None) or kernel(*args)
@@ -126,7 +117,8 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
                 assert all(len(ids) > 1 for ids in answers[True])
         assert True in calls and False in calls, "the kernel never ran with (or without) spectral rows"
         print("ok", len(calls))
-        """
+        """,
+        prelude=TINY_MODEL_IN_CHILD,
     )
     assert out.strip().startswith("ok")
 

@@ -70,13 +70,16 @@ def _fused(
     visible: Tensor,
     block_columns: int = BLOCK_COLUMNS,
     float32_products: bool = True,
+    num_warps: int = 4,
+    num_stages: int | None = None,
 ) -> Tensor:
     """The kernel. Both products take float32 operands by default: bf16 inputs are exact in tf32, so q.k is what
     bf16 operands give, and the softmax weights are rounded to tf32 rather than bf16. It is also what Triton's
     interpreter can run: its tl.dot multiplies bf16 tensors as their raw 16-bit patterns (triton 3.8,
     `InterpreterBuilder.create_dot`). `float32_products=False` multiplies bf16 operands natively, the usual
     flash-attention form, for benchmarks/decode_parts.py to compare on a GPU; float32 inputs always take the
-    exact ("ieee") float32 products, which tl.dot would otherwise round to tf32."""
+    exact ("ieee") float32 products, which tl.dot would otherwise round to tf32. `num_warps` and `num_stages`
+    (Triton's own default when None) are for benchmarks/decode_parts.py to compare launch configurations."""
     items, heads, beams, head_dim = query.shape
     _, kv_heads, window, _ = keys.shape
     groups = heads // kv_heads
@@ -111,7 +114,8 @@ def _fused(
         BLOCK_N=block_columns,
         FLOAT32_DOT=float32_products or query.dtype == torch.float32,
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=num_warps,
+        **({} if num_stages is None else {"num_stages": num_stages}),
     )
     return out
 

@@ -272,6 +272,24 @@ def test_the_kernel_in_tritons_interpreter_computes_the_reference():
     assert out.strip() == "ok 40"
 
 
+def test_the_launch_options_benchmarks_compare_compute_the_same_in_tritons_interpreter():
+    """benchmarks/decode_parts.py times other column blocks, warps and pipeline stages: each must compute the
+    reference too (the interpreter runs warps and stages alike; the blocks change the online softmax's steps)."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core.decode_attention import _fused, reference
+        from tests.test_decode_attention import _case
+        case = _case(2, 32, 8, 128, 2, 100, torch.float32, "ancestry")
+        expected = reference(*case)
+        for options in ({"block_columns": 32}, {"num_warps": 2, "num_stages": 1}, {"num_warps": 8, "num_stages": 4}):
+            torch.testing.assert_close(_fused(*case, **options), expected, atol=1e-5, rtol=1e-5)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_the_start_up_check_passes_the_kernel_against_cudas_sdpa_in_the_interpreter():
     """The H100's start-up check said "differs from the reference at 1 beams, window 71: max abs 0.361". Its
     cases, run here on the CPU with `reference` replaced by what SDPA computes on CUDA (`_like_cuda`): the old

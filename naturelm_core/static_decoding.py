@@ -219,6 +219,9 @@ class LlamaStep:
     and each costs microseconds whatever its size.
     """
 
+    # Our Triton kernels, each on where its start-up check passed (the torch version serves elsewhere).
+    TRITON_KERNELS = ("fused_rotary", "fused_swiglu", "fused_rmsnorm", "fused_decode_attention", "fused_low_rank")
+
     def __init__(self, llm: PreTrainedModel) -> None:
         if llm.training:
             raise StaticDecodingUnsupported("the static step implements inference only; call .eval() first")
@@ -247,6 +250,11 @@ class LlamaStep:
             self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
         )
         self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
+
+    def kernels_in_use(self) -> dict[str, bool]:
+        """cuDNN's grouped-query attention and each of our Triton kernels: on or off (what a benchmark's figures
+        were measured with)."""
+        return {name: bool(getattr(self, name)) for name in ("cudnn_gqa", *self.TRITON_KERNELS)}
 
     def refresh(self) -> None:
         """Re-copy the fused matrices of layers whose weights were loaded in place since the last generation."""
@@ -623,15 +631,9 @@ class _Runner:
                 self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
-                elif (
-                    self.step.fused_rotary
-                    or self.step.fused_swiglu
-                    or self.step.fused_rmsnorm
-                    or self.step.fused_decode_attention
-                    or self.step.fused_low_rank
-                ):
-                    self.step.fused_rotary = self.step.fused_swiglu = self.step.fused_rmsnorm = False
-                    self.step.fused_decode_attention = self.step.fused_low_rank = False
+                elif any(self.step.kernels_in_use()[name] for name in LlamaStep.TRITON_KERNELS):
+                    for name in LlamaStep.TRITON_KERNELS:
+                        setattr(self.step, name, False)
                 else:
                     raise
 

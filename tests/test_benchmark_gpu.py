@@ -24,6 +24,10 @@ def test_the_tiny_run_reports_static_decoding_equal_to_eager_and_to_float32(tmp_
     assert results["precision"]["float32_static"]["max_relative_l2_vs_float32_eager"] < 1e-5
     assert results["environment"]["prompt_tokens_with_audio"] > 29  # the prompt's text around 29 audio embeddings
     assert "| correctness.beams_1.rows_identical | 4 |" in (tmp_path / "results.md").read_text()
+    # which kernels the figures were measured with: on the CPU, torch's versions of all of them
+    from naturelm_core.static_decoding import LlamaStep
+
+    assert results["kernels_in_use"] == dict.fromkeys(("cudnn_gqa", *LlamaStep.TRITON_KERNELS), False)
 
 
 @pytest.mark.slow  # about 30 s on 2 cores: the app's Engine and SweepQueue over FLAC files, five sweeps

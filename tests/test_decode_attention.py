@@ -160,6 +160,14 @@ def test_the_reference_is_the_decode_steps_torch_path(model, rows, num_beams, mo
         assert torch.equal(off, on)
 
 
+def test_every_kernel_flag_of_the_step_is_one_the_capture_fallback_turns_off(model):
+    """A kernel added to LlamaStep but not to TRITON_KERNELS would stay on through a failed capture, and the
+    benchmark would not report it."""
+    step = StaticDecoding()._llama_step(model.llm)
+    assert {name for name in vars(step) if name.startswith("fused_")} == set(step.TRITON_KERNELS)
+    assert set(step.kernels_in_use()) == {"cudnn_gqa", *step.TRITON_KERNELS}
+
+
 def test_a_failed_capture_turns_the_kernel_off_with_the_others(model, rows, monkeypatch):
     """Should a capture fail on a RuntimeError (a kernel that refuses to be captured), the runner captures
     again without cuDNN, then without every Triton kernel, this one included, before giving up."""

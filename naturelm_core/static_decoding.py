@@ -631,7 +631,7 @@ class _Runner:
                 self.prefill_graphs.pop(variant, None)
                 if self.step.cudnn_gqa:
                     self.step.cudnn_gqa = False
-                elif any(self.step.kernels_in_use()[name] for name in LlamaStep.TRITON_KERNELS):
+                elif any(getattr(self.step, name) for name in LlamaStep.TRITON_KERNELS):
                     for name in LlamaStep.TRITON_KERNELS:
                         setattr(self.step, name, False)
                 else:

@@ -20,9 +20,7 @@ import torch
 
 from naturelm_core import decode_attention, static_decoding
 from naturelm_core.decode_attention import fused_kernel_works, reference
-from naturelm_core.loading import load_model
 from naturelm_core.static_decoding import StaticDecoding
-from naturelm_core.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Caption the audio.", "What is the common name for the focal species in the audio?", "Is there a bird?"]
@@ -118,8 +116,8 @@ def test_the_check_refuses_a_kernel_wrong_in_a_row_that_sees_something(monkeypat
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_model(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny")), device="cpu", dtype="float32")
+def model(static_tiny_model):
+    return static_tiny_model
 
 
 @pytest.fixture(scope="module")

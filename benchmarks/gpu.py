@@ -876,7 +876,8 @@ def _reference_rate(
 
 
 def recipe_points(rank: int, alpha: float = 0.5) -> dict[str, Any]:
-    """One point of each kind at `alpha`: a plain alpha, a layer ramp, a spectral recipe (half the rank)."""
+    """One point of each kind from `alpha`: the plain alpha, a layer ramp from it to 1, a spectral recipe at it
+    (half the rank)."""
     return {
         "plain_alphas": alpha,
         "layer_ramps": {"layers": f"linear:{alpha:g}:1"},
@@ -1203,8 +1204,8 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     every matrix product ran at the measured bf16 rate) and an Explore answer's bound (the measured
     encoder, then prefill and each decode step at the larger of their compute and memory bounds)."""
     env, bandwidth = results["environment"], results.get("bandwidth")
+    shares = _recipe_shares(results)
     if not bandwidth:
-        shares = _recipe_shares(results)
         return {"recipes_share_of_plain": shares} if shares else {}
     flop_rate = bandwidth["bf16_matmul_tflop_per_s"] * 1e12
     copy_rate = bandwidth["copy_gb_per_s"] * 1e9
@@ -1238,7 +1239,6 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         }
         out["explore_p50_ms"] = latency
         out["explore_over_bound"] = latency / bound
-    shares = _recipe_shares(results)
     if shares:
         out["recipes_share_of_plain"] = shares
     return out

@@ -187,17 +187,44 @@ def test_the_recipes_section_times_explore_at_a_plain_alpha_a_layer_ramp_and_a_s
     assert shares["lowest"] == min(value for key, value in shares.items() if key != "lowest")
 
 
-@pytest.mark.slow  # about 40 s on 2 cores: every sweep from FLAC files of 2 recordings, tiny
-def test_the_file_sweeps_run_one_recipe_per_recording_beside_one_alpha(tmp_path):
+@pytest.mark.slow  # about 15 s on 2 cores: every sweep from FLAC files of 2 recordings, tiny, then the quick A/B's
+def test_the_file_sweeps_run_one_recipe_per_recording_beside_one_alpha_in_interleaved_rounds(tmp_path):
+    """One alpha, one layer ramp and one spectral recipe per recording (default decode pool) are each timed in
+    RECIPE_ROUNDS rounds and report their median_low round: one run each measured which of them met a new batch
+    shape (a graph capture inside the timed run). The recipes' shares are of the medians, and `targets` has them."""
+    import statistics
+
     from benchmarks import gpu as benchmark
 
     argv = ["--size", "tiny", "--out", str(tmp_path), "--sections", "sweep_files", "--new-tokens", "2"]
     assert benchmark.main([*argv, "--file-recordings", "2"]) == 0
-    result = json.loads((tmp_path / "results.json").read_text())["sweep_files"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    result = results["sweep_files"]
     assert "error" not in result
+    one_alpha = result["one_alpha_decode_workers_default"]
+    for key in ("one_alpha", "one_recipe_layer_ramps", "one_recipe_spectral"):
+        measured = result[f"{key}_decode_workers_default"]
+        assert measured["answers"] == 2
+        rates, captures = measured["answers_per_s_rounds"], measured["graph_captures_rounds"]
+        assert len(rates) == len(captures) == benchmark.RECIPE_ROUNDS
+        assert measured["answers_per_s"] == statistics.median_low(rates)  # a measured round, not an average
+        assert measured["graph_captures"] == captures[rates.index(measured["answers_per_s"])]
+    for workers in (1, 4, 8):  # the other pool sizes run once
+        assert result[f"one_alpha_decode_workers_{workers}"]["answers"] == 2
+        assert "answers_per_s_rounds" not in result[f"one_alpha_decode_workers_{workers}"]
+    shares = results["targets"]["recipes_share_of_plain"]
     for kind in ("layer_ramps", "spectral"):
-        measured = result[f"one_recipe_{kind}_decode_workers_default"]
-        assert measured["answers"] == result["one_alpha_decode_workers_default"]["answers"] == 2
-        assert result[f"one_recipe_{kind}_vs_one_alpha"] == pytest.approx(
-            measured["answers_per_s"] / result["one_alpha_decode_workers_default"]["answers_per_s"]
-        )
+        median = statistics.median_low(result[f"one_recipe_{kind}_decode_workers_default"]["answers_per_s_rounds"])
+        share = median / statistics.median_low(one_alpha["answers_per_s_rounds"])
+        assert result[f"one_recipe_{kind}_vs_one_alpha"] == pytest.approx(share)
+        assert shares[f"files_one_per_recording_{kind}"] == result[f"one_recipe_{kind}_vs_one_alpha"]
+    # The quick A/B of decoding (about 7 s here): one alpha on 8 threads and the default pool, once each.
+    assert benchmark.main([*argv, "--file-recordings", "2", "--one-alpha-files-only"]) == 0
+    quick = json.loads((tmp_path / "results.json").read_text())["sweep_files"]
+    assert set(quick) == {
+        "recordings",
+        "default_decode_workers",
+        "one_alpha_decode_workers_8",
+        "one_alpha_decode_workers_default",
+    }
+    assert "answers_per_s_rounds" not in quick["one_alpha_decode_workers_default"]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from naturelm_core import beam_candidates
 from naturelm_core.decoding import TokenDecoder
 
 # Live beams other than beam 0 start here, as in decoding.beam_search: otherwise every beam picks the same tokens.
@@ -163,6 +164,8 @@ class BeamSearchState:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.next_tokens = torch.zeros(self.rows, dtype=torch.long, device=device)
         self.source_rows = torch.zeros(self.rows, dtype=torch.long, device=device)
+        # On a GPU, the candidates come from one pass over the logits (naturelm_core.beam_candidates).
+        self.fused = beam_candidates.fused_kernel_works(self.beam_scores.device)
         self.reset()
 
     def reset(self) -> None:
@@ -183,8 +186,7 @@ class BeamSearchState:
         """
         self._check(logits)
         vocab = logits.shape[1]
-        scores = torch.log_softmax(logits, dim=-1) + self.beam_scores.view(-1, 1)
-        top_scores, top_indices = torch.topk(scores.view(self.items, -1), self.candidates, dim=1)
+        top_scores, top_indices = beam_candidates.candidates(logits, self.beam_scores, self.candidates, self.fused)
         rows = self.item_first_rows + torch.div(top_indices, vocab, rounding_mode="floor")
         tokens = top_indices % vocab
         is_stop = _is_stop(tokens, self.stops)

@@ -1,0 +1,112 @@
+"""Beam search's candidates (the best log-probabilities of every item's beams) in one pass over the logits.
+
+Why: each beam-search step ranks every token of every beam by log_softmax(logits) + the beam's score. In torch
+that is a log-softmax writing the whole [rows, V] tensor, an add writing it again and a radix top-k reading it:
+at the sweep batch (352 rows x 128,257 float32 logits, 180 MB) 5.4 + ~3.5 + 13.3 ms of a 492 ms batch of GPU
+work (H100, benchmarks/gpu.py's profile, 2026-12-07 09:25Z). The candidates are a handful per item (twice the
+beams, or more with several stop ids), so one Triton program per block of a row's logits reads the block once
+and keeps only its maximum, its sum of exponentials and its best few logits; the row's log-normaliser is then
+combined from the blocks' and the few thousand survivors ranked by a small top-k. A block's best few include
+every token that can be among its row's best few, so the ranking is the same (to float32 rounding of the
+normaliser, which is shared by a row's tokens and cannot reorder them). The torch version is the reference and
+runs on the CPU; `fused_kernel_works` checks the kernel against it before it is used.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+BLOCK = 4096  # logits per program: 32 blocks per row of Llama-3.1's vocabulary
+
+
+def candidates(logits: Tensor, beam_scores: Tensor, count: int, fused: bool) -> tuple[Tensor, Tensor]:
+    """Each item's `count` best (score, index) over its beams' tokens, best first, as torch.topk returns them.
+
+    `logits` [items x beams, V] (item-major rows), `beam_scores` [items, beams]; a score is the token's
+    log-probability plus its beam's score, an index is beam * V + token. With `fused`, the Triton kernel
+    reads the logits once (float32 logits only; other dtypes take the torch version).
+    """
+    items = beam_scores.shape[0]
+    if not fused or logits.dtype != torch.float32:
+        scores = torch.log_softmax(logits, dim=-1) + beam_scores.reshape(-1, 1)
+        return torch.topk(scores.view(items, -1), count, dim=1)
+    return _fused(logits, beam_scores, count)
+
+
+def _fused(logits: Tensor, beam_scores: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The kernel's per-block summaries, then the rows' log-normalisers and one top-k over the survivors."""
+    rows, vocab = logits.shape
+    items = beam_scores.shape[0]
+    block = min(BLOCK, _power_of_two_at_least(vocab))
+    blocks = -(-vocab // block)
+    logits = logits.contiguous()
+    maxima = torch.empty(rows, blocks, device=logits.device, dtype=torch.float32)
+    sums = torch.empty_like(maxima)
+    best = torch.empty(rows, blocks, count, device=logits.device, dtype=torch.float32)
+    tokens = torch.empty(rows, blocks, count, device=logits.device, dtype=torch.int32)
+    _kernel()[(rows, blocks)](logits, maxima, sums, best, tokens, vocab, BLOCK=block, COUNT=count)
+    row_max = maxima.amax(dim=1, keepdim=True)
+    # A block of -inf logits has maximum -inf and sum 0: exp(-inf - finite) is 0, so it adds nothing.
+    normaliser = row_max + torch.log((sums * torch.exp(maxima - row_max)).sum(dim=1, keepdim=True))
+    scores = best - normaliser[..., None] + beam_scores.reshape(rows, 1, 1)
+    top_scores, position = torch.topk(scores.view(items, -1), count, dim=1)
+    token = tokens.view(items, -1).gather(1, position).long().clamp_(max=vocab - 1)  # see the kernel on -inf
+    beam = torch.div(position, blocks * count, rounding_mode="floor")
+    return top_scores, beam * vocab + token
+
+
+def _power_of_two_at_least(value: int) -> int:
+    return 1 << (value - 1).bit_length()
+
+
+@functools.cache
+def _kernel():
+    """The Triton kernel, compiled on first use (Triton is imported only where a GPU runs it)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def block_summaries(logits, maxima, sums, best, tokens, vocab, BLOCK: tl.constexpr, COUNT: tl.constexpr):
+        row, block = tl.program_id(0), tl.program_id(1)
+        column = block * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(logits + row.to(tl.int64) * vocab + column, mask=column < vocab, other=-float("inf"))
+        largest = tl.max(x, axis=0)
+        finite_max = tl.where(largest == -float("inf"), 0.0, largest)  # all -inf: sum 0, not exp(nan)
+        summary = row * tl.num_programs(1) + block
+        tl.store(maxima + summary, largest)
+        tl.store(sums + summary, tl.sum(tl.exp(x - finite_max), axis=0))
+        # The block's COUNT largest, best first, each taken out before the next. Once only -inf is left the
+        # same column may come up again (or one past the vocabulary): such a candidate scores -inf and is
+        # ranked only where an item has fewer finite scores than candidates; `_fused` clamps its token.
+        for k in tl.static_range(COUNT):
+            value, index = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            tl.store(best + summary * COUNT + k, value)
+            tl.store(tokens + summary * COUNT + k, block * BLOCK + index)
+            x = tl.where(tl.arange(0, BLOCK) == index, -float("inf"), x)
+
+    return block_summaries
+
+
+@functools.cache
+def fused_kernel_works(device: torch.device) -> bool:
+    """Whether the Triton kernel runs here and ranks what torch ranks: the same tokens, scores to float32
+    rounding, on a vocabulary that does not fill its last block, with a block of -inf logits and dead beams
+    (score -1e9, as beam search starts)."""
+    if device.type != "cuda":
+        return False
+    generator = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(6, 3 * BLOCK + 123, generator=generator, device=device) * 4
+    logits[1, BLOCK : 2 * BLOCK] = -torch.inf
+    beam_scores = torch.tensor([[0.0, -1e9], [-1.5, -2.0], [0.0, -0.25]], device=device)
+    expected_scores, expected_indices = candidates(logits, beam_scores, 6, fused=False)
+    try:
+        got_scores, got_indices = candidates(logits, beam_scores, 6, fused=True)
+        torch.cuda.synchronize(device)
+    except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
+        return False
+    return torch.equal(got_indices, expected_indices) and torch.allclose(
+        got_scores, expected_scores, atol=1e-5, rtol=1e-6
+    )

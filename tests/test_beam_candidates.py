@@ -84,19 +84,15 @@ def test_static_beam_search_through_the_kernel_gives_the_torch_paths_answers():
     off, at 2 and 3 beams, and the kernel is what ran."""
     out = _interpret(
         """
-        from naturelm_core import beam_candidates, static_decoding
+        from naturelm_core import beam_candidates
         calls = []
         kernel = beam_candidates._fused
         beam_candidates._fused = lambda *args: calls.append(1) or kernel(*args)
-        model.decode_with_static_cache = True
-        for beams in (2, 3):
-            answers = {}
-            for fused in (False, True):
-                beam_candidates.fused_kernel_works = lambda device, on=fused: on
-                model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
-                answers[fused] = model.generate_ids_from_embeddings(rows, PROMPTS, [0.0, 0.5, 1.0], beams, 10)
-            assert answers[True] == answers[False], beams
-            assert all(len(ids) > 1 for ids in answers[True])
+
+        def switch(fused):
+            beam_candidates.fused_kernel_works = lambda device: fused
+
+        same_ids_with_the_kernel_on_and_off(switch, (2, 3))
         assert calls, "the kernel never ran"
         print("ok", len(calls))
         """,

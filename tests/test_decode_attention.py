@@ -225,6 +225,22 @@ from tests.test_decode_attention import PROMPTS
 model = load_model(str(write_tiny_checkpoint(tempfile.mkdtemp())), device="cpu", dtype="float32")
 generator = torch.Generator().manual_seed(11)
 rows = [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+
+
+# The tiny model's static decoding at three alphas, `switch(fused)` turning a kernel on or off in a fresh
+# StaticDecoding: the same ids both ways, at each beam count (reorders move each beam's history).
+def same_ids_with_the_kernel_on_and_off(switch, beam_counts):
+    from naturelm_core import static_decoding
+
+    model.decode_with_static_cache = True
+    for beams in beam_counts:
+        answers = {}
+        for fused in (False, True):
+            model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
+            switch(fused)
+            answers[fused] = model.generate_ids_from_embeddings(rows, PROMPTS, [0.0, 0.5, 1.0], beams, 10)
+        assert answers[True] == answers[False], beams
+        assert all(len(ids) > 1 for ids in answers[True])
 """
 
 
@@ -359,19 +375,15 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
     off: greedy, beams 2 and 3 (reorders move each beam's history), and the kernel is what ran."""
     out = _interpret(
         """
-        from naturelm_core import decode_attention, static_decoding
+        from naturelm_core import decode_attention
         calls = []
         kernel = decode_attention._fused
         decode_attention._fused = lambda *args: calls.append(1) or kernel(*args)
-        model.decode_with_static_cache = True
-        for beams in (1, 2, 3):
-            answers = {}
-            for fused in (False, True):
-                model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
-                model.static_decoding._llama_step(model.llm).fused_decode_attention = fused
-                answers[fused] = model.generate_ids_from_embeddings(rows, PROMPTS, [0.0, 0.5, 1.0], beams, 10)
-            assert answers[True] == answers[False], beams
-            assert all(len(ids) > 1 for ids in answers[True])
+
+        def switch(fused):
+            model.static_decoding._llama_step(model.llm).fused_decode_attention = fused
+
+        same_ids_with_the_kernel_on_and_off(switch, (1, 2, 3))
         assert calls, "the kernel never ran"
         print("ok", len(calls))
         """,

@@ -172,7 +172,7 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
     def weights(*shape: int) -> list[torch.Tensor]:
         return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
 
-    fused_qkv = weights(sum(widths) + 3 * RANK, HIDDEN)  # [Wq; Wk; Wv; Aq; Ak; Av], as static_decoding holds it
+    fused_qkv = weights(sum(widths) + 3 * RANK, HIDDEN)  # [Wq; Wk; Wv; Aq; Ak; Av], as llama_step holds it
     lora_a = [weight[sum(widths) :] for weight in fused_qkv]
     lora_b = [[torch.randn(w, RANK, device=device, dtype=dtype) * 0.02 for w in widths] for _ in range(layers)]
     block_b = []
@@ -214,7 +214,7 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
     lora_b_o = weights(HIDDEN, RANK)
     residual = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
 
-    def o_lora_separate(i: int) -> None:  # as static_decoding runs it: the residual summed inside o's product
+    def o_lora_separate(i: int) -> None:  # as llama_step runs it: the residual summed inside o's product
         low = (F.linear(x, o_with_lora_a[i][HIDDEN:]) * alphas).to(dtype)
         residual.addmm_(x, o_with_lora_a[i][:HIDDEN].t()).addmm_(low, lora_b_o[i].t())
 

@@ -46,7 +46,7 @@ def attention(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor, fuse
 
 
 def reference(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor) -> Tensor:
-    """The decode step's torch path (static_decoding's `_forward` and `_attention` with `queries_as_rows`): a bias
+    """The decode step's torch path (llama_step's `_forward` and `_attention` with `queries_as_rows`): a bias
     of 0 or the dtype's lowest value, expanded over the grouped heads, and SDPA over [items, kv, groups x beams, d]
     with query row g x beams + b."""
     items, heads, beams, head_dim = query.shape

@@ -35,9 +35,10 @@ from naturelm_core.label_scores import (
     candidate_sets,
 )
 from naturelm_core.likelihood import score_candidates
+from naturelm_core.llama_step import StaticDecodingUnsupported
 from naturelm_core.prompting import PaddedBatch, assemble_batch, tokenize_prompt
 from naturelm_core.recipes import MERGE_MODULES
-from naturelm_core.static_decoding import StaticCacheDecoder, StaticDecoding, StaticDecodingUnsupported
+from naturelm_core.static_decoding import StaticCacheDecoder, StaticDecoding
 from naturelm_core.tensor_search import tensor_beam_search, tensor_greedy_search
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ def test_the_tiny_run_reports_static_decoding_equal_to_eager_and_to_float32(tmp_
     assert results["environment"]["prompt_tokens_with_audio"] > 29  # the prompt's text around 29 audio embeddings
     assert "| correctness.beams_1.rows_identical | 4 |" in (tmp_path / "results.md").read_text()
     # which kernels the figures were measured with: on the CPU, torch's versions of all of them
-    from naturelm_core.static_decoding import LlamaStep
+    from naturelm_core.llama_step import LlamaStep
 
     assert results["kernels_in_use"] == dict.fromkeys(("cudnn_gqa", *LlamaStep.TRITON_KERNELS), False)
 

@@ -13,8 +13,9 @@ import torch
 
 from naturelm_core import static_decoding
 from naturelm_core.decoding import CachedDecoder
+from naturelm_core.llama_step import LlamaStep
 from naturelm_core.prompting import assemble_batch
-from naturelm_core.static_decoding import LlamaStep, StaticDecoding
+from naturelm_core.static_decoding import StaticDecoding
 from tests.static_helpers import generate_ids
 
 PROMPTS = [

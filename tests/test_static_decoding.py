@@ -14,13 +14,9 @@ from transformers import LlamaForCausalLM
 
 from naturelm_core import static_decoding
 from naturelm_core.decoding import CachedDecoder
+from naturelm_core.llama_step import LlamaStep, StaticDecodingUnsupported
 from naturelm_core.loading import load_model
-from naturelm_core.static_decoding import (
-    LlamaStep,
-    StaticDecoding,
-    StaticDecodingUnsupported,
-    row_capacity,
-)
+from naturelm_core.static_decoding import StaticDecoding, row_capacity
 from naturelm_core.tiny import write_tiny_checkpoint
 from tests.static_helpers import generate_ids
 

@@ -28,3 +28,10 @@ def generate_ids(
         return model.generate_ids_from_embeddings(rows, prompts, alphas, num_beams, max_new_tokens)
     finally:
         model.decode_with_static_cache = None
+
+
+def audio_rows(count: int, seed: int) -> list[list[torch.Tensor]]:
+    """`count` windows' worth of the tiny model's audio embeddings (29 x 64 each), one block per row, the same for a
+    seed: the rows the static-decoding tests generate from."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(29, 64, generator=generator)] for _ in range(count)]

@@ -21,6 +21,7 @@ import torch
 from naturelm_core import decode_attention, static_decoding
 from naturelm_core.decode_attention import fused_kernel_works, reference
 from naturelm_core.static_decoding import StaticDecoding
+from tests.static_helpers import audio_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Caption the audio.", "What is the common name for the focal species in the audio?", "Is there a bird?"]
@@ -122,8 +123,7 @@ def model(static_tiny_model):
 
 @pytest.fixture(scope="module")
 def rows() -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(5)
-    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+    return audio_rows(len(PROMPTS), seed=5)
 
 
 @pytest.mark.parametrize("num_beams", [1, 2, 3])

@@ -14,7 +14,7 @@ from naturelm_core import static_decoding
 from naturelm_core.alphas import MergeRecipe
 from naturelm_core.decoding import CachedDecoder
 from naturelm_core.static_decoding import StaticDecoding
-from tests.static_helpers import generate_ids
+from tests.static_helpers import audio_rows, generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -40,8 +40,7 @@ def model(static_tiny_model):
 
 @pytest.fixture(scope="module")
 def rows() -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(11)
-    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+    return audio_rows(len(PROMPTS), seed=11)
 
 
 def _ids(model, rows, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None, prompts=PROMPTS):

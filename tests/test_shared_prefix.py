@@ -16,7 +16,7 @@ from naturelm_core.decoding import CachedDecoder
 from naturelm_core.llama_step import LlamaStep
 from naturelm_core.prompting import assemble_batch
 from naturelm_core.static_decoding import StaticDecoding
-from tests.static_helpers import generate_ids
+from tests.static_helpers import audio_rows, generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -34,8 +34,7 @@ def model(static_tiny_model):
 
 @pytest.fixture(scope="module")
 def rows() -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(5)
-    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+    return audio_rows(len(PROMPTS), seed=5)
 
 
 @pytest.fixture

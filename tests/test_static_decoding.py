@@ -18,7 +18,7 @@ from naturelm_core.llama_step import LlamaStep, StaticDecodingUnsupported
 from naturelm_core.loading import load_model
 from naturelm_core.static_decoding import StaticDecoding, row_capacity
 from naturelm_core.tiny import write_tiny_checkpoint
-from tests.static_helpers import generate_ids
+from tests.static_helpers import audio_rows, generate_ids
 
 PROMPTS = [
     "Caption the audio.",
@@ -37,8 +37,7 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows() -> list[list[torch.Tensor]]:
     """Three different windows' worth of audio embeddings (29 x 64 each), one per prompt."""
-    generator = torch.Generator().manual_seed(3)
-    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+    return audio_rows(len(PROMPTS), seed=3)
 
 
 def _ids(model, rows, prompts, alphas, num_beams, static: bool, decoding: StaticDecoding | None = None):

@@ -24,6 +24,7 @@ from naturelm_core.tensor_search import (
     tensor_beam_search,
     tensor_greedy_search,
 )
+from tests.static_helpers import audio_rows
 
 VOCAB = 20
 STOPS = [13, 4, 17]  # 13, what a finished beam is returned with, is neither the smallest nor the largest
@@ -350,8 +351,7 @@ def tensor_search_ids(
 @pytest.fixture(scope="module")
 def tiny_audio() -> list[list[torch.Tensor]]:
     """Three windows' worth of audio embeddings (29 x 64 each), one per prompt."""
-    generator = torch.Generator().manual_seed(3)
-    return [[torch.randn(29, 64, generator=generator)] for _ in PROMPTS]
+    return audio_rows(len(PROMPTS), seed=3)
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -40,6 +40,7 @@ def prepare(refs: Sequence[str], trees: Path = TREES, repository: Path = ROOT) -
     if len({tree_name(ref) for ref in refs}) != len(refs):
         raise ValueError(f"two refs map to one folder name: {list(refs)}")
     trees.mkdir(parents=True, exist_ok=True)
+    (trees / ORDER_FILE).unlink(missing_ok=True)  # a prepare that fails half-way leaves no list of old trees
     folders = []
     for ref in refs:
         folder = trees / tree_name(ref)
@@ -63,8 +64,18 @@ def run(
     """Every tree's benchmarks/gpu.py, in `rounds` rounds that alternate the trees; the figures matching `keys`
     (a regular expression over gpu.py's flattened result names), per tree and round. A run that fails is reported
     with its exit status and the end of its output; the others go on."""
-    names = (trees / ORDER_FILE).read_text().split()
-    pattern = re.compile(keys)
+    try:
+        pattern = re.compile(keys)
+    except re.error as error:
+        raise ValueError(f"--keys {keys!r} is not a regular expression: {error}") from None
+    order = trees / ORDER_FILE
+    if not order.is_file():
+        raise ValueError(f"no trees to run in {trees}: `python benchmarks/ab.py prepare REF...` makes them first")
+    names = order.read_text().split()
+    missing = [name for name in names if not (trees / name / "benchmarks" / "gpu.py").is_file()]
+    if missing:
+        raise ValueError(f"trees listed in {order} but not there (carried?): {missing}; prepare them again")
+    out = out.resolve()  # each run's working folder is its tree: a relative --out would land inside it
     figures: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, rounds + 1):
         for name in names:
@@ -92,8 +103,8 @@ def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def table(figures: dict[str, list[dict[str, Any]]]) -> str:
     """A Markdown table: one row per figure, one column per tree and round, in run order."""
-    columns = [(name, index) for index in range(max(map(len, figures.values()), default=0)) for name in figures]
-    columns = [(name, index) for name, index in columns if index < len(figures[name])]
+    rounds = max(map(len, figures.values()), default=0)
+    columns = [(name, index) for index in range(rounds) for name in figures if index < len(figures[name])]
     keys = list(dict.fromkeys(key for rounds in figures.values() for each in rounds for key in each))
     lines = [
         "| figure | " + " | ".join(f"{name} #{index + 1}" for name, index in columns) + " |",
@@ -124,13 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     running.add_argument("--keys", default=DEFAULT_KEYS, help="a regular expression over gpu.py's result names")
     running.add_argument("gpu_arguments", nargs="*", help="after --: gpu.py's own arguments")
     args = parser.parse_args(argv)
-    if args.command == "prepare":
-        for folder in prepare(args.refs):
-            print(folder)
-        return 0
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    figures = run(args.gpu_arguments, args.rounds, args.out, args.keys)
+    try:
+        if args.command == "prepare":
+            for folder in prepare(args.refs):
+                print(folder)
+            return 0
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        figures = run(args.gpu_arguments, args.rounds, args.out, args.keys)
+    except (RuntimeError, ValueError) as error:  # a ref git does not know, no trees, a bad --keys
+        parser.error(str(error))
     print(table(figures))
     return 0 if all("exit_status" not in each for rounds in figures.values() for each in rounds) else 1
 

@@ -188,6 +188,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layers", type=int, default=8)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error(
+            "it times kernels on a CUDA GPU and none is here (its kernel's results are checked on the CPU by "
+            "tests/test_benchmark_one_row_products.py)"
+        )
     torch.manual_seed(0)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, **candidates(args.layers)}
     args.out.mkdir(parents=True, exist_ok=True)

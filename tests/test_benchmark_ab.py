@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,9 @@ def test_gpu_arguments_reach_every_run_and_a_failed_tree_does_not_stop_the_other
     trees = tmp_path / "trees"
     monkeypatch.setenv("AB_LOG", str(tmp_path / "order.log"))
     ab.prepare(["broken", "main"], trees=trees, repository=repository)
-    figures = ab.run(["--sweep-ours-only"], rounds=1, out=tmp_path / "out", keys=r"^other\.", trees=trees)
+    monkeypatch.chdir(tmp_path)  # a relative --out is the caller's, not each tree's
+    figures = ab.run(["--sweep-ours-only"], rounds=1, out=Path("out"), keys=r"^other\.", trees=trees)
+    assert (tmp_path / "out" / "main-1" / "results.json").is_file()
     assert figures["main"] == [{"other.argv": ["--sweep-ours-only"]}]
     (failed,) = figures["broken"]
     assert failed["exit_status"] != 0 and "no GPU here" in failed["output_end"]
@@ -86,3 +89,25 @@ def test_prepare_replaces_an_old_tree_and_refuses_two_refs_of_one_folder(reposit
     assert (trees / "main" / "VERSION").read_text() == "1.5"
     with pytest.raises(ValueError, match="one folder name"):
         ab.prepare(["fast/one", "fast-one"], trees=trees, repository=repository)
+
+
+def test_bad_input_gets_a_message_and_no_run(repository, tmp_path, monkeypatch, capsys):
+    trees = tmp_path / "trees"
+    monkeypatch.setenv("AB_LOG", str(tmp_path / "order.log"))
+    with pytest.raises(ValueError, match="prepare REF"):  # nothing prepared yet
+        ab.run([], rounds=1, out=tmp_path / "out", trees=trees)
+    ab.prepare(["main"], trees=trees, repository=repository)
+    with pytest.raises(RuntimeError, match="invalid reference: no-such-ref"):
+        ab.prepare(["main", "no-such-ref"], trees=trees, repository=repository)
+    with pytest.raises(ValueError, match="prepare REF"):  # the failed prepare left no list of the old trees
+        ab.run([], rounds=1, out=tmp_path / "out", trees=trees)
+    ab.prepare(["main", "fast/one"], trees=trees, repository=repository)
+    subprocess.run(["git", "-C", str(repository), "worktree", "remove", "--force", str(trees / "fast-one")], check=True)
+    with pytest.raises(ValueError, match=r"not there .*\['fast-one'\]"):
+        ab.run([], rounds=1, out=tmp_path / "out", trees=trees)
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ab.run([], rounds=1, out=tmp_path / "out", keys="(", trees=trees)
+    assert not (tmp_path / "order.log").exists()  # no benchmark ran
+    with pytest.raises(SystemExit) as exit_info:
+        ab.main(["run", "--rounds", "0"])
+    assert exit_info.value.code == 2 and "--rounds must be at least 1" in capsys.readouterr().err

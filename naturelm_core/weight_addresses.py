@@ -3,7 +3,7 @@
 Why: a captured CUDA graph reads its weights at fixed addresses, so every generation first checks that no
 weight of the LLM moved (StaticDecoding's step). `tuple(p.data_ptr() for p in llm.parameters())` walks
 NatureLM's ~1,700 modules through nested generators: 1.8 ms on this project's CPU host and ~4.7 ms of a
-generation's set-up on the H100 machine's host (2026-12-07 13:53Z, .ab probe of one Explore answer), with the
+generation's set-up on the H100 machine's host (2026-12-07 12:53Z, .ab probe of one Explore answer), with the
 GPU idle, since the set-up runs before the prefill is queued: 3% of an Explore answer.
 
 The parameter list is kept and re-read only after torch registered a parameter or a submodule on any module

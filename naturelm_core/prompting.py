@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from naturelm_core.config import AUDIO_PLACEHOLDER, AUDIO_PROMPT_PREFIX
+from naturelm_core.host_copies import to_device
 
 
 def apply_template(prompt: str, template: str) -> str:
@@ -113,11 +114,8 @@ def _rows_of(members: list[int]) -> slice | list[int]:
 
 
 def _to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
-    """Integer arrays on `device` in one copy: on a GPU from pinned memory, so the host does not wait for the
-    work queued before it (a pageable copy does)."""
-    packed = torch.from_numpy(np.concatenate([array.ravel() for array in arrays]))
-    on_gpu = device.type == "cuda"
-    packed = (packed.pin_memory() if on_gpu else packed).to(device, non_blocking=on_gpu)
+    """Integer arrays on `device` in one copy that does not wait for the GPU (naturelm_core.host_copies)."""
+    packed = to_device(torch.from_numpy(np.concatenate([array.ravel() for array in arrays])), device)
     tensors, start = [], 0
     for array in arrays:
         tensors.append(packed[start : start + array.size].view(array.shape))

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from naturelm_core.weight_addresses import WeightAddresses
+
 logger = logging.getLogger(__name__)
 
 FIRST_SIGHT_WINDOWS = 4  # Explore answers one window at a time; detection's interactive calls a few
@@ -142,6 +144,7 @@ class EncoderGraphs:
         self._graphs: dict[tuple, _Graph] = {}
         self._policy = _CapturePolicy()
         self._lock = threading.Lock()
+        self._addresses: WeightAddresses | None = None  # of the encoder last served
 
     def __deepcopy__(self, memo: dict) -> EncoderGraphs:
         """A copied model starts with no graphs: these read and write the original's tensors."""
@@ -160,9 +163,11 @@ class EncoderGraphs:
         """
         if not self.enabled or windows.device.type != "cuda" or windows.shape[0] > self.max_windows:
             return None
-        weights = tuple(p.data_ptr() for p in module.parameters())
         key = (windows.device, tuple(windows.shape), precision)
         with self._lock:
+            if self._addresses is None or self._addresses.module is not module:
+                self._addresses = WeightAddresses(module)
+            weights = self._addresses.addresses()
             graph = self._graphs.get(key)
             if graph is None or graph.weights != weights:
                 graph = self._capture_if_due(key, encode, windows, weights)

@@ -30,6 +30,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
+from naturelm_core.host_copies import to_device
 from naturelm_core.recipes import MERGE_MODULES, MergeRecipe
 from naturelm_core.spectral import ADAPTER_NAME, SpectralBasis, weigh_directions
 
@@ -71,12 +72,12 @@ class RowMerge:
             if isinstance(point, MergeRecipe):
                 layers = torch.tensor(point.layer_multipliers(num_layers), dtype=torch.float64)
                 multipliers[row] = layers[:, None] * torch.tensor(point.module_multipliers(), dtype=torch.float64)
-        scales = (alphas[:, None, None] * multipliers).float().to(device)
+        scales = to_device((alphas[:, None, None] * multipliers).float(), device)
         if all(w is None for w in weights):
             return cls(scales)
         spectra = torch.tensor([[1.0] * rank if w is None else w for w in weights], dtype=torch.float32)
         spectral = torch.tensor([w is not None for w in weights])
-        return cls(scales, spectra.to(device), spectral.to(device))
+        return cls(scales, to_device(spectra, device), to_device(spectral, device))
 
     @property
     def rows(self) -> int:

@@ -23,6 +23,7 @@ from naturelm_core import decode_attention, low_rank, rmsnorm, rotary_store, swi
 from naturelm_core.alpha import ADAPTER_NAME, RowScaledDropout
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis
+from naturelm_core.weight_addresses import WeightAddresses
 
 if TYPE_CHECKING:
     from naturelm_core.decode_state import DecodeState
@@ -179,6 +180,7 @@ class LlamaStep:
         if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
             raise StaticDecodingUnsupported("the static step implements Llama's bias-free SwiGLU MLP only")
         self.llm = llm
+        self._addresses = WeightAddresses(llm)
         self.embed_tokens: nn.Embedding = llm.get_input_embeddings()
         self.norm = llm.model.norm
         self.lm_head = llm.lm_head
@@ -372,7 +374,7 @@ class LlamaStep:
 
     def fingerprint(self) -> tuple[int, ...]:
         """Addresses of every weight: a captured graph is only valid while none of them moved."""
-        return tuple(parameter.data_ptr() for parameter in self.llm.parameters())
+        return self._addresses.addresses()
 
 
 def _cudnn_attention():

@@ -12,6 +12,7 @@ checks pass (`LlamaStep.TRITON_KERNELS`); the torch versions compute the same.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import decode_attention, low_rank, rmsnorm, rotary_store, swiglu
+from naturelm_core import decode_attention, low_rank, one_row, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowScaledDropout
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis
@@ -111,15 +112,21 @@ class _Layer:
         self.out_of_o.copy_(out_of_o)
         self._versions = versions
 
-    def attention_inputs(self, x: Tensor, scales: Tensor, spectral_scales: Tensor | None, fused: bool) -> Tensor:
-        """[q | k | v] with their LoRA terms: base(x) + B((A x) * scale) * s, LoRA B added inside the product.
+    def attention_inputs(
+        self, hidden: Tensor, scales: Tensor, spectral_scales: Tensor | None, kernels: StepKernels
+    ) -> Tensor:
+        """[q | k | v] of the normed residual stream with their LoRA terms: base(x) + B((A x) * scale) * s, LoRA B
+        added inside the product.
 
         NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; the scale is applied
         here to the rank-r product instead, a tiny kernel instead of a full-width one. `scales` [items, 1,
         rank columns] (see `DecodeState`); `spectral_scales` likewise for spectral rows, None when the
-        batch has none; `fused`: scaled by naturelm_core.low_rank's kernel.
+        batch has none. At one row the norm is folded into the product (naturelm_core.one_row).
         """
-        projected = nn.functional.linear(x, self.qkv)
+        if kernels.one_row:
+            projected = one_row.linear(hidden, self.qkv, True, norm=_gain(self.input_layernorm))
+        else:
+            projected = nn.functional.linear(_rms_norm(self.input_layernorm, hidden, kernels.rmsnorm), self.qkv)
         width, rank = self.lora_b_qkv.shape
         spectral = None if spectral_scales is None else spectral_scales[..., :rank]
         scaled = low_rank.scale_rows(
@@ -129,28 +136,54 @@ class _Layer:
             self.into_qkv,
             self.out_of_qkv,
             self.scaling_qkv,
-            fused,
+            kernels.low_rank,
             self.rank_block_qkv,
         )
         return projected[:, :width].addmm_(scaled, self.lora_b_qkv.t())
 
     def attention_output(
-        self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor, fused: bool
+        self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor, kernels: StepKernels
     ) -> Tensor:
-        """residual += o(attended) + its LoRA term, in place: an out-of-place sum first copies the residual."""
+        """residual + o(attended) + its LoRA term: in place (an out-of-place sum first copies the residual), or at
+        one row in one pass over o and its LoRA A with the residual added to the sums (naturelm_core.one_row)."""
         rank = self.lora_a_o.shape[0]
-        down = nn.functional.linear(attended, self.lora_a_o)
+        if kernels.one_row:
+            both = one_row.linear(attended, self.o, True, second=self.lora_a_o, residual=residual)
+            summed, down = both[:, :-rank], both[:, -rank:]
+        else:
+            down = nn.functional.linear(attended, self.lora_a_o)
+            summed = residual.addmm_(attended, self.o.t())
         spectral = None if spectral_scales is None else spectral_scales[..., -rank:]
         scaled = low_rank.scale_rows(
-            down, scales[..., -rank:], spectral, self.into_o, self.out_of_o, self.scaling_o, fused
+            down, scales[..., -rank:], spectral, self.into_o, self.out_of_o, self.scaling_o, kernels.low_rank
         )
-        return residual.addmm_(attended, self.o.t()).addmm_(scaled, self.lora_b_o.t())
+        return summed.addmm_(scaled, self.lora_b_o.t())
 
-    def mlp(self, x: Tensor, residual: Tensor, fused_swiglu: bool) -> Tensor:
-        """residual += down(silu(gate(x)) * up(x)), Llama's SwiGLU, in place. (One fused gate/up product
-        measured slower at the sweep batch, 172 vs 149 µs per layer, and equal at one row.)"""
+    def mlp(self, hidden: Tensor, kernels: StepKernels) -> Tensor:
+        """hidden + down(silu(gate(x)) * up(x)) with x the normed residual stream, Llama's SwiGLU: in place, or at
+        one row as two passes, the norm and the gate folded into the first and the residual into the second
+        (naturelm_core.one_row). (One fused gate/up product measured slower at the sweep batch, 172 vs 149 µs
+        per layer, and equal at one row.)"""
+        if kernels.one_row:
+            inner = one_row.gated(hidden, self.gate, self.up, True, norm=_gain(self.post_attention_layernorm))
+            return one_row.linear(inner, self.down, True, residual=hidden)
+        x = _rms_norm(self.post_attention_layernorm, hidden, kernels.rmsnorm)
         gate, up = nn.functional.linear(x, self.gate), nn.functional.linear(x, self.up)
-        return residual.addmm_(swiglu.silu_mul(gate, up, fused_swiglu), self.down.t())
+        return hidden.addmm_(swiglu.silu_mul(gate, up, kernels.swiglu), self.down.t())
+
+
+@dataclass(frozen=True)
+class StepKernels:
+    """Which of the project's kernels one pass of the step runs (each on where its start-up check passed)."""
+
+    rmsnorm: bool
+    low_rank: bool
+    swiglu: bool
+    one_row: bool  # a decode step of one row: the products as naturelm_core.one_row's kernels
+
+
+def _gain(norm: nn.Module) -> one_row.Norm:
+    return norm.weight, norm.variance_epsilon
 
 
 def _rms_norm(norm: nn.Module, x: Tensor, fused: bool) -> Tensor:
@@ -171,7 +204,14 @@ class LlamaStep:
     """
 
     # Our Triton kernels, each on where its start-up check passed (the torch version serves elsewhere).
-    TRITON_KERNELS = ("fused_rotary", "fused_swiglu", "fused_rmsnorm", "fused_decode_attention", "fused_low_rank")
+    TRITON_KERNELS = (
+        "fused_rotary",
+        "fused_swiglu",
+        "fused_rmsnorm",
+        "fused_decode_attention",
+        "fused_low_rank",
+        "fused_one_row",
+    )
 
     def __init__(self, llm: PreTrainedModel) -> None:
         if llm.training:
@@ -202,6 +242,7 @@ class LlamaStep:
             self.weight.device, self.weight.dtype, self.num_heads, self.num_kv_heads, self.head_dim
         )
         self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.fused_one_row = one_row.fused_kernel_works(self.weight.device, self.weight.dtype)
 
     def kernels_in_use(self) -> dict[str, bool]:
         """cuDNN's grouped-query attention and each of our Triton kernels: on or off (what a benchmark's figures
@@ -311,11 +352,16 @@ class LlamaStep:
             self.head_dim,
             self.fused_rotary,
         )
+        kernels = StepKernels(
+            rmsnorm=self.fused_rmsnorm,
+            low_rank=self.fused_low_rank,
+            swiglu=self.fused_swiglu,
+            one_row=every_token and hidden.shape[0] == 1 and self.fused_one_row,
+        )
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
             spectral_scales = state.spectral_scales[chosen, index, None] if state.spectral else None
-            normed = _rms_norm(layer.input_layernorm, hidden, self.fused_rmsnorm)
-            qkv = layer.attention_inputs(normed, scales, spectral_scales, self.fused_low_rank)
+            qkv = layer.attention_inputs(hidden, scales, spectral_scales, kernels)
             keys, values = state.keys[index, chosen], state.values[index, chosen]
             query = rotary(qkv, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
@@ -323,9 +369,8 @@ class LlamaStep:
                 attended = decode_attention.attention(query, keys, values, visible, fused=True)
             else:
                 attended = self._attention(query, keys, values, bias, queries_as_rows)
-            hidden = layer.attention_output(attended, scales, spectral_scales, hidden, self.fused_low_rank)
-            normed = _rms_norm(layer.post_attention_layernorm, hidden, self.fused_rmsnorm)
-            hidden = layer.mlp(normed, hidden, self.fused_swiglu)
+            hidden = layer.attention_output(attended, scales, spectral_scales, hidden, kernels)
+            hidden = layer.mlp(hidden, kernels)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
         return self._lm_head(_rms_norm(self.norm, hidden, self.fused_rmsnorm), state, first)

@@ -104,7 +104,7 @@ class NatureLM(nn.Module):
         self.source: str | None = None
         self.llm_source: str | None = None
         self.demo = False
-        self.encoder_graphs = EncoderGraphs()  # few-window encoder calls replayed as CUDA graphs (GPU only)
+        self.encoder_graphs = EncoderGraphs()  # encoder calls of up to 32 windows replayed as CUDA graphs (GPU only)
         self.eval()  # an inference wrapper: LoRA dropout only applies after an explicit .train()
 
     @property

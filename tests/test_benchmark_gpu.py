@@ -228,3 +228,21 @@ def test_the_file_sweeps_run_one_recipe_per_recording_beside_one_alpha_in_interl
         "one_alpha_decode_workers_default",
     }
     assert "answers_per_s_rounds" not in quick["one_alpha_decode_workers_default"]
+
+
+@pytest.mark.parametrize("norms_in_the_layer", [True, False])
+def test_one_layer_is_found_by_its_attention_kernel_with_or_without_norm_kernels(norms_in_the_layer):
+    """The profile's one-layer table: a one-row step folds its norms into its products, so the layers are marked
+    by attention (the 14:05Z run's profile failed when they were marked by norm kernels)."""
+    from benchmarks.gpu import _one_layer
+
+    layer = ["rms_norm_rows", "qkv", "decode_attention", "o", "rms_norm_rows", "mlp"]
+    if not norms_in_the_layer:
+        layer = [name for name in layer if "norm" not in name]
+    names = [f"{name}#{index}" for index in range(5) for name in layer]
+    kernels = [_event("gpu", 10 * i, 10 * i + 5, name) for i, name in enumerate(names)]
+    for kernel in kernels:
+        kernel.device_time = 5.0
+    table = _one_layer(kernels).splitlines()
+    assert table[0].endswith("decode_attention#2") and table[-1].endswith("qkv#3")
+    assert len(table) == len(layer)

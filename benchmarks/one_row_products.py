@@ -7,7 +7,8 @@ Why: an Explore answer runs at 1.40x the bound issue 23 asks 1.25x of (H100, 202
 144 at the copy rate, and 13 small kernels 34 µs (two RMSNorms, three split-K reductions of cuBLAS among them).
 Folding those kernels into the products needs a product of our own, so the first question is whether one reaches
 the copy rate on these shapes at all. Here each of Llama-3.1-8B's one-row products (q | k | v with their LoRA A,
-o, gate, up, down) is timed as cuBLAS runs it and as `matrix_vector` runs it under a few launch shapes, and the
+o, gate, up, down) is timed as cuBLAS runs it and as the decode step's own kernel (naturelm_core.one_row, since
+session 14) runs it under a few launch shapes, and the
 q | k | v product with its RMSNorm before it, as two kernels and as one (the norm's scale applied to the
 product's sums at the end: a row's sum of squares is gathered in the same pass over x). Each candidate runs over
 `--layers` distinct weights in one CUDA graph, so nothing is served from L2; the copy rate is measured the same way.
@@ -16,7 +17,6 @@ product's sums at the end: a row's sum of squares is gathered in the same pass o
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -28,6 +28,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.decode_parts import HEAD_DIM, HIDDEN, KV_HEADS, MLP, RANK, graph_ms
+from naturelm_core import one_row
 
 EPS = 1e-5
 LAUNCHES = ((8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4))  # rows, columns, warps
@@ -41,75 +42,18 @@ def matrix_vector(
     block_columns: int = 256,
     num_warps: int = 4,
 ) -> torch.Tensor:
-    """weight @ x for one row x [K] (weight [N, K], N a multiple of `block_rows`, K of `block_columns`), in
-    float32 sums rounded once; with `norm_weight`, weight @ rms_norm(x) as Llama's RMSNorm defines it, in the
-    same pass: sum(w * x * g) / rms(x), the norm's scale applied to the sums at the end."""
-    rows, columns = weight.shape
-    if rows % block_rows or columns % block_columns or x.shape != (columns,):
-        raise ValueError(
-            f"weight {tuple(weight.shape)} and x {tuple(x.shape)} do not tile by {block_rows} x {block_columns}"
-        )
-    out = torch.empty(rows, device=x.device, dtype=x.dtype)
-    norm = norm_weight is not None
-    _kernel()[(rows // block_rows,)](
-        x,
-        weight,
-        norm_weight if norm else x,
-        out,
-        columns,
-        weight.stride(0),
-        EPS,
-        NORM=norm,
-        BLOCK_ROWS=block_rows,
-        BLOCK_COLUMNS=block_columns,
-        num_warps=num_warps,
-    )
-    return out
-
-
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def one_row_product(
-        x,
-        weight,
-        norm_weight,
-        out,
-        columns,
-        row_stride,
-        eps,
-        NORM: tl.constexpr,
-        BLOCK_ROWS: tl.constexpr,
-        BLOCK_COLUMNS: tl.constexpr,
-    ):
-        rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        sums = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
-        squares = tl.zeros((BLOCK_COLUMNS,), dtype=tl.float32)
-        for start in range(0, columns, BLOCK_COLUMNS):
-            column = start + tl.arange(0, BLOCK_COLUMNS)
-            values = tl.load(x + column).to(tl.float32)
-            if NORM:
-                squares += values * values
-                values = values * tl.load(norm_weight + column).to(tl.float32)
-            block = tl.load(weight + rows[:, None].to(tl.int64) * row_stride + column[None, :]).to(tl.float32)
-            sums += tl.sum(block * values[None, :], axis=1)
-        if NORM:
-            sums = sums * tl.rsqrt(tl.sum(squares, axis=0) / columns + eps)
-        tl.store(out + rows, sums.to(out.dtype.element_ty))
-
-    return one_row_product
+    """weight @ x for one row x [K] as the decode step's kernel computes it (naturelm_core.one_row.linear) under
+    the given launch shape; with `norm_weight`, weight @ rms_norm(x), the norm folded into the same pass."""
+    norm = None if norm_weight is None else (norm_weight, EPS)
+    launch = one_row.Launch(block_rows, block_columns, num_warps)
+    return one_row.linear(x[None], weight, True, norm=norm, launch=launch)[0]
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """What the decode step computes today: RMSNorm in float32 rounded to x's dtype, times its weight, then the
-    product."""
-    if norm_weight is not None:
-        normed = (x.float() * torch.rsqrt(x.float().pow(2).mean() + EPS)).to(x.dtype)
-        x = norm_weight * normed
-    return F.linear(x[None], weight)[0]
+    """What the decode step computed before naturelm_core.one_row: RMSNorm rounded to x's dtype, then the
+    product (the kernel's torch version)."""
+    norm = None if norm_weight is None else (norm_weight, EPS)
+    return one_row.linear(x[None], weight, False, norm=norm)[0]
 
 
 def candidates(layers: int) -> dict[str, Any]:

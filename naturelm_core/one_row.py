@@ -23,16 +23,24 @@ them.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from naturelm_core import rmsnorm
 
-BLOCK_ROWS = 4  # output rows a program computes
-BLOCK_COLUMNS = 1024  # input columns a program reads per step of its loop
-
 Norm = tuple[Tensor, float]  # an RMSNorm's gain and epsilon
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A program's share of the work. The default was the fastest of five on every one-row product of
+    Llama-3.1-8B (benchmarks/one_row_products.py, which compares them; H100, 2026-12-07 12:54Z)."""
+
+    block_rows: int = 4  # output rows a program computes
+    block_columns: int = 1024  # input columns it reads per step of its loop (fewer where x is narrower)
+    num_warps: int = 4
 
 
 def linear(
@@ -42,6 +50,7 @@ def linear(
     second: Tensor | None = None,
     residual: Tensor | None = None,
     norm: Norm | None = None,
+    launch: Launch = Launch(),
 ) -> Tensor:
     """[1, rows of weight (+ rows of second)]: weight n(x) (then second n(x)), plus `residual` [1, R] on the first
     R outputs where given; n is RMSNorm with `norm` = (gain, eps), or nothing."""
@@ -49,7 +58,7 @@ def linear(
         return _reference_linear(x, weight, second, residual, norm)
     rows = weight.shape[0] + (0 if second is None else second.shape[0])
     out = torch.empty(1, rows, dtype=x.dtype, device=x.device)
-    _launch(x, weight, second, residual, norm, out, gated=False)
+    _launch(x, weight, second, residual, norm, out, gated=False, launch=launch)
     return out
 
 
@@ -81,6 +90,7 @@ def _launch(
     norm: Norm | None,
     out: Tensor,
     gated: bool,
+    launch: Launch = Launch(),
 ) -> None:
     columns = x.shape[-1]
     if x.shape != (1, columns) or first.shape[1] != columns or (second is not None and second.shape[1] != columns):
@@ -88,8 +98,8 @@ def _launch(
     first, x = first.contiguous(), x.contiguous()
     stacked = second is not None and not gated
     second = first if second is None else second.contiguous()
-    block_columns = min(BLOCK_COLUMNS, 1 << (columns - 1).bit_length())
-    _kernel()[(-(-out.shape[1] // BLOCK_ROWS),)](
+    block_columns = min(launch.block_columns, 1 << (columns - 1).bit_length())
+    _kernel()[(-(-out.shape[1] // launch.block_rows),)](
         x,
         first,
         second,
@@ -105,9 +115,9 @@ def _launch(
         SECOND=stacked,
         RESIDUAL=residual is not None,
         GATED=gated,
-        BLOCK_ROWS=BLOCK_ROWS,
+        BLOCK_ROWS=launch.block_rows,
         BLOCK_COLUMNS=block_columns,
-        num_warps=4,
+        num_warps=launch.num_warps,
     )
 
 

@@ -1041,7 +1041,7 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
             spec = file_sweep_spec(name, recordings_folder, alphas, args, limit)
             runner = SweepRunner(engine, spec, Path(folder) / "runs" / name, decode_workers=workers)
             engine.stats.recent_sweep_batches.clear()
-            captures = model.static_decoding.captures
+            captures, encoder_captures = model.static_decoding.captures, model.encoder_graphs.captures
             seconds, status = timed(device, runner.run)
             return {
                 "answers": status.done,
@@ -1050,6 +1050,8 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 "rows_per_batch": engine.stats.sweep_rows_per_batch(),
                 "batch_rows": " ".join(map(str, engine.stats.recent_sweep_batches)),  # the last 32
                 "graph_captures": model.static_decoding.captures - captures,  # new batch shapes met by this sweep
+                # the encoder's chunks follow decoding's timing: a 5-32-window size met twice is captured
+                "encoder_graph_captures": model.encoder_graphs.captures - encoder_captures,
             }
 
         # Measured once each here; the default pool's one alpha and one recipe per recording in rounds below.
@@ -1073,7 +1075,9 @@ def section_sweep_files(model: NatureLM, device: torch.device, args: argparse.Na
                 for label in compared:
                     rounds[label].append(sweep(f"{label}-default-{round_index}", plans[label][0], None))
             for label, measured in rounds.items():
-                result[f"{label}_decode_workers_default"] = median_round(measured, listed=("graph_captures",))
+                result[f"{label}_decode_workers_default"] = median_round(
+                    measured, listed=("graph_captures", "encoder_graph_captures")
+                )
             # The same with CPython's own switch interval while decoding (what evaluation.prefetch shortens).
             shorter, SHORTER_SWITCH_INTERVAL.seconds = SHORTER_SWITCH_INTERVAL.seconds, sys.getswitchinterval()
             try:

@@ -209,6 +209,7 @@ def test_the_file_sweeps_run_one_recipe_per_recording_beside_one_alpha_in_interl
         assert len(rates) == len(captures) == benchmark.RECIPE_ROUNDS
         assert measured["answers_per_s"] == statistics.median_low(rates)  # a measured round, not an average
         assert measured["graph_captures"] == captures[rates.index(measured["answers_per_s"])]
+        assert measured["encoder_graph_captures_rounds"] == [0] * benchmark.RECIPE_ROUNDS  # CPU: no graphs
     for workers in (1, 4, 8):  # the other pool sizes run once
         assert result[f"one_alpha_decode_workers_{workers}"]["answers"] == 2
         assert "answers_per_s_rounds" not in result[f"one_alpha_decode_workers_{workers}"]

@@ -63,7 +63,8 @@ def test_the_kernel_in_tritons_interpreter_computes_every_form():
 
 def test_one_row_static_decoding_gives_the_same_ids_with_the_kernels_on_and_off():
     """The tiny model's Explore-shaped generations (one item, greedy: one row a step), the step's one-row
-    products on and off: the same ids, and the kernels ran."""
+    products on and off: the same ids, and the kernels ran; at a plain alpha, a spectral recipe (its LoRA
+    A product for o comes out of the stacked o kernel) and a layer and module recipe."""
     out = _interpret(
         """
         from naturelm_core import one_row, static_decoding
@@ -75,14 +76,15 @@ def test_one_row_static_decoding_gives_the_same_ids_with_the_kernels_on_and_off(
             return original(*arguments, **options)
         one_row._launch = counted
         model.decode_with_static_cache = True
-        for prompt, row in zip(PROMPTS, rows):
+        points = [0.5, {"alpha": 0.8, "rank": 2}, {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}}]
+        for prompt, row, point in zip(PROMPTS, rows, points, strict=True):
             answers = {}
             for fused in (False, True):
                 model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
                 model.generate_ids_from_embeddings([row], prompt, [0.5], 1, 2)  # builds the step
                 model.static_decoding.step.fused_one_row = fused
-                answers[fused] = model.generate_ids_from_embeddings([row], prompt, [0.5], 1, 10)
-            assert answers[True] == answers[False], prompt
+                answers[fused] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 10)
+            assert answers[True] == answers[False], point
             assert len(answers[True][0]) > 1
         print(len(launches))
         """,

@@ -126,8 +126,10 @@ def p50(device: torch.device, fn: Callable[[], Any], n: int = 15) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="folder for host_timeline.json and host_timeline.txt")
+    out = parser.parse_args(argv).out
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

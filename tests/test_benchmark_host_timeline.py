@@ -36,3 +36,13 @@ def test_the_tracer_records_each_call_while_on_and_times_the_gaps_between_top_le
     assert lines[0] == "## case" and len(lines) == 2 + 4
     assert [line.split()[1] for line in lines[2:]] == ["0", "1", "1", "0"]  # nesting depths, in call order
     assert tracer.records == []  # a report starts the next trace afresh
+
+
+def test_without_an_output_folder_it_says_what_is_missing(capsys):
+    import pytest
+
+    from benchmarks.host_timeline import main
+
+    with pytest.raises(SystemExit):
+        main([])
+    assert "the following arguments are required: out" in capsys.readouterr().err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
+
 
 def test_the_tracer_records_each_call_while_on_and_times_the_gaps_between_top_level_calls():
     from benchmarks.host_timeline import Tracer
@@ -39,8 +41,6 @@ def test_the_tracer_records_each_call_while_on_and_times_the_gaps_between_top_le
 
 
 def test_without_an_output_folder_it_says_what_is_missing(capsys):
-    import pytest
-
     from benchmarks.host_timeline import main
 
     with pytest.raises(SystemExit):

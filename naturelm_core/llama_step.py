@@ -20,7 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import decode_attention, low_rank, one_row, rmsnorm, rotary_store, swiglu
+from naturelm_core import decode_attention, low_rank, one_row, one_row_lora, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowScaledDropout
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis
@@ -121,7 +121,8 @@ class _Layer:
         NatureLM's eager path scales the input, B(A(x * alpha)): the same linear map; the scale is applied
         here to the rank-r product instead, a tiny kernel instead of a full-width one. `scales` [items, 1,
         rank columns] (see `DecodeState`); `spectral_scales` likewise for spectral rows, None when the
-        batch has none. At one row the norm is folded into the product (naturelm_core.one_row).
+        batch has none. At one row the norm is folded into the product (naturelm_core.one_row) and the LoRA term
+        is added by one kernel (naturelm_core.one_row_lora).
         """
         if kernels.one_row:
             projected = one_row.linear(hidden, self.qkv, True, norm=_gain(self.input_layernorm))
@@ -129,6 +130,19 @@ class _Layer:
             projected = nn.functional.linear(_rms_norm(self.input_layernorm, hidden, kernels.rmsnorm), self.qkv)
         width, rank = self.lora_b_qkv.shape
         spectral = None if spectral_scales is None else spectral_scales[..., :rank]
+        if kernels.one_row_lora:
+            return one_row_lora.add_lora(
+                projected[:, :width],
+                projected[:, width:],
+                scales[..., :rank],
+                spectral,
+                self.into_qkv,
+                self.out_of_qkv,
+                self.lora_b_qkv,
+                self.scaling_qkv,
+                True,
+                self.rank_block_qkv,
+            )
         scaled = low_rank.scale_rows(
             projected[:, width:],
             scales[..., :rank],
@@ -145,7 +159,8 @@ class _Layer:
         self, attended: Tensor, scales: Tensor, spectral_scales: Tensor | None, residual: Tensor, kernels: StepKernels
     ) -> Tensor:
         """residual + o(attended) + its LoRA term: in place (an out-of-place sum first copies the residual), or at
-        one row in one pass over o and its LoRA A with the residual added to the sums (naturelm_core.one_row)."""
+        one row in one pass over o and its LoRA A with the residual added to the sums (naturelm_core.one_row), the
+        LoRA term added by one kernel (naturelm_core.one_row_lora)."""
         rank = self.lora_a_o.shape[0]
         if kernels.one_row:
             both = one_row.linear(attended, self.o, True, second=self.lora_a_o, residual=residual)
@@ -154,6 +169,18 @@ class _Layer:
             down = nn.functional.linear(attended, self.lora_a_o)
             summed = residual.addmm_(attended, self.o.t())
         spectral = None if spectral_scales is None else spectral_scales[..., -rank:]
+        if kernels.one_row_lora:
+            return one_row_lora.add_lora(
+                summed,
+                down,
+                scales[..., -rank:],
+                spectral,
+                self.into_o,
+                self.out_of_o,
+                self.lora_b_o,
+                self.scaling_o,
+                True,
+            )
         scaled = low_rank.scale_rows(
             down, scales[..., -rank:], spectral, self.into_o, self.out_of_o, self.scaling_o, kernels.low_rank
         )
@@ -180,6 +207,7 @@ class StepKernels:
     low_rank: bool
     swiglu: bool
     one_row: bool  # a decode step of one row: the products as naturelm_core.one_row's kernels
+    one_row_lora: bool  # a decode step of one row: its LoRA terms as naturelm_core.one_row_lora's kernel
 
 
 def _gain(norm: nn.Module) -> one_row.Norm:
@@ -211,6 +239,7 @@ class LlamaStep:
         "fused_decode_attention",
         "fused_low_rank",
         "fused_one_row",
+        "fused_one_row_lora",
     )
 
     def __init__(self, llm: PreTrainedModel) -> None:
@@ -243,6 +272,7 @@ class LlamaStep:
         )
         self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_one_row = one_row.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.fused_one_row_lora = one_row_lora.fused_kernel_works(self.weight.device, self.weight.dtype)
 
     def kernels_in_use(self) -> dict[str, bool]:
         """cuDNN's grouped-query attention and each of our Triton kernels: on or off (what a benchmark's figures
@@ -357,6 +387,7 @@ class LlamaStep:
             low_rank=self.fused_low_rank,
             swiglu=self.fused_swiglu,
             one_row=every_token and hidden.shape[0] == 1 and self.fused_one_row,
+            one_row_lora=every_token and hidden.shape[0] == 1 and self.fused_one_row_lora,
         )
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens

@@ -44,7 +44,7 @@ def scale_rows(
     rank columns: only the diagonal blocks of the maps are read (a whole 96 x 96 map per program ran spectral
     sweeps at 71% of plain alphas' speed, H100).
     """
-    if fused and _is_one(scaling):
+    if fused and is_unit_scale(scaling):
         return _fused(down, scales, spectral_scales, into, out_of, block or down.shape[1])
     low_rank = _scaled(down, scales, scaling)
     if spectral_scales is not None:
@@ -52,7 +52,8 @@ def scale_rows(
     return low_rank
 
 
-def _is_one(scaling: Tensor | float | None) -> bool:
+def is_unit_scale(scaling: Tensor | float | None) -> bool:
+    """Whether a LoRA scale leaves the product as it is (NatureLM's are all 1): the kernels assume it."""
     return scaling is None or (not isinstance(scaling, Tensor) and scaling == 1.0)
 
 
@@ -62,7 +63,7 @@ def _scaled(down: Tensor, scales: Tensor, scaling: Tensor | float | None) -> Ten
     Without a LoRA scale it is one kernel: the float32 product is rounded once into the output's dtype.
     """
     per_item = down.unflatten(0, (scales.shape[0], -1))  # [items, tokens, r], a view
-    if not _is_one(scaling):
+    if not is_unit_scale(scaling):
         return (per_item * scales * scaling).to(down.dtype).flatten(0, 1)
     out = torch.empty(per_item.shape, dtype=down.dtype, device=down.device)
     return torch.mul(per_item, scales, out=out).flatten(0, 1)
@@ -75,7 +76,7 @@ def _spectral(
     other rows (their `spectral_scales` are 0), so adding it leaves those rows' numbers as they were."""
     per_item = down.unflatten(0, (spectral_scales.shape[0], -1))  # [items, tokens, r]
     weighed = weigh_directions(per_item, spectral_scales, into, out_of).flatten(0, 1)
-    return weighed if _is_one(scaling) else weighed * scaling
+    return weighed if is_unit_scale(scaling) else weighed * scaling
 
 
 def _fused(

@@ -1,0 +1,118 @@
+"""A one-row step's LoRA term in one kernel (naturelm_core/one_row_lora.py): its torch version against the LoRA
+term written out, the kernel against it in Triton's interpreter, and the tiny model's one-row static decoding
+with it on and off."""
+
+from __future__ import annotations
+
+import torch
+
+from naturelm_core import one_row_lora
+from naturelm_core.spectral import weigh_directions
+from tests.test_decode_attention import TINY_MODEL_IN_CHILD, _interpret
+
+
+def test_the_torch_version_adds_b_times_the_scaled_product_and_the_spectral_term():
+    generator = torch.Generator().manual_seed(0)
+    width, rank = 10, 6
+    row = torch.randn(1, width + rank, generator=generator, dtype=torch.float64)
+    lora_b = torch.randn(width, rank, generator=generator, dtype=torch.float64)
+    scales = torch.rand(1, 1, rank, generator=generator, dtype=torch.float64)
+    weights = torch.rand(1, 1, rank, generator=generator, dtype=torch.float64)
+    into, out_of = (torch.linalg.qr(torch.randn(rank, rank, generator=generator, dtype=torch.float64)).Q for _ in "ab")
+    down = row[:, width:]
+    for spectral in (None, weights):
+        expected = (
+            row[:, :width]
+            + (down * scales[0] + (0 if spectral is None else weigh_directions(down, spectral[0], into, out_of)))
+            @ lora_b.T
+        )
+        got = row.clone()
+        returned = one_row_lora.add_lora(
+            got[:, :width], got[:, width:], scales, spectral, into, out_of, lora_b, None, False
+        )
+        assert returned.data_ptr() == got.data_ptr()  # in place, in the wider row
+        assert torch.allclose(got[:, :width], expected)
+        assert torch.equal(got[:, width:], down)
+
+
+def test_the_kernel_in_tritons_interpreter_adds_what_the_torch_version_adds():
+    """Three blocks of rank columns (q | k | v's block-diagonal B), one block (o), widths that fill no block of rows;
+    plain and spectral rows; float32 and bf16. A kernel that dropped the spectral term, read another block's rank
+    columns or added nothing fails (the expected sums are far from the starting row)."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core import one_row_lora
+        generator = torch.Generator().manual_seed(3)
+        checked = 0
+        for dtype, atol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+            for width, rank, block in ((200, 24, 8), (77, 12, 12), (64, 6, 2)):
+                row = torch.randn(1, width + rank, generator=generator).to(dtype)
+                lora_b = torch.zeros(width, rank, dtype=dtype)
+                edges = [0, width // 2, 3 * width // 4, width] if rank // block == 3 else [0, width]
+                for index in range(rank // block):  # block-diagonal, as the step's fused q | k | v B
+                    rows, columns = slice(edges[index], edges[index + 1]), slice(index * block, (index + 1) * block)
+                    lora_b[rows, columns] = torch.randn(rows.stop - rows.start, block, generator=generator).to(dtype)
+                scales = torch.rand(1, 1, rank, generator=generator) + 0.5
+                maps = torch.linalg.qr(torch.randn(2, rank // block, block, block, generator=generator)).Q
+                into, out_of = (torch.block_diag(*m.unbind()) for m in maps.unbind())
+                for spectral in (None, torch.rand(1, 1, rank, generator=generator) * 2):
+                    expected, got = row.clone(), row.clone()
+                    for target, fused in ((expected, False), (got, True)):
+                        out, down = target[:, :width], target[:, width:]
+                        one_row_lora.add_lora(out, down, scales, spectral, into, out_of, lora_b, None, fused, block)
+                    moved = (expected.float() - row.float()).abs().max().item()
+                    error = (got.float() - expected.float()).abs().max().item()
+                    scale = max(1.0, expected.float().abs().max().item())
+                    assert moved > 10 * atol * scale, moved
+                    assert error <= atol * scale, (dtype, width, rank, spectral is None, error)
+                    checked += 1
+        print(checked)
+        """
+    )
+    assert out.split()[-1] == "12"
+
+
+def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off():
+    """The tiny model's Explore-shaped generations (one item, greedy), the one-row products on and the LoRA
+    kernel on or off: the same ids at a plain alpha, a spectral recipe and a layer and module recipe, and the
+    kernel ran (twice a layer and step)."""
+    out = _interpret(
+        """
+        from naturelm_core import one_row_lora, static_decoding
+
+        launches = []
+        original = one_row_lora._kernel
+        def counted():
+            kernel = original()
+            class Counting:
+                def __getitem__(self, grid):
+                    launches.append(grid)
+                    return kernel[grid]
+            return Counting()
+        one_row_lora._kernel = counted
+        model.decode_with_static_cache = True
+        points = [0.5, {"alpha": 0.8, "rank": 2}, {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}}]
+        for prompt, row, point in zip(PROMPTS, rows, points, strict=True):
+            answers = {}
+            for fused in (False, True):
+                model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
+                model.generate_ids_from_embeddings([row], prompt, [0.5], 1, 2)  # builds the step
+                model.static_decoding.step.fused_one_row = True
+                model.static_decoding.step.fused_one_row_lora = fused
+                answers[fused] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 10)
+            assert answers[True] == answers[False], point
+            assert len(answers[True][0]) > 1
+        print(len(launches))
+        """,
+        prelude=TINY_MODEL_IN_CHILD,
+    )
+    assert int(out.split()[-1]) > 0
+
+
+def test_the_start_up_check_passes_on_a_gpu():
+    """On a CUDA GPU the kernel agrees with the torch version on Llama's widths (the check a step runs first)."""
+    if not torch.cuda.is_available():
+        assert not one_row_lora.fused_kernel_works(torch.device("cpu"), torch.float32)
+        return
+    assert one_row_lora.fused_kernel_works(torch.device("cuda"), torch.bfloat16)

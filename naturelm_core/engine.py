@@ -41,6 +41,9 @@ RECENT_BATCHES = 32
 # Windows a sweep batch encodes between two chances for waiting users: a few decode steps' time, in one
 # call large enough to keep the encoder's products efficient.
 ENCODER_CHUNK = 32
+# Rows a sweep batch decodes at least (padding included): its first and last batches come in whatever size the
+# recordings' decoding gives them, and sizes up to this share one static state, one graph capture.
+SWEEP_MIN_ROWS = 32
 _NO_WAIT = {priority: 0.0 for priority in Priority}  # batches taken between others' decode steps gather what is queued
 _OUT_OF_MEMORY = {
     GENERATE: "Out of GPU memory even for a single request; try fewer beams or tokens.",
@@ -67,6 +70,8 @@ class GenerativeModel(Protocol):
         num_beams: int = 2,
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
+        between_steps: Callable[[], None] | None = None,
+        min_rows: int = 1,
     ) -> list[str]: ...
 
 
@@ -664,6 +669,7 @@ class Engine:
             max_new_tokens=settings.max_new_tokens,
             allow_extrapolation=any(r.allow_extrapolation for r in rows),
             between_steps=pause,
+            min_rows=SWEEP_MIN_ROWS if all(r.priority == Priority.SWEEP for r in rows) else 1,
         )
         self.stats.batches += 1
         self.stats.rows_generated += len(rows)

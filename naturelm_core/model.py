@@ -199,11 +199,20 @@ class NatureLM(nn.Module):
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
         between_steps: Callable[[], None] | None = None,
+        min_rows: int = 1,
         **gen: Any,
     ) -> list[str]:
         """Answers for rows of cached audio embeddings: one [T, H] tensor per `<AudioHere>` of the row's prompt."""
         ids = self.generate_ids_from_embeddings(
-            audio_embeds, prompts, alphas, num_beams, max_new_tokens, allow_extrapolation, between_steps, **gen
+            audio_embeds,
+            prompts,
+            alphas,
+            num_beams,
+            max_new_tokens,
+            allow_extrapolation,
+            between_steps,
+            min_rows,
+            **gen,
         )
         return decode_answers(self.tokenizer, ids)
 
@@ -217,6 +226,7 @@ class NatureLM(nn.Module):
         max_new_tokens: int = 100,
         allow_extrapolation: bool = False,
         between_steps: Callable[[], None] | None = None,
+        min_rows: int = 1,
         **gen: Any,
     ) -> list[list[int]]:
         """Generated token ids per row: greedy for num_beams=1 (stop id kept), else transformers-4.44 beam search.
@@ -224,7 +234,9 @@ class NatureLM(nn.Module):
         `between_steps` is called every few decode steps on the static path, where it may run another
         generation to completion (the engine answers a waiting user inside a long sweep batch): there each
         batch's alphas, KV cache and graphs live in its own state. The eager path never calls it, since
-        its LoRA layers read the one shared alpha buffer of the call in progress.
+        its LoRA layers read the one shared alpha buffer of the call in progress. `min_rows`: the static
+        state decodes at least this many rows, padding included (StaticDecoding.decoder says why); the
+        answers are the same.
         """
         for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -237,7 +249,7 @@ class NatureLM(nn.Module):
             # Every row's merge lives in the static state; the LoRA layers' own alpha path is not used, so the
             # search runs outside `row_alphas.applied` and may nest another generation (`between_steps`).
             try:
-                decoder = self.static_decoding.decoder(self.llm, batch, row_merge, num_beams, max_new_tokens)
+                decoder = self.static_decoding.decoder(self.llm, batch, row_merge, num_beams, max_new_tokens, min_rows)
             except StaticDecodingUnsupported as error:
                 logger.warning("static-cache decoding is off for this model: %s", error)
                 self.decode_with_static_cache = False

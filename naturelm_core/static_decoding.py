@@ -307,11 +307,15 @@ class StaticDecoding:
         row_alphas: RowMerge | Tensor,
         repeats: int,
         max_new_tokens: int,
+        min_rows: int = 1,
     ) -> StaticCacheDecoder:
         """A decoder for one generation over `batch` (one row per item), each item repeated `repeats` times.
 
         `row_alphas` holds each decoded row's merge (item-major, repeated per beam), or one plain alpha
-        per row [rows]; the beams of an item share its prompt, hence its merge.
+        per row [rows]; the beams of an item share its prompt, hence its merge. With `min_rows`, the state
+        decodes at least that many rows (the rest padding): a sweep's first and last batches come in whatever
+        size decoding's timing gives them, and one state for all the small ones is one graph capture where a
+        state per size costs a capture each (~0.5 s on an H100) when a size recurs.
         """
         step = self._llama_step(llm)
         step.refresh()
@@ -323,7 +327,7 @@ class StaticDecoding:
         if merge.spectra is not None and merge.spectra.shape[1] < max(step.lora_ranks):
             raise ValueError(f"{merge.spectra.shape[1]} spectral weights per row for LoRA ranks {step.lora_ranks}")
         prompt_capacity = self.prompt_block * math.ceil(prompt_length / self.prompt_block)
-        shape = (item_capacity(items, repeats), repeats, prompt_capacity, max_new_tokens)
+        shape = (item_capacity(max(items, -(-min_rows // repeats)), repeats), repeats, prompt_capacity, max_new_tokens)
         key = self._key_for(shape)
         runner = self._runners.get(key)
         if runner is None:

@@ -431,3 +431,32 @@ def test_a_group_larger_than_the_queue_enters_it_when_empty(recorder):
     engine = Engine(recorder, max_batch_rows=16, interactive_capacity=4, inline=True)
     assert engine.answer_many(_rows(6), settings=GREEDY) == [f"scan-{i}@{i / 5:g}" for i in range(6)]
     assert recorder.sizes() == [6]
+
+
+class MinRowsRecorder(BatchRecorder):
+    """Records the rows each batch asked its state to decode at least."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.min_rows: list[int] = []
+
+    def generate_from_embeddings(self, audio_embeds, prompts, alphas, num_beams=2, min_rows=1, **kwargs):
+        self.min_rows.append(min_rows)
+        return super().generate_from_embeddings(audio_embeds, prompts, alphas, num_beams, **kwargs)
+
+
+def test_sweep_batches_share_a_padded_state_and_a_users_batch_does_not():
+    """A sweep's odd-sized batches ask for SWEEP_MIN_ROWS rows (one static state for every small size), inline or
+    threaded; a user's answer decodes its own rows only (Explore's one row keeps its one-row kernels)."""
+    from naturelm_core.engine import SWEEP_MIN_ROWS
+
+    model = MinRowsRecorder()
+    Engine(model, max_batch_rows=8, inline=True).answer_many([([WINDOW], "sweep", 0.5)], priority=Priority.SWEEP)
+    threaded = Engine(model, max_batch_rows=8)
+    try:
+        threaded.answer([WINDOW], "user", 0.5)
+        threaded.answer_many([([WINDOW], f"s{i}", 0.5) for i in range(3)], priority=Priority.SWEEP)
+    finally:
+        threaded.stop()
+    assert model.min_rows == [SWEEP_MIN_ROWS, 1, SWEEP_MIN_ROWS]
+    assert SWEEP_MIN_ROWS > 1

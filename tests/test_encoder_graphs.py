@@ -1,5 +1,6 @@
 """The audio encoder's CUDA graphs: on a GPU only, never a different embedding; few-window shapes captured at
-first sight, sweep-sized ones at their second, at most two of those held, and none while memory is short."""
+first sight, sweep-sized ones padded to 16 or 32 windows and captured at their second, at most two of those held,
+and none while memory is short."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from naturelm_core.encoder_graphs import (
     MAX_LARGE_GRAPHS,
     EncoderGraphs,
     _CapturePolicy,
+    graph_windows,
 )
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -206,7 +208,9 @@ def test_a_failed_capture_turns_graphs_off_unless_a_large_one_ran_out_of_memory(
 
 
 @needs_cuda
-def test_a_six_window_call_is_eager_at_first_sight_then_replayed_bit_for_bit(tiny_checkpoint):
+def test_a_six_window_call_is_eager_at_first_sight_then_replayed_padded_to_sixteen(tiny_checkpoint):
+    """Replayed, six windows are the first six of the eager encoder's sixteen (the last one repeated): bit for
+    bit, and within bf16 rounding of the six encoded alone."""
     from naturelm_core.loading import load_model
 
     model = load_model(str(tiny_checkpoint), device="cuda", dtype="bfloat16")
@@ -215,13 +219,16 @@ def test_a_six_window_call_is_eager_at_first_sight_then_replayed_bit_for_bit(tin
     first = model.encode_audio(windows)
     assert graphs.enabled and graphs.captures == 0
     second = model.encode_audio(windows)
-    assert graphs.captures == 1
+    assert graphs.captures == 1 and [key[1][0] for key in graphs._graphs] == [16]
     third = model.encode_audio(windows)
     assert graphs.enabled and graphs.captures == 1
     graphs.enabled = False
     eager = model.encode_audio(windows)
-    for output in (first, second, third):
-        assert torch.equal(output, eager)
+    padded = model.encode_audio(np.concatenate([windows, np.repeat(windows[-1:], 10, axis=0)]))[:6]
+    assert torch.equal(first, eager)
+    for output in (second, third):
+        assert torch.equal(output, padded)
+        assert torch.allclose(output.float(), eager.float(), atol=5e-2, rtol=5e-2)
 
 
 @needs_cuda
@@ -229,15 +236,35 @@ def test_only_two_large_graphs_are_held_beside_the_small_ones(tiny_checkpoint):
     from naturelm_core.loading import load_model
 
     model = load_model(str(tiny_checkpoint), device="cuda", dtype="bfloat16")
-    graphs = model.encoder_graphs
-    windows = _windows(8)
+    graphs = model.encoder_graphs = EncoderGraphs(max_windows=64)
+    windows = _windows(40)
     model.encode_audio(windows[:1])
-    for count in (5, 6, 7):
+    for count in (5, 17, 33):  # padded to 16, 32 and 64 windows
         for _ in range(2):
             model.encode_audio(windows[:count])
     assert graphs.enabled and graphs.captures == 4
     held = sorted(key[1][0] for key in graphs._graphs)
-    assert held == [1, 6, 7]
-    replayed = model.encode_audio(windows[:7])
+    assert held == [1, 32, 64]
+    replayed = model.encode_audio(windows[:33])
     graphs.enabled = False
-    assert torch.equal(replayed, model.encode_audio(windows[:7]))
+    padded = np.concatenate([windows[:33], np.repeat(windows[32:33], 31, axis=0)])
+    assert torch.equal(replayed, model.encode_audio(padded)[:33])
+
+
+@pytest.mark.parametrize(
+    ("count", "most", "expected"),
+    [(1, 32, 1), (4, 32, 4), (5, 32, 16), (16, 32, 16), (17, 32, 32), (31, 32, 32), (32, 32, 32), (17, 24, 24)],
+)
+def test_a_larger_call_is_padded_to_one_of_a_few_sizes(count, most, expected):
+    assert graph_windows(count, FIRST_SIGHT_WINDOWS, most) == expected
+
+
+def test_every_remainder_of_a_one_alpha_sweep_batch_shares_two_graph_shapes():
+    """A batch of n windows is encoded in ENCODER_CHUNK chunks plus a remainder of any size: padded, the large calls
+    of every batch size from 1 to 176 are two shapes, where unpadded they were 28."""
+    from naturelm_core.engine import ENCODER_CHUNK
+
+    calls = ({ENCODER_CHUNK} | {n % ENCODER_CHUNK for n in range(1, 177)}) - {0}  # full chunks and remainders
+    large = {size for size in calls if size > FIRST_SIGHT_WINDOWS}
+    assert len(large) == 28
+    assert {graph_windows(size) for size in large} == {16, 32}

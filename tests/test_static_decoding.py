@@ -290,6 +290,22 @@ def test_a_shape_met_once_runs_in_a_held_larger_state_and_gets_its_own_when_met_
     assert len(decoding.shapes) == 2 and decoding.shapes[-1][0] == 1  # met again: a state of its own
 
 
+def test_small_batches_with_min_rows_share_one_state_and_keep_their_answers(model, rows):
+    """A sweep's first and last batches come in any size: with min_rows, batches of 1, 2 and 3 items (2 beams)
+    all decode in one 8-item state, met once or again, and each answer is what its batch alone gives."""
+    decoding = _fresh()
+    for count in (1, 2, 3, 1, 2):
+        batch = (rows[:count], PROMPTS[1:2] * count, ALPHAS[:count])  # one prompt capacity
+        alone = _ids(model, *batch, 2, static=True, decoding=_fresh())
+        model.static_decoding, model.decode_with_static_cache = decoding, True
+        try:
+            padded = model.generate_ids_from_embeddings(*batch, 2, MAX_NEW_TOKENS, min_rows=16)
+        finally:
+            model.decode_with_static_cache = None
+        assert padded == alone, count
+        assert [shape[:2] for shape in decoding.shapes] == [(8, 2)]  # 16 rows: 8 items of 2 beams
+
+
 def test_only_a_free_state_of_the_same_beams_and_lengths_is_borrowed(model, rows):
     decoding = _fresh()
     _ids(model, rows, PROMPTS, ALPHAS, 2, static=True, decoding=decoding)

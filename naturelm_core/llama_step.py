@@ -112,6 +112,45 @@ class _Layer:
         self.out_of_o.copy_(out_of_o)
         self._versions = versions
 
+    def attention_query(
+        self,
+        hidden: Tensor,
+        scales: Tensor,
+        spectral_scales: Tensor | None,
+        kernels: StepKernels,
+        rotary: rotary_store.RotaryStore,
+        keys: Tensor,
+        values: Tensor,
+    ) -> Tensor:
+        """Attention's query [items, heads, length, d], with k and v written to `keys` and `values`: `attention_inputs`
+        then the rotary store, or at one row both after the product in one kernel (naturelm_core.one_row_lora)."""
+        if kernels.one_row_lora and self._rotation_fusable(rotary.head_dim):
+            rank = self.lora_b_qkv.shape[1]
+            return one_row_lora.add_lora_and_rotate(
+                self._projected_qkv(hidden, kernels),
+                scales[..., :rank],
+                None if spectral_scales is None else spectral_scales[..., :rank],
+                self.into_qkv,
+                self.out_of_qkv,
+                self.lora_b_qkv,
+                self.rank_block_qkv,
+                rotary,
+                keys,
+                values,
+                True,
+            )
+        return rotary(self.attention_inputs(hidden, scales, spectral_scales, kernels), keys, values)
+
+    def _rotation_fusable(self, head_dim: int) -> bool:
+        fusable = one_row_lora.rotation_fusable(head_dim, self.lora_b_qkv, self.rank_block_qkv)
+        return fusable and low_rank.is_unit_scale(self.scaling_qkv)
+
+    def _projected_qkv(self, hidden: Tensor, kernels: StepKernels) -> Tensor:
+        """[q | k | v | their LoRA A products] of the normed residual stream (at one row the norm folded in)."""
+        if kernels.one_row:
+            return one_row.linear(hidden, self.qkv, True, norm=_gain(self.input_layernorm))
+        return nn.functional.linear(_rms_norm(self.input_layernorm, hidden, kernels.rmsnorm), self.qkv)
+
     def attention_inputs(
         self, hidden: Tensor, scales: Tensor, spectral_scales: Tensor | None, kernels: StepKernels
     ) -> Tensor:
@@ -124,10 +163,7 @@ class _Layer:
         batch has none. At one row the norm is folded into the product (naturelm_core.one_row) and the LoRA term
         is added by one kernel (naturelm_core.one_row_lora).
         """
-        if kernels.one_row:
-            projected = one_row.linear(hidden, self.qkv, True, norm=_gain(self.input_layernorm))
-        else:
-            projected = nn.functional.linear(_rms_norm(self.input_layernorm, hidden, kernels.rmsnorm), self.qkv)
+        projected = self._projected_qkv(hidden, kernels)
         width, rank = self.lora_b_qkv.shape
         spectral = None if spectral_scales is None else spectral_scales[..., :rank]
         if kernels.one_row_lora:
@@ -392,9 +428,8 @@ class LlamaStep:
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
             spectral_scales = state.spectral_scales[chosen, index, None] if state.spectral else None
-            qkv = layer.attention_inputs(hidden, scales, spectral_scales, kernels)
             keys, values = state.keys[index, chosen], state.values[index, chosen]
-            query = rotary(qkv, keys, values)
+            query = layer.attention_query(hidden, scales, spectral_scales, kernels, rotary, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             if fused_attention:
                 attended = decode_attention.attention(query, keys, values, visible, fused=True)

@@ -8,7 +8,11 @@ on a few hundred kilobytes. Here each program recomputes the scaled rank-r vecto
 most an r x r map per block for a spectral row: a few kilobytes from L2) and adds its rows' share of B times it,
 in place: one launch instead of two, and no rank-r tensor written and read back between them.
 
-The numbers are the two kernels': the scaled product is rounded to the output's dtype before B multiplies it,
+For q | k | v, `add_lora_and_rotate` goes one step further: a program per head adds the head's LoRA term, then
+applies the rotary embedding and writes the query, or the key and value into the KV cache, as
+naturelm_core.rotary_store's kernel does: one launch where there were three.
+
+The numbers are the unfused kernels': the scaled product is rounded to the output's dtype before B multiplies it,
 as the unfused path rounds the tensor it hands to cuBLAS, and the sum is accumulated in float32. The torch
 version (`low_rank.scale_rows` then `addmm_`) serves on the CPU, with a LoRA scale other than 1, and wherever
 `fused_kernel_works` fails.
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 from naturelm_core import low_rank
+from naturelm_core.rotary_store import RotaryStore
 
 BLOCK_ROWS = 32  # output rows a program adds to: 192 programs for Llama-3.1-8B's q | k | v, 128 for o
 
@@ -55,7 +60,7 @@ def add_lora(
     weights = spectral_scales if spectral else scales  # not read without a spectral row; any tensor will do
     scales, weights = scales.contiguous(), weights.contiguous()
     width = out.shape[1]
-    _kernel()[(-(-width // BLOCK_ROWS),)](
+    _kernels()[0][(-(-width // BLOCK_ROWS),)](
         out,
         down,
         scales,
@@ -75,59 +80,96 @@ def add_lora(
     return out
 
 
-@functools.cache
-def _kernel():
-    """The Triton kernel, compiled on first use (Triton is imported only where a GPU runs it)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def add_one_row_lora(
-        out,
-        down,
+def add_lora_and_rotate(
+    projected: Tensor,
+    scales: Tensor,
+    spectral_scales: Tensor | None,
+    into: Tensor,
+    out_of: Tensor,
+    lora_b: Tensor,
+    block: int,
+    rotary: RotaryStore,
+    keys: Tensor,
+    values: Tensor,
+    fused: bool,
+) -> Tensor:
+    """One row's [q | k | v | A x] product in, its query [1, heads, 1, d] out: the LoRA term added to q, k and v
+    (`lora_b` [q + k + v, 3 blocks of `block`], block-diagonal), q and k rotated, k and v written to `keys` and
+    `values` at the rotary store's column, as `add_lora` followed by the rotary store compute them."""
+    width = lora_b.shape[0]
+    if not fused:
+        qkv = add_lora(
+            projected[:, :width],
+            projected[:, width:],
+            scales,
+            spectral_scales,
+            into,
+            out_of,
+            lora_b,
+            None,
+            False,
+            block,
+        )
+        return rotary(qkv, keys, values)
+    heads, kv_heads, head_dim = rotary.num_heads, rotary.num_kv_heads, rotary.head_dim
+    if projected.shape[0] != 1 or projected.stride(1) != 1 or lora_b.shape[1] != 3 * block:
+        raise ValueError(
+            f"one row of q | k | v and three rank blocks: got {tuple(projected.shape)}, B {tuple(lora_b.shape)}"
+        )
+    spectral = spectral_scales is not None
+    weights = spectral_scales if spectral else scales
+    scales, weights = scales.contiguous(), weights.contiguous()
+    query = torch.empty(1, heads, 1, head_dim, dtype=projected.dtype, device=projected.device)
+    _kernels()[1][(heads + 2 * kv_heads,)](
+        projected,
+        width,
         scales,
         weights,
-        into,
-        out_of,
+        into.contiguous(),
+        out_of.contiguous(),
         lora_b,
-        width,
-        rank,
+        lora_b.stride(0),
+        lora_b.shape[1],
         block,
-        b_stride,
-        SPECTRAL: tl.constexpr,
-        BLOCKS: tl.constexpr,
-        BLOCK_ROWS: tl.constexpr,
-        BLOCK_RANK: tl.constexpr,
-    ):
-        rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        live = rows < width
-        local = tl.arange(0, BLOCK_RANK)  # columns within one block of rank columns
-        in_block = local < block
-        sums = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
-        for index in tl.static_range(BLOCKS):  # q, k, v's blocks: B is zero outside a row's own
-            column = index * block + local
-            x = tl.load(down + column, mask=in_block, other=0.0).to(tl.float32)
-            scaled = x * tl.load(scales + column, mask=in_block, other=0.0)
-            if SPECTRAL:  # out_of @ diag(w) @ into @ x within the block (naturelm_core.spectral.weigh_directions)
-                square = in_block[:, None] & in_block[None, :]
-                tile = column[:, None] * rank + column[None, :]  # element (k, j) is map[k, j]
-                coordinates = tl.sum(tl.load(into + tile, mask=square, other=0.0) * x[None, :], axis=1)
-                coordinates *= tl.load(weights + column, mask=in_block, other=0.0)
-                out_of_t = tl.load(out_of + column[None, :] * rank + column[:, None], mask=square, other=0.0)
-                scaled += tl.sum(out_of_t * coordinates[:, None], axis=0)  # element (k, j) is out_of[j, k]
-            scaled = scaled.to(out.dtype.element_ty).to(tl.float32)  # rounded as the unfused path hands it on
-            where = live[:, None] & in_block[None, :]
-            b = tl.load(lora_b + rows[:, None].to(tl.int64) * b_stride + column[None, :], mask=where, other=0.0)
-            sums += tl.sum(b.to(tl.float32) * scaled[None, :], axis=1)
-        before = tl.load(out + rows, mask=live, other=0.0).to(tl.float32)
-        tl.store(out + rows, (before + sums).to(out.dtype.element_ty), mask=live)
+        rotary.cos,
+        rotary.signed_sin,
+        rotary.cos.stride(0),
+        rotary.positions,
+        rotary.columns,
+        query,
+        keys,
+        values,
+        keys.stride(1),
+        keys.stride(2),
+        SPECTRAL=spectral,
+        HEADS=heads,
+        KV_HEADS=kv_heads,
+        HALF=head_dim // 2,
+        BLOCK_RANK=max(16, 1 << (block - 1).bit_length()),
+    )
+    return query
 
-    return add_one_row_lora
+
+def rotation_fusable(head_dim: int, lora_b: Tensor, block: int | None) -> bool:
+    """Whether `add_lora_and_rotate`'s kernel takes this layer: three equal rank blocks, and a head's half a power of
+    two (as the rotary store's kernel needs)."""
+    half = head_dim // 2
+    return block is not None and lora_b.shape[1] == 3 * block and head_dim % 2 == 0 and half & (half - 1) == 0
+
+
+@functools.cache
+def _kernels():
+    """(add_one_row_lora, add_lora_and_rotate_one_row), compiled on first use (Triton is imported only where a GPU
+    runs them)."""
+    from naturelm_core import one_row_lora_kernels
+
+    return one_row_lora_kernels.add_one_row_lora, one_row_lora_kernels.add_lora_and_rotate_one_row
 
 
 def fused_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernel runs here and adds what the torch path adds (to rounding): Llama-3.1-8B's q | k | v (three
-    blocks of 32) and o (one), plain and spectral rows, an output narrower than a block of rows."""
+    """Whether the kernels run here and compute what the torch path computes (to rounding): Llama-3.1-8B's q | k | v
+    (three blocks of 32) and o (one), plain and spectral rows, an output narrower than a block of rows; the rotating
+    form on Llama's heads and on a small model's, its cache written at a column past the first."""
     if device.type != "cuda":
         return False
     try:
@@ -153,4 +195,57 @@ def _agrees(device: torch.device, dtype: torch.dtype) -> bool:
             torch.cuda.synchronize(device)
             if not torch.allclose(got.float(), expected.float(), **tolerance):
                 return False
+    for heads, kv_heads, head_dim, block in ((32, 8, 128, 32), (4, 2, 16, 8)):
+        for spectral in (False, True):
+            if not rotation_agrees(heads, kv_heads, head_dim, block, spectral, dtype, device, tolerance):
+                return False
     return True
+
+
+def rotation_agrees(
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    block: int,
+    spectral: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    tolerance: dict[str, float],
+) -> bool:
+    """`add_lora_and_rotate`'s kernel against its torch version on one random case: the query, and the whole KV cache
+    (the new column written, every other one untouched). Triton's interpreter runs it on the CPU (the tests)."""
+    generator = torch.Generator(device=device).manual_seed(heads + block + spectral)
+
+    def random(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=generator, device=device) * scale).to(dtype)
+
+    widths = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+    rank = 3 * block
+    projected = random(1, sum(widths) + rank)
+    lora_b = torch.block_diag(*(random(width, block, scale=0.1) for width in widths))
+    scales = torch.rand(1, 1, rank, generator=generator, device=device) + 0.5
+    maps = torch.linalg.qr(torch.randn(2, 3, block, block, generator=generator, device=device)).Q
+    into, out_of = (torch.block_diag(*m.unbind()) for m in maps.unbind())
+    weights = torch.rand(1, 1, rank, generator=generator, device=device) * 2 if spectral else None
+    table = torch.randn(2, 12, head_dim, generator=generator, device=device).to(dtype)
+    store = RotaryStore(
+        table[0],
+        table[1],
+        torch.tensor([[9]], device=device),
+        torch.tensor([5], device=device),
+        heads,
+        kv_heads,
+        head_dim,
+        False,
+    )
+    results = []
+    for fused in (False, True):
+        caches = torch.Generator(device=device).manual_seed(1)  # the same caches both times
+        keys, values = (torch.randn(1, kv_heads, 8, head_dim, generator=caches, device=device).to(dtype) for _ in "kv")
+        query = add_lora_and_rotate(
+            projected.clone(), scales, weights, into, out_of, lora_b, block, store, keys, values, fused
+        )  # the torch version adds the LoRA term into its input
+        results.append((query.float(), keys.float(), values.float()))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return all(torch.allclose(got, expected, **tolerance) for got, expected in zip(*results, strict=True))

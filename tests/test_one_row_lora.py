@@ -75,22 +75,24 @@ def test_the_kernel_in_tritons_interpreter_adds_what_the_torch_version_adds():
 
 def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off():
     """The tiny model's Explore-shaped generations (one item, greedy), the one-row products on and the LoRA
-    kernel on or off: the same ids at a plain alpha, a spectral recipe and a layer and module recipe, and the
-    kernel ran (twice a layer and step)."""
+    kernels on or off: the same ids at a plain alpha, a spectral recipe and a layer and module recipe, and both
+    kernels ran (q | k | v's with the rotation and the cache write, o's alone)."""
     out = _interpret(
         """
         from naturelm_core import one_row_lora, static_decoding
 
-        launches = []
-        original = one_row_lora._kernel
+        launches = {"add": 0, "add_and_rotate": 0}
+        original = one_row_lora._kernels
+        class Counting:
+            def __init__(self, kernel, name):
+                self.kernel, self.name = kernel, name
+            def __getitem__(self, grid):
+                launches[self.name] += 1
+                return self.kernel[grid]
         def counted():
-            kernel = original()
-            class Counting:
-                def __getitem__(self, grid):
-                    launches.append(grid)
-                    return kernel[grid]
-            return Counting()
-        one_row_lora._kernel = counted
+            add, add_and_rotate = original()
+            return Counting(add, "add"), Counting(add_and_rotate, "add_and_rotate")
+        one_row_lora._kernels = counted
         model.decode_with_static_cache = True
         points = [0.5, {"alpha": 0.8, "rank": 2}, {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}}]
         for prompt, row, point in zip(PROMPTS, rows, points, strict=True):
@@ -103,11 +105,55 @@ def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off()
                 answers[fused] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 10)
             assert answers[True] == answers[False], point
             assert len(answers[True][0]) > 1
-        print(len(launches))
+        print(launches["add"], launches["add_and_rotate"])
         """,
         prelude=TINY_MODEL_IN_CHILD,
     )
-    assert int(out.split()[-1]) > 0
+    add, add_and_rotate = map(int, out.split()[-2:])
+    assert add > 0 and add == add_and_rotate  # o's LoRA term, and q | k | v's with the rotation: one each a layer
+
+
+def test_the_rotating_kernel_in_tritons_interpreter_writes_what_the_lora_term_and_the_rotary_store_write():
+    """The query and the whole KV cache against add_lora + RotaryStore's torch version: a small model's heads and
+    Llama's head size, plain and spectral rows, float32 and bf16. A kernel that skipped the rotation, the LoRA term
+    or the cache write, or wrote another column, fails (the reference writes column 5 of random caches)."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core import one_row_lora
+        checked = 0
+        for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+            for heads, kv_heads, head_dim, block in ((4, 2, 16, 8), (2, 1, 128, 4)):
+                for spectral in (False, True):
+                    assert one_row_lora.rotation_agrees(
+                        heads, kv_heads, head_dim, block, spectral, dtype, torch.device("cpu"),
+                        {"atol": tolerance, "rtol": tolerance},
+                    ), (dtype, heads, spectral)
+                    checked += 1
+        print(checked)
+        """
+    )
+    assert out.split()[-1] == "8"
+
+
+def test_the_rotation_check_fails_a_kernel_that_skips_the_rotation(monkeypatch):
+    """rotation_agrees can fail: with the rotary tables' sine zeroed and cosine one on the kernel's side only (the
+    query and key left unrotated), it reports a mismatch."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core import one_row_lora
+        original = one_row_lora.add_lora_and_rotate
+        def unrotated(projected, scales, weights, into, out_of, lora_b, block, store, keys, values, fused):
+            if fused:
+                store.cos, store.signed_sin = torch.ones_like(store.cos), torch.zeros_like(store.signed_sin)
+            return original(projected, scales, weights, into, out_of, lora_b, block, store, keys, values, fused)
+        one_row_lora.add_lora_and_rotate = unrotated
+        tolerance = {"atol": 1e-4, "rtol": 1e-4}
+        print(one_row_lora.rotation_agrees(4, 2, 16, 8, False, torch.float32, torch.device("cpu"), tolerance))
+        """
+    )
+    assert out.split()[-1] == "False"
 
 
 def test_the_start_up_check_passes_on_a_gpu():

@@ -1,14 +1,16 @@
-"""Where an Explore answer and a 16 x 11 sweep batch leave the GPU idle: host timers and CUDA events around each
-call of the generation path.
+"""Where an Explore answer, a 16 x 11 sweep batch and a one-alpha sweep from FLAC files leave the GPU idle: host
+timers and CUDA events around each call of the generation path.
 
-    python3 benchmarks/host_timeline.py OUT_DIR
+    python3 benchmarks/host_timeline.py OUT_DIR [--scenarios explore,sweep,files]
 
 Why: torch's profiler with Python stacks slowed the host it was measuring (an Explore answer 182 ms under it
 against 144 without, 2026-12-07) and could not name the host frames of the GPU's idle gaps. Here each traced
 call records a CUDA event as it is entered and left: the GPU time between them is its work plus any wait for the
 host, and a call whose GPU time equals its host time ran with the GPU idle. The first run (12:53Z, H100) found a
 generation's decoder set-up (4.7 ms: a walk of the LLM's module tree) and a sweep batch's prompt building (7.4
-ms) running with the GPU idle, behind a host-to-GPU copy that waited for the audio encoder.
+ms) running with the GPU idle, behind a host-to-GPU copy that waited for the audio encoder. The files scenario
+(issue 23's one alpha per recording from FLAC) traces the engine's worker through a SweepRunner over 352 files:
+how long it waited for decoded rows (`take_batch`), and each batch's encoding and generation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import functools
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,10 +129,53 @@ def p50(device: torch.device, fn: Callable[[], Any], n: int = 15) -> float:
     return statistics.median(times)
 
 
+SCENARIOS = ("explore", "sweep", "files")
+FILE_RECORDINGS = 352  # as benchmarks/gpu.py's sweep_files: two full batches of 176 and the first small one
+
+
+def trace_file_sweeps(model: Any, device: torch.device, tracer: Tracer) -> tuple[dict[str, Any], list[str]]:
+    """One-alpha sweeps over FILE_RECORDINGS 10 s FLAC files through SweepRunner and the engine's worker on the
+    default decoding pool, as benchmarks/gpu.py's sweep_files runs them: after an untraced warm-up over the first 16
+    files (graphs captured), one sweep whose windows the engine has not encoded yet, then the same again, its
+    embeddings now in the engine's cache."""
+    from benchmarks.sweep_decoding import write_recordings
+    from evaluation.sweep import SweepRunner
+
+    args = argparse.Namespace(beams=2, new_tokens=20)
+    results: dict[str, Any] = {}
+    text: list[str] = []
+    with tempfile.TemporaryDirectory() as folder:
+        recordings = write_recordings(Path(folder) / "recordings", FILE_RECORDINGS, 10.0, "flac")
+        engine = engine_module.Engine(model, max_batch_rows=176, sweep_capacity=100_000)
+        try:
+            for name, limit in (("warm", 16), ("files_not_encoded", None), ("files_encoded", None)):
+                spec = gpu.file_sweep_spec(name, recordings, [1.0], args, limit)
+                runner = SweepRunner(engine, spec, Path(folder) / "runs" / name)
+                engine.stats.recent_sweep_batches.clear()
+                tracer.on = name != "warm"
+                seconds, status = gpu.timed(device, runner.run)
+                tracer.on = False
+                if name == "warm":
+                    continue
+                summary, lines = tracer.report(name)
+                summary["answers_per_s"] = status.done / seconds
+                summary["batch_rows"] = list(engine.stats.recent_sweep_batches)
+                results[name] = summary
+                text += lines
+        finally:
+            engine.stop()
+    return results, text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="folder for host_timeline.json and host_timeline.txt")
-    out = parser.parse_args(argv).out
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"a comma-separated subset of {SCENARIOS}")
+    arguments = parser.parse_args(argv)
+    out, scenarios = arguments.out, arguments.scenarios.split(",")
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -138,8 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     window = gpu.recordings(1, seed=31)[0]
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu"}
     explore = lambda: gpu.interactive_ids(model, window, 0.5, 1, 20)  # noqa: E731
-    results["explore_p50_ms"] = p50(device, explore)
-
     tracer = Tracer()
     for owner, name, label in (
         (model_module.NatureLM, "encode_audio", "encode"),
@@ -159,16 +203,32 @@ def main(argv: list[str] | None = None) -> None:
         (gpu, "decode_answers", "decode_answers"),
         (engine_module.Engine, "_embed_windows", "embed_windows"),
         (engine_module.Engine, "_generate", "engine_generate"),
+        (engine_module._RequestQueue, "take_batch", "take_batch"),
     ):
         tracer.wrap(owner, name, label)
-    explore()
-    tracer.on = True
-    explore()
-    summary, lines = tracer.report("explore")
-    tracer.on = False
-    results["explore_trace"] = summary
-    text = lines
+    text: list[str] = []
+    if "explore" in scenarios:
+        results["explore_p50_ms"] = p50(device, explore)
+        explore()
+        tracer.on = True
+        explore()
+        summary, lines = tracer.report("explore")
+        tracer.on = False
+        results["explore_trace"] = summary
+        text += lines
+    if "sweep" in scenarios:
+        trace_sweep(model, device, tracer, results, text)
+    if "files" in scenarios:
+        traces, lines = trace_file_sweeps(model, device, tracer)
+        results.update(traces)
+        text += lines
+    (out / "host_timeline.json").write_text(json.dumps(results, indent=2))
+    (out / "host_timeline.txt").write_text("\n".join(text))
+    print(json.dumps(results, indent=2))
 
+
+def trace_sweep(model: Any, device: torch.device, tracer: Tracer, results: dict[str, Any], text: list[str]) -> None:
+    """A 16 x 11 sweep through the engine, timed three times untraced, then traced once."""
     args = argparse.Namespace(sweep_batch=176, beams=2, new_tokens=20)
     shared = gpu.recordings(16, seed=52)
     warm = gpu.recordings(16, seed=51)
@@ -186,9 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     results["sweep_traced_ms"] = 1000 * seconds
     results["sweep_trace"] = summary
     text += lines
-    (out / "host_timeline.json").write_text(json.dumps(results, indent=2))
-    (out / "host_timeline.txt").write_text("\n".join(text))
-    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ def test_without_an_output_folder_it_says_what_is_missing(capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "the following arguments are required: out" in capsys.readouterr().err
+
+
+def test_an_unknown_scenario_is_named_before_any_model_is_built(tmp_path, capsys):
+    from benchmarks.host_timeline import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--scenarios", "explore,file"])
+    assert "unknown scenarios ['file']; choose from ('explore', 'sweep', 'files')" in capsys.readouterr().err

@@ -41,8 +41,9 @@ RECENT_BATCHES = 32
 # Windows a sweep batch encodes between two chances for waiting users: a few decode steps' time, in one
 # call large enough to keep the encoder's products efficient.
 ENCODER_CHUNK = 32
-# Rows a sweep batch decodes at least (padding included): its first and last batches come in whatever size the
-# recordings' decoding gives them, and sizes up to this share one static state, one graph capture.
+# Rows a sweep batch decodes at least on a GPU (padding included): its first and last batches come in whatever size
+# the recordings' decoding gives them, and sizes up to this share one static state, one graph capture. (A CPU has no
+# graphs to capture, and every padding row would cost it compute.)
 SWEEP_MIN_ROWS = 32
 _NO_WAIT = {priority: 0.0 for priority in Priority}  # batches taken between others' decode steps gather what is queued
 _OUT_OF_MEMORY = {
@@ -669,11 +670,17 @@ class Engine:
             max_new_tokens=settings.max_new_tokens,
             allow_extrapolation=any(r.allow_extrapolation for r in rows),
             between_steps=pause,
-            min_rows=SWEEP_MIN_ROWS if all(r.priority == Priority.SWEEP for r in rows) else 1,
+            min_rows=self._min_rows(rows),
         )
         self.stats.batches += 1
         self.stats.rows_generated += len(rows)
         return answers
+
+    def _min_rows(self, rows: list[Request]) -> int:
+        """SWEEP_MIN_ROWS for a sweep batch on a GPU; a user's batch decodes its own rows (Explore's one row keeps
+        its one-row kernels)."""
+        on_gpu = getattr(getattr(self.model, "device", None), "type", "cpu") == "cuda"
+        return SWEEP_MIN_ROWS if on_gpu and all(r.priority == Priority.SWEEP for r in rows) else 1
 
     def _score(self, rows: list[Request], per_pass: int) -> list[LabelScores]:
         pause = self._pause_point(rows)

@@ -434,10 +434,12 @@ def test_a_group_larger_than_the_queue_enters_it_when_empty(recorder):
 
 
 class MinRowsRecorder(BatchRecorder):
-    """Records the rows each batch asked its state to decode at least."""
+    """Records the rows each batch asked its state to decode at least; `device` is where the engine believes it
+    runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
         super().__init__()
+        self.device = torch.device(device)
         self.min_rows: list[int] = []
 
     def generate_from_embeddings(self, audio_embeds, prompts, alphas, num_beams=2, min_rows=1, **kwargs):
@@ -445,12 +447,14 @@ class MinRowsRecorder(BatchRecorder):
         return super().generate_from_embeddings(audio_embeds, prompts, alphas, num_beams, **kwargs)
 
 
-def test_sweep_batches_share_a_padded_state_and_a_users_batch_does_not():
-    """A sweep's odd-sized batches ask for SWEEP_MIN_ROWS rows (one static state for every small size), inline or
-    threaded; a user's answer decodes its own rows only (Explore's one row keeps its one-row kernels)."""
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_sweep_batches_on_a_gpu_share_a_padded_state_and_a_users_batch_does_not(device):
+    """On a GPU a sweep's odd-sized batches ask for SWEEP_MIN_ROWS rows (one static state, one graph capture, for
+    every small size), inline or threaded; a user's answer decodes its own rows only (Explore's one row keeps its
+    one-row kernels). On a CPU nothing is padded: no graphs to save, and padding rows cost compute."""
     from naturelm_core.engine import SWEEP_MIN_ROWS
 
-    model = MinRowsRecorder()
+    model = MinRowsRecorder(device)
     Engine(model, max_batch_rows=8, inline=True).answer_many([([WINDOW], "sweep", 0.5)], priority=Priority.SWEEP)
     threaded = Engine(model, max_batch_rows=8)
     try:
@@ -458,5 +462,6 @@ def test_sweep_batches_share_a_padded_state_and_a_users_batch_does_not():
         threaded.answer_many([([WINDOW], f"s{i}", 0.5) for i in range(3)], priority=Priority.SWEEP)
     finally:
         threaded.stop()
-    assert model.min_rows == [SWEEP_MIN_ROWS, 1, SWEEP_MIN_ROWS]
+    sweep = SWEEP_MIN_ROWS if device == "cuda" else 1
+    assert model.min_rows == [sweep, 1, sweep]
     assert SWEEP_MIN_ROWS > 1

@@ -624,18 +624,21 @@ def section_profile(model: NatureLM, device: torch.device, args: argparse.Namesp
         result[label] = {"kernels_per_step": len(kernels) / 3, "gpu_busy_ms_per_step": gpu_us / 1000}
         tables.append(f"decode step, {items} items x {beams} beams, last window\n{_kernel_table(trace, 25)}")
         tables.append(f"one layer's kernels in order, {items} items x {beams} beams\n{_one_layer(kernels)}")
-    items = args.sweep_batch
-    batch = model.build_inputs([[embeds]] * items, PROMPT)
-    alphas = torch.linspace(0.0, 1.0, items, device=device)
-    with model.row_alphas.applied(alphas):
-        decoder = model.static_decoding.decoder(model.llm, batch, alphas.repeat_interleave(2), 2, args.new_tokens)
-        decoder.prefill()
-        sync(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as trace:
+    for items in (1, args.sweep_batch):  # Explore's prompt (5.0 ms of weights to read) and a sweep batch's
+        batch = model.build_inputs([[embeds]] * items, PROMPT)
+        alphas = torch.linspace(0.0, 1.0, items, device=device)
+        beams = 1 if items == 1 else 2
+        with model.row_alphas.applied(alphas):
+            merges = alphas.repeat_interleave(beams)
+            decoder = model.static_decoding.decoder(model.llm, batch, merges, beams, args.new_tokens)
             decoder.prefill()
             sync(device)
-    result[f"prefill_items_{items}"] = _gpu_busy(trace)
-    tables.append(f"prefill, items={items}\n{_kernel_table(trace, 25)}")
+            with profile(activities=[ProfilerActivity.CUDA]) as trace:
+                decoder.prefill()
+                sync(device)
+            decoder.release()
+        result[f"prefill_items_{items}"] = _gpu_busy(trace)
+        tables.append(f"prefill, items={items}\n{_kernel_table(trace, 25)}")
     # A whole sweep batch's generation (prefill, steps, beam search, cache reordering): the GPU's busy time against
     # the wall clock says how much of the time outside the step graphs is kernels and how much is the GPU waiting.
     rows = [[embeds]] * items

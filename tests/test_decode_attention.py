@@ -241,6 +241,24 @@ def same_ids_with_the_kernel_on_and_off(switch, beam_counts):
             answers[fused] = model.generate_ids_from_embeddings(rows, PROMPTS, [0.0, 0.5, 1.0], beams, 10)
         assert answers[True] == answers[False], beams
         assert all(len(ids) > 1 for ids in answers[True])
+
+
+# Explore-shaped generations (one item, greedy: one row a step) at a plain alpha, a spectral recipe and a layer and
+# module recipe, `switch(step, fused)` turning a one-row kernel on or off once the step is built: the same ids.
+def same_one_row_ids_with_the_kernel_on_and_off(switch):
+    from naturelm_core import static_decoding
+
+    model.decode_with_static_cache = True
+    points = [0.5, {"alpha": 0.8, "rank": 2}, {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}}]
+    for prompt, row, point in zip(PROMPTS, rows, points, strict=True):
+        answers = {}
+        for fused in (False, True):
+            model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
+            model.generate_ids_from_embeddings([row], prompt, [0.5], 1, 2)  # builds the step
+            switch(model.static_decoding.step, fused)
+            answers[fused] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 10)
+        assert answers[True] == answers[False], point
+        assert len(answers[True][0]) > 1
 """
 
 

@@ -67,7 +67,7 @@ def test_one_row_static_decoding_gives_the_same_ids_with_the_kernels_on_and_off(
     A product for o comes out of the stacked o kernel) and a layer and module recipe."""
     out = _interpret(
         """
-        from naturelm_core import one_row, static_decoding
+        from naturelm_core import one_row
 
         launches = []
         original = one_row._launch
@@ -75,17 +75,7 @@ def test_one_row_static_decoding_gives_the_same_ids_with_the_kernels_on_and_off(
             launches.append(1)
             return original(*arguments, **options)
         one_row._launch = counted
-        model.decode_with_static_cache = True
-        points = [0.5, {"alpha": 0.8, "rank": 2}, {"layers": "linear:0.2:1", "modules": {"k_proj": 0.5}}]
-        for prompt, row, point in zip(PROMPTS, rows, points, strict=True):
-            answers = {}
-            for fused in (False, True):
-                model.static_decoding = static_decoding.StaticDecoding(prompt_block=8, window_block=4)
-                model.generate_ids_from_embeddings([row], prompt, [0.5], 1, 2)  # builds the step
-                model.static_decoding.step.fused_one_row = fused
-                answers[fused] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 10)
-            assert answers[True] == answers[False], point
-            assert len(answers[True][0]) > 1
+        same_one_row_ids_with_the_kernel_on_and_off(lambda step, fused: setattr(step, "fused_one_row", fused))
         print(len(launches))
         """,
         prelude=TINY_MODEL_IN_CHILD,

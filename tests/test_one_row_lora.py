@@ -4,6 +4,7 @@ with it on and off."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from naturelm_core import one_row_lora
@@ -73,13 +74,18 @@ def test_the_kernel_in_tritons_interpreter_adds_what_the_torch_version_adds():
     assert out.split()[-1] == "12"
 
 
-def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off():
+@pytest.mark.parametrize("rotation_fused", [True, False])
+def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off(rotation_fused):
     """The tiny model's Explore-shaped generations (one item, greedy), the one-row products on and the LoRA
-    kernels on or off: the same ids at a plain alpha, a spectral recipe and a layer and module recipe, and both
-    kernels ran (q | k | v's with the rotation and the cache write, o's alone)."""
+    kernels on or off: the same ids at a plain alpha, a spectral recipe and a layer and module recipe, and the
+    kernels ran: q | k | v's with the rotation and the cache write and o's alone, or (where a layer's rotation
+    cannot be fused, e.g. LoRA ranks that differ between q, k and v) the adding kernel for both."""
     out = _interpret(
         """
-        from naturelm_core import one_row_lora
+        from naturelm_core import llama_step, one_row_lora
+
+        if not ROTATION_FUSED:
+            llama_step._Layer._rotation_fusable = lambda layer, head_dim: False
 
         launches = {"add": 0, "add_and_rotate": 0}
         original = one_row_lora._kernels
@@ -99,11 +105,14 @@ def test_one_row_static_decoding_gives_the_same_ids_with_the_kernel_on_and_off()
 
         same_one_row_ids_with_the_kernel_on_and_off(switch)
         print(launches["add"], launches["add_and_rotate"])
-        """,
+        """.replace("ROTATION_FUSED", str(rotation_fused)),
         prelude=TINY_MODEL_IN_CHILD,
     )
     add, add_and_rotate = map(int, out.split()[-2:])
-    assert add > 0 and add == add_and_rotate  # o's LoRA term, and q | k | v's with the rotation: one each a layer
+    if rotation_fused:
+        assert add > 0 and add == add_and_rotate  # o's LoRA term, and q | k | v's with the rotation: one each a layer
+    else:
+        assert add > 0 and add_and_rotate == 0
 
 
 def test_the_rotating_kernel_in_tritons_interpreter_writes_what_the_lora_term_and_the_rotary_store_write():

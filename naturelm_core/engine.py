@@ -54,8 +54,12 @@ _OUT_OF_MEMORY = {
 
 def default_batch_rows(model: object) -> int:
     """Rows per batch: 176 (16 recordings x 11 alphas) keeps a GPU busy (docs/PERFORMANCE.md); CPUs want fewer."""
-    device = getattr(model, "device", None)
-    return GPU_BATCH_ROWS if getattr(device, "type", "cpu") == "cuda" else CPU_BATCH_ROWS
+    return GPU_BATCH_ROWS if _on_gpu(model) else CPU_BATCH_ROWS
+
+
+def _on_gpu(model: object) -> bool:
+    """Whether the model says it runs on CUDA (a model without a `device` counts as a CPU one)."""
+    return getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
 
 
 class GenerativeModel(Protocol):
@@ -679,8 +683,7 @@ class Engine:
     def _min_rows(self, rows: list[Request]) -> int:
         """SWEEP_MIN_ROWS for a sweep batch on a GPU; a user's batch decodes its own rows (Explore's one row keeps
         its one-row kernels)."""
-        on_gpu = getattr(getattr(self.model, "device", None), "type", "cpu") == "cuda"
-        return SWEEP_MIN_ROWS if on_gpu and all(r.priority == Priority.SWEEP for r in rows) else 1
+        return SWEEP_MIN_ROWS if _on_gpu(self.model) and all(r.priority == Priority.SWEEP for r in rows) else 1
 
     def _score(self, rows: list[Request], per_pass: int) -> list[LabelScores]:
         pause = self._pause_point(rows)

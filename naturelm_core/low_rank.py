@@ -22,6 +22,12 @@ from naturelm_core.spectral import weigh_directions
 BLOCK_ROWS = 16  # rows per program: the smallest operand Triton's matrix product takes
 
 
+def rank_block_width(block: int) -> int:
+    """The Triton block that holds `block` rank columns: a power of two, and at least the 16 rows or columns
+    Triton's matrix product takes (this module's kernel multiplies by the maps' blocks with tl.dot)."""
+    return max(16, 1 << (block - 1).bit_length())
+
+
 def scale_rows(
     down: Tensor,
     scales: Tensor,
@@ -108,7 +114,7 @@ def _fused(
         scales.stride(0),
         SPECTRAL=spectral,
         BLOCK_ROWS=BLOCK_ROWS,
-        BLOCK_RANK=max(16, 1 << (block - 1).bit_length()),
+        BLOCK_RANK=rank_block_width(block),
     )
     return out
 

@@ -75,7 +75,7 @@ def add_lora(
         SPECTRAL=spectral,
         BLOCKS=rank // block,
         BLOCK_ROWS=BLOCK_ROWS,
-        BLOCK_RANK=max(16, 1 << (block - 1).bit_length()),
+        BLOCK_RANK=low_rank.rank_block_width(block),
     )
     return out
 
@@ -145,7 +145,7 @@ def add_lora_and_rotate(
         HEADS=heads,
         KV_HEADS=kv_heads,
         HALF=head_dim // 2,
-        BLOCK_RANK=max(16, 1 << (block - 1).bit_length()),
+        BLOCK_RANK=low_rank.rank_block_width(block),
     )
     return query
 

@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
         results["explore_trace"] = summary
         text += lines
     if "sweep" in scenarios:
-        trace_sweep(model, device, tracer, results, text)
+        traces, lines = trace_sweep(model, device, tracer)
+        results.update(traces)
+        text += lines
     if "files" in scenarios:
         traces, lines = trace_file_sweeps(model, device, tracer)
         results.update(traces)
@@ -227,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(results, indent=2))
 
 
-def trace_sweep(model: Any, device: torch.device, tracer: Tracer, results: dict[str, Any], text: list[str]) -> None:
+def trace_sweep(model: Any, device: torch.device, tracer: Tracer) -> tuple[dict[str, Any], list[str]]:
     """A 16 x 11 sweep through the engine, timed three times untraced, then traced once."""
+    results: dict[str, Any] = {}
     args = argparse.Namespace(sweep_batch=176, beams=2, new_tokens=20)
     shared = gpu.recordings(16, seed=52)
     warm = gpu.recordings(16, seed=51)
@@ -245,7 +248,7 @@ def trace_sweep(model: Any, device: torch.device, tracer: Tracer, results: dict[
     summary, lines = tracer.report("sweep")
     results["sweep_traced_ms"] = 1000 * seconds
     results["sweep_trace"] = summary
-    text += lines
+    return results, lines
 
 
 if __name__ == "__main__":

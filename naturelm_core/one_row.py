@@ -17,7 +17,9 @@ step's small kernels with it:
 n(x) is Llama's RMSNorm, gain * x / rms(x); its scale is applied to the float32 sums at the end (the row's sum of
 squares is gathered in the same pass), so x is rounded once, where the step's torch path rounds the norm's output
 to bf16 before the product. `fused_kernel_works` checks the kernels against the torch versions before a step uses
-them.
+them. Where every block of rows and columns is full (Llama's widths), the loads carry no masks: the library kernel
+with masks ran down 44.9 µs against cuBLAS's 43.3 (16:24Z, H100), where the benchmark's unmasked copy of it had run
+40.6 against 42.8 (12:54Z).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def _launch(
         0 if residual is None else residual.shape[1],
         0.0 if norm is None else float(norm[1]),
         NORM=norm is not None,
+        EVEN=columns % block_columns == 0 and out.shape[1] % launch.block_rows == 0,
         SECOND=stacked,
         RESIDUAL=residual is not None,
         GATED=gated,
@@ -141,6 +144,7 @@ def _kernel():
         residual_rows,
         eps,
         NORM: tl.constexpr,
+        EVEN: tl.constexpr,  # every block of rows and columns full: loads without masks
         SECOND: tl.constexpr,
         RESIDUAL: tl.constexpr,
         GATED: tl.constexpr,
@@ -163,15 +167,27 @@ def _kernel():
         for start in range(0, columns, BLOCK_COLUMNS):
             column = start + tl.arange(0, BLOCK_COLUMNS)
             inside = column < columns
-            values = tl.load(x + column, mask=inside, other=0.0).to(tl.float32)
+            where = live[:, None] & inside[None, :]
+            if EVEN:
+                values = tl.load(x + column).to(tl.float32)
+            else:
+                values = tl.load(x + column, mask=inside, other=0.0).to(tl.float32)
             if NORM:
                 squares += values * values
-                values = values * tl.load(norm_weight + column, mask=inside, other=0.0).to(tl.float32)
-            where = live[:, None] & inside[None, :]
-            block = tl.load(starts[:, None] + column[None, :], mask=where, other=0.0).to(tl.float32)
+                if EVEN:
+                    values = values * tl.load(norm_weight + column).to(tl.float32)
+                else:
+                    values = values * tl.load(norm_weight + column, mask=inside, other=0.0).to(tl.float32)
+            if EVEN:
+                block = tl.load(starts[:, None] + column[None, :]).to(tl.float32)
+            else:
+                block = tl.load(starts[:, None] + column[None, :], mask=where, other=0.0).to(tl.float32)
             sums += tl.sum(block * values[None, :], axis=1)
             if GATED:
-                block = tl.load(up_starts[:, None] + column[None, :], mask=where, other=0.0).to(tl.float32)
+                if EVEN:
+                    block = tl.load(up_starts[:, None] + column[None, :]).to(tl.float32)
+                else:
+                    block = tl.load(up_starts[:, None] + column[None, :], mask=where, other=0.0).to(tl.float32)
                 up_sums += tl.sum(block * values[None, :], axis=1)
         if NORM:
             scale = tl.rsqrt(tl.sum(squares, axis=0) / columns + eps)

@@ -29,20 +29,25 @@ import math
 import torch
 from torch import Tensor, nn
 
+from naturelm_core import dependent_launch
+
 BLOCK_COLUMNS = 64  # key columns per step of a program's loop
 MIN_ROWS = 16  # tl.dot needs 16 rows; a kv head's 4 groups x 2 beams are 8, padded
 
 
-def attention(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor, fused: bool) -> Tensor:
+def attention(
+    query: Tensor, keys: Tensor, values: Tensor, visible: Tensor, fused: bool, dependent: bool = False
+) -> Tensor:
     """Attention of query [items, heads, beams, d] to keys and values [items, kv heads, window, d] where
     `visible` [items, beams, window] (bool) allows it; output [items x beams, heads x d], row item x beams + beam.
 
     Head h attends with kv head h // (heads / kv heads), at scale 1 / sqrt(d). Strided views of a bigger
     cache (the state's keys, sliced to the window) are read in place where their last dimension is contiguous.
+    `dependent`: the kernel launched as a dependent of the one before it (naturelm_core.dependent_launch).
     """
     if not fused:
         return reference(query, keys, values, visible)
-    return _fused(query, keys, values, visible)
+    return _fused(query, keys, values, visible, dependent=dependent)
 
 
 def reference(query: Tensor, keys: Tensor, values: Tensor, visible: Tensor) -> Tensor:
@@ -72,6 +77,7 @@ def _fused(
     float32_products: bool = True,
     num_warps: int = 4,
     num_stages: int | None = None,
+    dependent: bool = False,
 ) -> Tensor:
     """The kernel. Both products take float32 operands by default: bf16 inputs are exact in tf32, so q.k is what
     bf16 operands give, and the softmax weights are rounded to tf32 rather than bf16. It is also what Triton's
@@ -116,6 +122,7 @@ def _fused(
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}),
+        **dependent_launch.options(dependent),
     )
     return out
 
@@ -153,7 +160,11 @@ def _kernel():
         BLOCK_N: tl.constexpr,
         FLOAT32_DOT: tl.constexpr,  # products of float32 operands (see `_fused`), else of the inputs' dtype
         PRECISION: tl.constexpr,  # of float32 products: "ieee" for float32 inputs, "tf32" (exact for bf16) else
+        DEPENDENT: tl.constexpr,  # launched as a dependent (naturelm_core.dependent_launch): wait for the kernel before
     ):
+        if DEPENDENT:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         item = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1).to(tl.int64)
         rows = tl.arange(0, BLOCK_M)  # row g x BEAMS + b: grouped head kv x GROUPS + g, beam b

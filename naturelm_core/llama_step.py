@@ -20,7 +20,16 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import decode_attention, low_rank, one_row, one_row_lora, rmsnorm, rotary_store, swiglu
+from naturelm_core import (
+    decode_attention,
+    dependent_launch,
+    low_rank,
+    one_row,
+    one_row_lora,
+    rmsnorm,
+    rotary_store,
+    swiglu,
+)
 from naturelm_core.alpha import ADAPTER_NAME, RowScaledDropout
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis
@@ -138,6 +147,7 @@ class _Layer:
                 keys,
                 values,
                 True,
+                kernels.dependent_launch,
             )
         return rotary(self.attention_inputs(hidden, scales, spectral_scales, kernels), keys, values)
 
@@ -148,7 +158,9 @@ class _Layer:
     def _projected_qkv(self, hidden: Tensor, kernels: StepKernels) -> Tensor:
         """[q | k | v | their LoRA A products] of the normed residual stream (at one row the norm folded in)."""
         if kernels.one_row:
-            return one_row.linear(hidden, self.qkv, True, norm=_gain(self.input_layernorm))
+            return one_row.linear(
+                hidden, self.qkv, True, norm=_gain(self.input_layernorm), dependent=kernels.dependent_launch
+            )
         return nn.functional.linear(_rms_norm(self.input_layernorm, hidden, kernels.rmsnorm), self.qkv)
 
     def attention_inputs(
@@ -178,6 +190,7 @@ class _Layer:
                 self.scaling_qkv,
                 True,
                 self.rank_block_qkv,
+                kernels.dependent_launch,
             )
         scaled = low_rank.scale_rows(
             projected[:, width:],
@@ -199,7 +212,9 @@ class _Layer:
         LoRA term added by one kernel (naturelm_core.one_row_lora)."""
         rank = self.lora_a_o.shape[0]
         if kernels.one_row:
-            both = one_row.linear(attended, self.o, True, second=self.lora_a_o, residual=residual)
+            both = one_row.linear(
+                attended, self.o, True, second=self.lora_a_o, residual=residual, dependent=kernels.dependent_launch
+            )
             summed, down = both[:, :-rank], both[:, -rank:]
         else:
             down = nn.functional.linear(attended, self.lora_a_o)
@@ -216,6 +231,7 @@ class _Layer:
                 self.lora_b_o,
                 self.scaling_o,
                 True,
+                dependent=kernels.dependent_launch,
             )
         scaled = low_rank.scale_rows(
             down, scales[..., -rank:], spectral, self.into_o, self.out_of_o, self.scaling_o, kernels.low_rank
@@ -228,8 +244,10 @@ class _Layer:
         (naturelm_core.one_row). (One fused gate/up product measured slower at the sweep batch, 172 vs 149 µs
         per layer, and equal at one row.)"""
         if kernels.one_row:
-            inner = one_row.gated(hidden, self.gate, self.up, True, norm=_gain(self.post_attention_layernorm))
-            return one_row.linear(inner, self.down, True, residual=hidden)
+            dependent = kernels.dependent_launch
+            norm = _gain(self.post_attention_layernorm)
+            inner = one_row.gated(hidden, self.gate, self.up, True, norm=norm, dependent=dependent)
+            return one_row.linear(inner, self.down, True, residual=hidden, dependent=dependent)
         x = _rms_norm(self.post_attention_layernorm, hidden, kernels.rmsnorm)
         gate, up = nn.functional.linear(x, self.gate), nn.functional.linear(x, self.up)
         return hidden.addmm_(swiglu.silu_mul(gate, up, kernels.swiglu), self.down.t())
@@ -244,6 +262,7 @@ class StepKernels:
     swiglu: bool
     one_row: bool  # a decode step of one row: the products as naturelm_core.one_row's kernels
     one_row_lora: bool  # a decode step of one row: its LoRA terms as naturelm_core.one_row_lora's kernel
+    dependent_launch: bool = False  # a decode step of one row: its Triton kernels as dependents of the one before
 
 
 def _gain(norm: nn.Module) -> one_row.Norm:
@@ -276,6 +295,7 @@ class LlamaStep:
         "fused_low_rank",
         "fused_one_row",
         "fused_one_row_lora",
+        "dependent_launch",  # not a kernel: how the one-row step launches its kernels (naturelm_core.dependent_launch)
     )
 
     def __init__(self, llm: PreTrainedModel) -> None:
@@ -309,6 +329,7 @@ class LlamaStep:
         self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_one_row = one_row.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_one_row_lora = one_row_lora.fused_kernel_works(self.weight.device, self.weight.dtype)
+        self.dependent_launch = dependent_launch.works(self.weight.device, self.weight.dtype)
 
     def kernels_in_use(self) -> dict[str, bool]:
         """cuDNN's grouped-query attention and each of our Triton kernels: on or off (what a benchmark's figures
@@ -424,6 +445,7 @@ class LlamaStep:
             swiglu=self.fused_swiglu,
             one_row=every_token and hidden.shape[0] == 1 and self.fused_one_row,
             one_row_lora=every_token and hidden.shape[0] == 1 and self.fused_one_row_lora,
+            dependent_launch=every_token and hidden.shape[0] == 1 and self.fused_one_row and self.dependent_launch,
         )
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens
@@ -432,7 +454,9 @@ class LlamaStep:
             query = layer.attention_query(hidden, scales, spectral_scales, kernels, rotary, keys, values)
             keys, values = keys[:, :, keys_from:keys_to], values[:, :, keys_from:keys_to]
             if fused_attention:
-                attended = decode_attention.attention(query, keys, values, visible, fused=True)
+                attended = decode_attention.attention(
+                    query, keys, values, visible, fused=True, dependent=kernels.dependent_launch
+                )
             else:
                 attended = self._attention(query, keys, values, bias, queries_as_rows)
             hidden = layer.attention_output(attended, scales, spectral_scales, hidden, kernels)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from naturelm_core import rmsnorm
+from naturelm_core import dependent_launch, rmsnorm
 
 Norm = tuple[Tensor, float]  # an RMSNorm's gain and epsilon
 
@@ -53,24 +53,28 @@ def linear(
     residual: Tensor | None = None,
     norm: Norm | None = None,
     launch: Launch = Launch(),
+    dependent: bool = False,
 ) -> Tensor:
     """[1, rows of weight (+ rows of second)]: weight n(x) (then second n(x)), plus `residual` [1, R] on the first
-    R outputs where given; n is RMSNorm with `norm` = (gain, eps), or nothing."""
+    R outputs where given; n is RMSNorm with `norm` = (gain, eps), or nothing. `dependent`: launched as a dependent of
+    the kernel before it (naturelm_core.dependent_launch)."""
     if not fused:
         return _reference_linear(x, weight, second, residual, norm)
     rows = weight.shape[0] + (0 if second is None else second.shape[0])
     out = torch.empty(1, rows, dtype=x.dtype, device=x.device)
-    _launch(x, weight, second, residual, norm, out, gated=False, launch=launch)
+    _launch(x, weight, second, residual, norm, out, gated=False, launch=launch, dependent=dependent)
     return out
 
 
-def gated(x: Tensor, gate: Tensor, up: Tensor, fused: bool, norm: Norm | None = None) -> Tensor:
+def gated(
+    x: Tensor, gate: Tensor, up: Tensor, fused: bool, norm: Norm | None = None, dependent: bool = False
+) -> Tensor:
     """[1, rows of gate]: silu(gate n(x)) * (up n(x)), Llama's SwiGLU hidden."""
     if not fused:
         normed = x if norm is None else rmsnorm.rms_norm(x, *norm, False)
         return nn.functional.silu(nn.functional.linear(normed, gate)) * nn.functional.linear(normed, up)
     out = torch.empty(1, gate.shape[0], dtype=x.dtype, device=x.device)
-    _launch(x, gate, up, None, norm, out, gated=True)
+    _launch(x, gate, up, None, norm, out, gated=True, dependent=dependent)
     return out
 
 
@@ -93,6 +97,7 @@ def _launch(
     out: Tensor,
     gated: bool,
     launch: Launch = Launch(),
+    dependent: bool = False,
 ) -> None:
     columns = x.shape[-1]
     if x.shape != (1, columns) or first.shape[1] != columns or (second is not None and second.shape[1] != columns):
@@ -121,6 +126,7 @@ def _launch(
         BLOCK_ROWS=launch.block_rows,
         BLOCK_COLUMNS=block_columns,
         num_warps=launch.num_warps,
+        **dependent_launch.options(dependent),
     )
 
 
@@ -150,7 +156,11 @@ def _kernel():
         GATED: tl.constexpr,
         BLOCK_ROWS: tl.constexpr,
         BLOCK_COLUMNS: tl.constexpr,
+        DEPENDENT: tl.constexpr,  # launched as a dependent: wait for the kernel before it
     ):
+        if DEPENDENT:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
         live = rows < total_rows
         wide = rows.to(tl.int64)

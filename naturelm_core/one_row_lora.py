@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from naturelm_core import low_rank
+from naturelm_core import dependent_launch, low_rank
 from naturelm_core.rotary_store import RotaryStore
 
 BLOCK_ROWS = 32  # output rows a program adds to: 192 programs for Llama-3.1-8B's q | k | v, 128 for o
@@ -42,12 +42,14 @@ def add_lora(
     scaling: Tensor | float | None,
     fused: bool,
     block: int | None = None,
+    dependent: bool = False,
 ) -> Tensor:
     """out += B scale_rows(down) for one row, in place; returns `out`.
 
     `out` [1, W] (a column slice of a wider row is fine), `down` [1, r] its rank-r product A x, `lora_b` [W, r],
     block-diagonal in blocks of `block` rank columns where several projections share it (q | k | v); `scales`,
-    `spectral_scales`, `into`, `out_of` and `scaling` as naturelm_core.low_rank.scale_rows takes them.
+    `spectral_scales`, `into`, `out_of` and `scaling` as naturelm_core.low_rank.scale_rows takes them. `dependent`:
+    launched as a dependent of the kernel before it (naturelm_core.dependent_launch).
     """
     rank = down.shape[1]
     block = block or rank
@@ -76,6 +78,7 @@ def add_lora(
         BLOCKS=rank // block,
         BLOCK_ROWS=BLOCK_ROWS,
         BLOCK_RANK=low_rank.rank_block_width(block),
+        **dependent_launch.options(dependent),
     )
     return out
 
@@ -92,10 +95,12 @@ def add_lora_and_rotate(
     keys: Tensor,
     values: Tensor,
     fused: bool,
+    dependent: bool = False,
 ) -> Tensor:
     """One row's [q | k | v | A x] product in, its query [1, heads, 1, d] out: the LoRA term added to q, k and v
     (`lora_b` [q + k + v, 3 blocks of `block`], block-diagonal), q and k rotated, k and v written to `keys` and
-    `values` at the rotary store's column, as `add_lora` followed by the rotary store compute them."""
+    `values` at the rotary store's column, as `add_lora` followed by the rotary store compute them; `dependent` as
+    `add_lora` takes it."""
     width = lora_b.shape[0]
     if not fused:
         qkv = add_lora(
@@ -146,6 +151,7 @@ def add_lora_and_rotate(
         KV_HEADS=kv_heads,
         HALF=head_dim // 2,
         BLOCK_RANK=low_rank.rank_block_width(block),
+        **dependent_launch.options(dependent),
     )
     return query
 

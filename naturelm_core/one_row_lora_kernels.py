@@ -39,7 +39,11 @@ def add_one_row_lora(
     BLOCKS: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_RANK: tl.constexpr,
+    DEPENDENT: tl.constexpr,
 ):
+    if DEPENDENT:  # launched as a dependent (naturelm_core.dependent_launch): wait for the kernel before it
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     live = rows < width
     local = tl.arange(0, BLOCK_RANK)  # columns within one block of rank columns
@@ -83,7 +87,11 @@ def add_lora_and_rotate_one_row(
     KV_HEADS: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_RANK: tl.constexpr,
+    DEPENDENT: tl.constexpr,
 ):
+    if DEPENDENT:  # launched as a dependent (naturelm_core.dependent_launch): wait for the kernel before it
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     head = tl.program_id(0)  # q's heads, then k's, then v's
     part = tl.where(head < HEADS, 0, tl.where(head < HEADS + KV_HEADS, 1, 2))  # its block of B's rank columns
     local = tl.arange(0, BLOCK_RANK)

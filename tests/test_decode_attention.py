@@ -133,7 +133,7 @@ def test_the_reference_is_the_decode_steps_torch_path(model, rows, num_beams, mo
     visibility that path reads."""
     calls = []
 
-    def stand_in(query, keys, values, visible):
+    def stand_in(query, keys, values, visible, dependent=False):
         calls.append(query.shape)
         return reference(query, keys, values, visible)
 
@@ -162,7 +162,8 @@ def test_every_kernel_flag_of_the_step_is_one_the_capture_fallback_turns_off(mod
     """A kernel added to LlamaStep but not to TRITON_KERNELS would stay on through a failed capture, and the
     benchmark would not report it."""
     step = StaticDecoding()._llama_step(model.llm)
-    assert {name for name in vars(step) if name.startswith("fused_")} == set(step.TRITON_KERNELS)
+    flags = {name for name in vars(step) if name.startswith("fused_") or name == "dependent_launch"}
+    assert flags == set(step.TRITON_KERNELS)
     assert set(step.kernels_in_use()) == {"cudnn_gqa", *step.TRITON_KERNELS}
 
 
@@ -396,7 +397,7 @@ def test_static_decoding_through_the_kernel_generates_the_torch_paths_ids():
         from naturelm_core import decode_attention
         calls = []
         kernel = decode_attention._fused
-        decode_attention._fused = lambda *args: calls.append(1) or kernel(*args)
+        decode_attention._fused = lambda *args, **options: calls.append(1) or kernel(*args, **options)
 
         def switch(fused):
             model.static_decoding._llama_step(model.llm).fused_decode_attention = fused

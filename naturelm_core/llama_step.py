@@ -22,7 +22,6 @@ from transformers import PreTrainedModel
 
 from naturelm_core import (
     decode_attention,
-    dependent_launch,
     low_rank,
     one_row,
     one_row_lora,
@@ -329,7 +328,7 @@ class LlamaStep:
         self.fused_low_rank = low_rank.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_one_row = one_row.fused_kernel_works(self.weight.device, self.weight.dtype)
         self.fused_one_row_lora = one_row_lora.fused_kernel_works(self.weight.device, self.weight.dtype)
-        self.dependent_launch = dependent_launch.works(self.weight.device, self.weight.dtype)
+        self.dependent_launch = one_row.dependent_launch_works(self.weight.device, self.weight.dtype)
 
     def kernels_in_use(self) -> dict[str, bool]:
         """cuDNN's grouped-query attention and each of our Triton kernels: on or off (what a benchmark's figures

@@ -248,3 +248,43 @@ def _agrees(device: torch.device, dtype: torch.dtype) -> bool:
             if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), **tolerance):
                 return False
     return True
+
+
+def dependent_launch_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether one-row products chained as dependents give, bit for bit, what the same kernels give launched one after
+    another: eagerly and replayed from a CUDA graph."""
+    if not dependent_launch.supported(device):
+        return False
+    try:
+        return _agrees_launched_as_dependents(device, dtype)
+    except Exception:  # a driver or Triton that refuses the launch: the kernels run without it
+        return False
+
+
+def _agrees_launched_as_dependents(device: torch.device, dtype: torch.dtype) -> bool:
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def random(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, device=device, dtype=dtype) * 0.05
+
+    x, first, down = random(1, 4096), random(4096, 4096), random(4096, 8192)
+    gate, up = random(8192, 4096), random(8192, 4096)
+    norm = (torch.rand(4096, generator=generator, device=device, dtype=dtype) + 0.5, 1e-5)
+
+    def chain(dependent: bool) -> Tensor:
+        hidden = linear(x, first, True, residual=x, norm=norm, dependent=dependent)
+        inner = gated(hidden, gate, up, True, norm=norm, dependent=dependent)
+        return linear(inner, down, True, residual=hidden, dependent=dependent)
+
+    expected = chain(False)
+    if not torch.equal(chain(True), expected):
+        return False
+    chain(True)  # compiled before capture
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain(True)
+    x.mul_(-1.0)  # new input, so the replay cannot pass on the capture's own output
+    expected = chain(False)
+    graph.replay()
+    return torch.equal(captured, expected)

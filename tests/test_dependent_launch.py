@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from naturelm_core import dependent_launch
+from naturelm_core import dependent_launch, one_row
 from tests.test_decode_attention import PROMPTS
 
 needs_hopper = pytest.mark.skipif(
@@ -25,12 +25,12 @@ def test_off_a_kernel_sees_no_launch_option_and_does_not_wait():
 def test_the_cpu_has_no_dependent_launch():
     cpu = torch.device("cpu")
     assert not dependent_launch.supported(cpu)
-    assert not dependent_launch.works(cpu, torch.float32)
+    assert not one_row.dependent_launch_works(cpu, torch.float32)
 
 
 @needs_hopper
 def test_the_start_up_check_passes_on_hopper():
-    assert dependent_launch.works(torch.device("cuda"), torch.bfloat16)
+    assert one_row.dependent_launch_works(torch.device("cuda"), torch.bfloat16)
 
 
 @needs_hopper

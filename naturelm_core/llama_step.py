@@ -462,7 +462,7 @@ class LlamaStep:
             hidden = layer.mlp(hidden, kernels)
         if not every_token:
             hidden = hidden.view(items, length, -1)[:, -1]
-        return self._lm_head(_rms_norm(self.norm, hidden, self.fused_rmsnorm), state, first)
+        return self._lm_head(hidden, state, kernels, first)
 
     def _attention(self, query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, queries_as_rows: bool) -> Tensor:
         """Grouped-query attention of query [items, heads, length, d]; output [items x length, heads x d].
@@ -490,18 +490,25 @@ class LlamaStep:
         attended = attended.view(items, self.num_kv_heads, groups, length, self.head_dim).permute(0, 3, 1, 2, 4)
         return attended.reshape(items * length, -1)
 
-    def _lm_head(self, hidden: Tensor, state: DecodeState, first: int = 0) -> Tensor:
-        """Logits [rows, V] in float32 (at least), in the state's own buffers: every graph of a state
-        writes the same memory (a graph's own output would stay allocated for its lifetime: 270 MB per
-        attention window at the sweep batch). The product goes to rows padded to 8-aligned columns:
-        with 128257 columns (Llama's 128256 plus [PAD]) cuBLAS otherwise falls back to a kernel that
-        runs at a seventh of its speed."""
+    def _lm_head(self, hidden: Tensor, state: DecodeState, kernels: StepKernels, first: int = 0) -> Tensor:
+        """Logits [rows, V] of the residual stream `hidden` (final RMSNorm, then lm_head) in float32 (at least), in
+        the state's own buffers: every graph of a state writes the same memory (a graph's own output would stay
+        allocated for its lifetime: 270 MB per attention window at the sweep batch). At one row the norm is folded
+        into the product (naturelm_core.one_row). Otherwise the product goes to rows padded to 8-aligned columns:
+        with 128257 columns (Llama's 128256 plus [PAD]) cuBLAS otherwise falls back to a kernel that runs at a
+        seventh of its speed."""
         rows, vocab = hidden.shape[0], self.lm_head.weight.shape[0]
-        aligned = vocab - vocab % 8
-        logits = state.projected[first : first + rows, :vocab]
-        torch.mm(hidden, self.lm_head.weight[:aligned].t(), out=logits[:, :aligned])
-        if aligned < vocab:
-            torch.mm(hidden, self.lm_head.weight[aligned:].t(), out=logits[:, aligned:])
+        if kernels.one_row:
+            logits = one_row.linear(
+                hidden, self.lm_head.weight, True, norm=_gain(self.norm), dependent=kernels.dependent_launch
+            )
+        else:
+            hidden = _rms_norm(self.norm, hidden, self.fused_rmsnorm)
+            aligned = vocab - vocab % 8
+            logits = state.projected[first : first + rows, :vocab]
+            torch.mm(hidden, self.lm_head.weight[:aligned].t(), out=logits[:, :aligned])
+            if aligned < vocab:
+                torch.mm(hidden, self.lm_head.weight[aligned:].t(), out=logits[:, aligned:])
         if self.lm_head.bias is not None:
             logits += self.lm_head.bias
         return state.logits[first : first + rows].copy_(logits)

@@ -57,3 +57,63 @@ def test_one_row_answers_are_the_same_launched_as_dependents_or_not(tiny_checkpo
             answers[dependent] = model.generate_ids_from_embeddings([row], prompt, [point], 1, 20)
         assert answers[True] == answers[False], point
         assert len(answers[True][0]) > 1
+
+
+@pytest.fixture(scope="module")
+def model(static_tiny_model):
+    return static_tiny_model
+
+
+def test_only_a_one_row_steps_products_are_launched_as_dependents(model, monkeypatch):
+    """With the flag on, every product and attention of a one-row decode step (the lm_head's too) is launched as a
+    dependent, and no attention of a two-beam step is (nor any product: a one-row product is not called there); with
+    it off, none is. The kernels are stood in for by their torch versions, which record how they were asked (a CPU
+    runs no Triton)."""
+    from naturelm_core import decode_attention
+    from naturelm_core import one_row as one_row_module
+    from naturelm_core.static_decoding import StaticDecoding
+    from tests.static_helpers import audio_rows
+
+    asked: list[bool] = []
+    attention_asked: list[bool] = []
+    torch_linear, torch_gated = one_row_module.linear, one_row_module.gated
+
+    def attention(query, keys, values, visible, fused, dependent=False):
+        attention_asked.append(dependent)
+        return decode_attention.reference(query, keys, values, visible)
+
+    def linear(x, weight, fused, dependent=False, **kwargs):
+        asked.append(dependent)
+        return torch_linear(x, weight, False, **kwargs)
+
+    def gated(x, gate, up, fused, norm=None, dependent=False):
+        asked.append(dependent)
+        return torch_gated(x, gate, up, False, norm=norm)
+
+    rows = audio_rows(1, seed=3)
+    model.decode_with_static_cache = True
+    answers = {}
+    for flag in (True, False):
+        model.static_decoding = StaticDecoding(prompt_block=8, window_block=4)
+        model.generate_ids_from_embeddings(rows, PROMPTS[:1], [0.5], 1, 2)  # builds the step
+        step = model.static_decoding.step
+        step.fused_one_row, step.fused_decode_attention, step.dependent_launch = True, True, flag
+        with monkeypatch.context() as patch:
+            patch.setattr(one_row_module, "linear", linear)
+            patch.setattr(one_row_module, "gated", gated)
+            patch.setattr(decode_attention, "attention", attention)
+            asked.clear()
+            attention_asked.clear()
+            answers[flag] = model.generate_ids_from_embeddings(rows, PROMPTS[:1], [0.5], 1, 6)
+            one_row_asks, one_row_attention = list(asked), list(attention_asked)
+            asked.clear()
+            attention_asked.clear()
+            model.generate_ids_from_embeddings(rows, PROMPTS[:1], [0.5], 2, 6)  # two beams: two rows a step
+            two_row_asks, two_row_attention = list(asked), list(attention_asked)
+        per_step = 4 * len(step.layers) + 1  # q | k | v, o, gate and up, down a layer; then the lm_head
+        assert one_row_asks and len(one_row_asks) % per_step == 0
+        assert one_row_asks == [flag] * len(one_row_asks)
+        assert one_row_attention == [flag] * (len(one_row_asks) // per_step * len(step.layers))
+        assert not two_row_asks  # no one-row product at all
+        assert two_row_attention and not any(two_row_attention)
+    assert answers[True] == answers[False]

@@ -160,7 +160,7 @@ def _kernel():
         BLOCK_N: tl.constexpr,
         FLOAT32_DOT: tl.constexpr,  # products of float32 operands (see `_fused`), else of the inputs' dtype
         PRECISION: tl.constexpr,  # of float32 products: "ieee" for float32 inputs, "tf32" (exact for bf16) else
-        DEPENDENT: tl.constexpr,  # launched as a dependent (naturelm_core.dependent_launch): wait for the kernel before
+        DEPENDENT: tl.constexpr,  # launched as a dependent: wait for the kernel before it
     ):
         if DEPENDENT:
             tl.extra.cuda.gdc_wait()

@@ -20,15 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naturelm_core import (
-    decode_attention,
-    low_rank,
-    one_row,
-    one_row_lora,
-    rmsnorm,
-    rotary_store,
-    swiglu,
-)
+from naturelm_core import decode_attention, low_rank, one_row, one_row_lora, rmsnorm, rotary_store, swiglu
 from naturelm_core.alpha import ADAPTER_NAME, RowScaledDropout
 from naturelm_core.recipes import MERGE_MODULES
 from naturelm_core.spectral import SpectralBasis
@@ -261,7 +253,7 @@ class StepKernels:
     swiglu: bool
     one_row: bool  # a decode step of one row: the products as naturelm_core.one_row's kernels
     one_row_lora: bool  # a decode step of one row: its LoRA terms as naturelm_core.one_row_lora's kernel
-    dependent_launch: bool = False  # a decode step of one row: its Triton kernels as dependents of the one before
+    dependent_launch: bool  # a decode step of one row: its Triton kernels as dependents of the one before
 
 
 def _gain(norm: nn.Module) -> one_row.Norm:

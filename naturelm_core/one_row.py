@@ -69,7 +69,7 @@ def linear(
 def gated(
     x: Tensor, gate: Tensor, up: Tensor, fused: bool, norm: Norm | None = None, dependent: bool = False
 ) -> Tensor:
-    """[1, rows of gate]: silu(gate n(x)) * (up n(x)), Llama's SwiGLU hidden."""
+    """[1, rows of gate]: silu(gate n(x)) * (up n(x)), Llama's SwiGLU hidden; `dependent` as `linear` takes it."""
     if not fused:
         normed = x if norm is None else rmsnorm.rms_norm(x, *norm, False)
         return nn.functional.silu(nn.functional.linear(normed, gate)) * nn.functional.linear(normed, up)

@@ -8,8 +8,11 @@ Why: the host under the same H100 changes speed between calls (eager paths up to
 2026-12-07), and a one-batch sweep moves with it, so a candidate is compared with main only on one warm machine,
 in rounds that alternate the trees (round 1: A, B; round 2: A, B). The GPU machine receives the working tree
 without .git, so the worktrees are made here and travel with it (the device tool's carry: [".whl", ".ab"]).
-`run` prints the chosen figures of every tree and round side by side and writes them to $OUT/ab.json; each run's
-own results stay in $OUT/<tree>-<round>/.
+`run` prints the chosen figures of every tree and round side by side and writes them to $OUT/ab.json, and every
+run's whole results (flattened) to $OUT/runs.json: two files, whatever the trees and rounds, since the device returns
+at most 8 files from $OUT and a whole gpu.py run in the same call needs room for its own (2026-12-07, session 16: a
+whole run's results.json was left behind by an A/B's per-run folders). gpu.py's other outputs of an A/B run (its
+Markdown table, a profile) are not kept: run gpu.py alone for those.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,8 +66,8 @@ def run(
     gpu_arguments: Sequence[str], rounds: int, out: Path, keys: str = DEFAULT_KEYS, trees: Path = TREES
 ) -> dict[str, list[dict[str, Any]]]:
     """Every tree's benchmarks/gpu.py, in `rounds` rounds that alternate the trees; the figures matching `keys`
-    (a regular expression over gpu.py's flattened result names), per tree and round. A run that fails is reported
-    with its exit status and the end of its output; the others go on."""
+    (a regular expression over gpu.py's flattened result names), per tree and round (and every figure in
+    runs.json). A run that fails is reported with its exit status and the end of its output; the others go on."""
     try:
         pattern = re.compile(keys)
     except re.error as error:
@@ -75,23 +79,27 @@ def run(
     missing = [name for name in names if not (trees / name / "benchmarks" / "gpu.py").is_file()]
     if missing:
         raise ValueError(f"trees listed in {order} but not there (carried?): {missing}; prepare them again")
-    out = out.resolve()  # each run's working folder is its tree: a relative --out would land inside it
+    out = out.resolve()
     figures: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for round_number in range(1, rounds + 1):
-        for name in names:
-            folder = out / f"{name}-{round_number}"
-            command = [sys.executable, "benchmarks/gpu.py", "--out", str(folder), *gpu_arguments]
-            done = subprocess.run(command, cwd=trees / name, capture_output=True, text=True)
-            results = folder / "results.json"
-            if done.returncode != 0 or not results.exists():
-                figures[name].append(
-                    {"exit_status": done.returncode, "output_end": (done.stdout + done.stderr)[-2000:]}
-                )
-                continue
-            flat = dict(_flatten(json.loads(results.read_text())))
-            figures[name].append({key: value for key, value in flat.items() if pattern.search(key)})
+    whole: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="ab-runs-") as scratch:
+        for round_number in range(1, rounds + 1):
+            for name in names:
+                folder = Path(scratch) / f"{name}-{round_number}"
+                command = [sys.executable, "benchmarks/gpu.py", "--out", str(folder), *gpu_arguments]
+                done = subprocess.run(command, cwd=trees / name, capture_output=True, text=True)
+                results = folder / "results.json"
+                if done.returncode != 0 or not results.exists():
+                    failure = {"exit_status": done.returncode, "output_end": (done.stdout + done.stderr)[-2000:]}
+                    figures[name].append(failure)
+                    whole[name].append(failure)
+                    continue
+                flat = dict(_flatten(json.loads(results.read_text())))
+                figures[name].append({key: value for key, value in flat.items() if pattern.search(key)})
+                whole[name].append(flat)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ab.json").write_text(json.dumps(figures, indent=1))
+    (out / "runs.json").write_text(json.dumps(whole, indent=1))
     return figures
 
 

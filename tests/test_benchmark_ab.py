@@ -75,10 +75,23 @@ def test_gpu_arguments_reach_every_run_and_a_failed_tree_does_not_stop_the_other
     ab.prepare(["broken", "main"], trees=trees, repository=repository)
     monkeypatch.chdir(tmp_path)  # a relative --out is the caller's, not each tree's
     figures = ab.run(["--sweep-ours-only"], rounds=1, out=Path("out"), keys=r"^other\.", trees=trees)
-    assert (tmp_path / "out" / "main-1" / "results.json").is_file()
     assert figures["main"] == [{"other.argv": ["--sweep-ours-only"]}]
     (failed,) = figures["broken"]
     assert failed["exit_status"] != 0 and "no GPU here" in failed["output_end"]
+    runs = json.loads((tmp_path / "out" / "runs.json").read_text())  # every figure, the failure too
+    assert runs["main"] == [{"sweep.ours.answers_per_s": 1.5, "other.argv": ["--sweep-ours-only"]}]
+    assert runs["broken"] == figures["broken"]
+
+
+def test_out_holds_two_files_whatever_the_trees_and_rounds(repository, tmp_path, monkeypatch):
+    """The device returns at most 8 files from $OUT: an A/B leaves room for a whole gpu.py run in the same call."""
+    trees = tmp_path / "trees"
+    monkeypatch.setenv("AB_LOG", str(tmp_path / "order.log"))
+    ab.prepare(["main", "fast/one"], trees=trees, repository=repository)
+    ab.run([], rounds=3, out=tmp_path / "out", keys=r"^sweep\.", trees=trees)
+    assert sorted(path.name for path in (tmp_path / "out").rglob("*")) == ["ab.json", "runs.json"]
+    runs = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert [len(runs[name]) for name in ("main", "fast-one")] == [3, 3]
 
 
 def test_prepare_replaces_an_old_tree_and_refuses_two_refs_of_one_folder(repository, tmp_path):

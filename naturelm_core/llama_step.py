@@ -430,13 +430,14 @@ class LlamaStep:
             self.head_dim,
             self.fused_rotary,
         )
+        one_row_step = every_token and hidden.shape[0] == 1  # a decode step of one row: an Explore answer
         kernels = StepKernels(
             rmsnorm=self.fused_rmsnorm,
             low_rank=self.fused_low_rank,
             swiglu=self.fused_swiglu,
-            one_row=every_token and hidden.shape[0] == 1 and self.fused_one_row,
-            one_row_lora=every_token and hidden.shape[0] == 1 and self.fused_one_row_lora,
-            dependent_launch=every_token and hidden.shape[0] == 1 and self.fused_one_row and self.dependent_launch,
+            one_row=one_row_step and self.fused_one_row,
+            one_row_lora=one_row_step and self.fused_one_row_lora,
+            dependent_launch=one_row_step and self.fused_one_row and self.dependent_launch,
         )
         for index, layer in enumerate(self.layers):
             scales = state.scales[chosen, index, None]  # [items, 1, rank columns]: one per item, for all its tokens

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from naturelm_core import dependent_launch, rmsnorm
+from naturelm_core import dependent_launch, kernel_checks, rmsnorm
 
 Norm = tuple[Tensor, float]  # an RMSNorm's gain and epsilon
 
@@ -216,12 +216,7 @@ def _kernel():
 def fused_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the kernels run here and compute what torch computes (to rounding): every form, on widths that
     are and are not multiples of the blocks."""
-    if device.type != "cuda":
-        return False
-    try:
-        return _agrees(device, dtype)
-    except Exception:  # no Triton, no compiler, an unsupported GPU: the torch versions serve
-        return False
+    return kernel_checks.passes(_agrees, device, dtype)
 
 
 def _agrees(device: torch.device, dtype: torch.dtype) -> bool:
@@ -253,12 +248,7 @@ def _agrees(device: torch.device, dtype: torch.dtype) -> bool:
 def dependent_launch_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether one-row products chained as dependents give, bit for bit, what the same kernels give launched one after
     another: eagerly and replayed from a CUDA graph."""
-    if not dependent_launch.supported(device):
-        return False
-    try:
-        return _agrees_launched_as_dependents(device, dtype)
-    except Exception:  # a driver or Triton that refuses the launch: the kernels run without it
-        return False
+    return dependent_launch.supported(device) and kernel_checks.passes(_agrees_launched_as_dependents, device, dtype)
 
 
 def _agrees_launched_as_dependents(device: torch.device, dtype: torch.dtype) -> bool:

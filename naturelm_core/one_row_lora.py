@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from naturelm_core import dependent_launch, low_rank
+from naturelm_core import dependent_launch, kernel_checks, low_rank
 from naturelm_core.rotary_store import RotaryStore
 
 BLOCK_ROWS = 32  # output rows a program adds to: 192 programs for Llama-3.1-8B's q | k | v, 128 for o
@@ -176,12 +176,7 @@ def fused_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the kernels run here and compute what the torch path computes (to rounding): Llama-3.1-8B's q | k | v
     (three blocks of 32) and o (one), plain and spectral rows, an output narrower than a block of rows; the rotating
     form on Llama's heads and on a small model's, its cache written at a column past the first."""
-    if device.type != "cuda":
-        return False
-    try:
-        return _agrees(device, dtype)
-    except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
-        return False
+    return kernel_checks.passes(_agrees, device, dtype)
 
 
 def _agrees(device: torch.device, dtype: torch.dtype) -> bool:

@@ -294,6 +294,44 @@ def product_orientations(rows: int, layers: int) -> dict[str, float]:
     return result
 
 
+def products_by_blas_library(rows: int, layers: int) -> dict[str, Any]:
+    """Each product of a layer at `rows` rows (the sweep batch's 352) under cuBLAS and under cuBLASLt
+    (torch.backends.cuda.preferred_blas_library): another library's heuristics may pick other kernels for the
+    step's products, which run at 63-76% of the card's bf16 rate at 352 rows (2026-12-07 profiles). Products as
+    llama_step runs them: q | k | v with their LoRA A, o and down summed into the residual, gate."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    qkv_width = HIDDEN + 2 * KV_HEADS * HEAD_DIM + 3 * RANK
+
+    def weights(*shape: int) -> list[torch.Tensor]:
+        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
+
+    qkv, o, gate, down = weights(qkv_width, HIDDEN), weights(HIDDEN, HIDDEN), weights(MLP, HIDDEN), weights(HIDDEN, MLP)
+    x = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
+    inner = torch.randn(rows, MLP, device=device, dtype=dtype)
+    products = {
+        "qkv": (lambda: [F.linear(x, w) for w in qkv], qkv_width * HIDDEN),
+        "o_into_residual": (lambda: [x.addmm_(x, w.t()) for w in o], HIDDEN * HIDDEN),
+        "gate": (lambda: [F.linear(x, w) for w in gate], MLP * HIDDEN),
+        "down_into_residual": (lambda: [x.addmm_(inner, w.t()) for w in down], HIDDEN * MLP),
+    }
+    chosen = torch.backends.cuda.preferred_blas_library()
+    result: dict[str, Any] = {"default": str(chosen)}
+    try:
+        for library in ("cublas", "cublaslt"):
+            torch.backends.cuda.preferred_blas_library(library)
+            for name, (run, weight_elements) in products.items():
+                try:
+                    us = 1000 * graph_ms(run) / layers
+                except RuntimeError as error:
+                    result[f"{library}.{name}"] = f"unavailable: {str(error)[:100]}"
+                    continue
+                result[f"{library}.{name}_us"] = us
+                result[f"{library}.{name}_tflops"] = 2 * rows * weight_elements / us / 1e6
+    finally:
+        torch.backends.cuda.preferred_blas_library(chosen)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -308,6 +346,7 @@ def main() -> None:
         results[f"projections_ms_per_layer_rows_{rows}"] = projection_candidates(rows, args.layers)
     results["product_orientations"] = product_orientations(args.items * args.beams, args.layers)
     results["products_by_rows"] = products_by_rows([256, 288, 320, 336, 352, 384, 416, 448, 512], args.layers)
+    results["products_by_blas_library"] = products_by_blas_library(args.items * args.beams, args.layers)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_parts.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

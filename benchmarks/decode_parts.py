@@ -47,6 +47,11 @@ def graph_ms(run: Callable[[], Any], repeats: int = 20) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def layer_weights(layers: int, *shape: int) -> list[torch.Tensor]:
+    """One bf16 weight of `shape` per layer on the GPU: the candidates run over distinct weights, nothing from L2."""
+    return [torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(layers)]
+
+
 def attention_candidates(items: int, beams: int, layers: int) -> dict[str, float]:
     """Decode attention per layer at the last window: per-row caches (today) vs the prompt shared by beams."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -169,10 +174,8 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
     x = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
     alphas = torch.rand(rows, 1, device=device)
 
-    def weights(*shape: int) -> list[torch.Tensor]:
-        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
-
-    fused_qkv = weights(sum(widths) + 3 * RANK, HIDDEN)  # [Wq; Wk; Wv; Aq; Ak; Av], as llama_step holds it
+    # [Wq; Wk; Wv; Aq; Ak; Av], as llama_step holds it
+    fused_qkv = layer_weights(layers, sum(widths) + 3 * RANK, HIDDEN)
     lora_a = [weight[sum(widths) :] for weight in fused_qkv]
     lora_b = [[torch.randn(w, RANK, device=device, dtype=dtype) * 0.02 for w in widths] for _ in range(layers)]
     block_b = []
@@ -183,8 +186,8 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
             block[row : row + part.shape[0], index * RANK : (index + 1) * RANK] = part
             row += part.shape[0]
         block_b.append(block)
-    gate_up = weights(2 * MLP, HIDDEN)
-    down_proj = weights(HIDDEN, MLP)
+    gate_up = layer_weights(layers, 2 * MLP, HIDDEN)
+    down_proj = layer_weights(layers, HIDDEN, MLP)
     hidden = torch.randn(rows, MLP, device=device, dtype=dtype)
 
     def down(i: int) -> torch.Tensor:
@@ -210,8 +213,8 @@ def projection_candidates(rows: int, layers: int) -> dict[str, float]:
         both = F.linear(x, gate_up[i])
         F.silu(both[:, :MLP]) * both[:, MLP:]
 
-    o_with_lora_a = weights(HIDDEN + RANK, HIDDEN)  # [Wo; Ao]
-    lora_b_o = weights(HIDDEN, RANK)
+    o_with_lora_a = layer_weights(layers, HIDDEN + RANK, HIDDEN)  # [Wo; Ao]
+    lora_b_o = layer_weights(layers, HIDDEN, RANK)
     residual = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
 
     def o_lora_separate(i: int) -> None:  # as llama_step runs it: the residual summed inside o's product
@@ -250,15 +253,12 @@ def products_by_rows(row_counts: list[int], layers: int) -> dict[str, dict[str, 
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv_width = HIDDEN + 2 * KV_HEADS * HEAD_DIM
 
-    def weights(*shape: int) -> list[torch.Tensor]:
-        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
-
     qkv, o, gate, up, down = (
-        weights(qkv_width + 3 * RANK, HIDDEN),
-        weights(HIDDEN, HIDDEN),
-        weights(MLP, HIDDEN),
-        weights(MLP, HIDDEN),
-        weights(HIDDEN, MLP),
+        layer_weights(layers, qkv_width + 3 * RANK, HIDDEN),
+        layer_weights(layers, HIDDEN, HIDDEN),
+        layer_weights(layers, MLP, HIDDEN),
+        layer_weights(layers, MLP, HIDDEN),
+        layer_weights(layers, HIDDEN, MLP),
     )
     result = {}
     for rows in row_counts:
@@ -302,10 +302,12 @@ def products_by_blas_library(rows: int, layers: int) -> dict[str, Any]:
     device, dtype = torch.device("cuda"), torch.bfloat16
     qkv_width = HIDDEN + 2 * KV_HEADS * HEAD_DIM + 3 * RANK
 
-    def weights(*shape: int) -> list[torch.Tensor]:
-        return [torch.randn(*shape, device=device, dtype=dtype) * 0.02 for _ in range(layers)]
-
-    qkv, o, gate, down = weights(qkv_width, HIDDEN), weights(HIDDEN, HIDDEN), weights(MLP, HIDDEN), weights(HIDDEN, MLP)
+    qkv, o, gate, down = (
+        layer_weights(layers, qkv_width, HIDDEN),
+        layer_weights(layers, HIDDEN, HIDDEN),
+        layer_weights(layers, MLP, HIDDEN),
+        layer_weights(layers, HIDDEN, MLP),
+    )
     x = torch.randn(rows, HIDDEN, device=device, dtype=dtype)
     inner = torch.randn(rows, MLP, device=device, dtype=dtype)
     products = {

@@ -72,7 +72,9 @@ def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor, head_dim: int) -> Tensor
 
 def _fused(store: RotaryStore, qkv: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     items, length = store.positions.shape
-    query = torch.empty(items, store.num_heads, length, store.head_dim, dtype=qkv.dtype, device=qkv.device)
+    # [items, length, heads, d] in memory, seen as [items, heads, length, d]: cuDNN's attention writes its output
+    # in its query's layout, so the prompt's output is then read as [tokens, heads x d] with no copy.
+    query = torch.empty(items, length, store.num_heads, store.head_dim, dtype=qkv.dtype, device=qkv.device)
     group = _head_group(store.num_heads, store.num_kv_heads)
     _kernel()[(items * length, (store.num_heads + store.num_kv_heads) // group)](
         qkv,
@@ -96,7 +98,7 @@ def _fused(store: RotaryStore, qkv: Tensor, keys: Tensor, values: Tensor) -> Ten
         HALF=store.head_dim // 2,
         GROUP=group,
     )
-    return query
+    return query.transpose(1, 2)
 
 
 def _head_group(num_heads: int, num_kv_heads: int) -> int:
@@ -156,7 +158,7 @@ def _kernel():
         rotated_lo = (lo * cos_lo + hi * sin_lo).to(query.dtype.element_ty)
         rotated_hi = (hi * cos_hi + lo * sin_hi).to(query.dtype.element_ty)
         if first < HEADS:
-            target = query + ((item * HEADS + heads) * length + t) * 2 * HALF
+            target = query + (token * HEADS + heads) * 2 * HALF
             tl.store(target + lanes, rotated_lo)
             tl.store(target + HALF + lanes, rotated_hi)
         else:

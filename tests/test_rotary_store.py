@@ -1,7 +1,7 @@
 """Rotary embedding + KV-cache write (naturelm_core.rotary_store) against transformers' Llama rotary code.
 
-The torch version runs everywhere (CI); the Triton kernel only on a GPU, where it must write what the
-torch version writes (the GPU test skips elsewhere; the decode benchmark runs it on the device).
+The torch version runs everywhere (CI); the Triton kernel on a GPU and in Triton's interpreter (CPU tensors, a
+child process), where it must write what the torch version writes, the query in the same memory layout.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from naturelm_core.rotary_store import RotaryStore, fused_kernel_works
+from tests.test_decode_attention import _interpret
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 8
 
@@ -68,4 +69,37 @@ def test_the_fused_kernel_writes_what_the_torch_version_writes(dtype, items, len
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     for got, want in zip(fused, reference, strict=True):
         torch.testing.assert_close(got.float(), want.float(), **tolerance)
-    assert fused[0].is_contiguous()  # attention reads it without a copy
+    assert fused[0].transpose(1, 2).is_contiguous()  # [items, length, heads, d] in memory, as the torch version's
+
+
+def test_the_kernel_in_tritons_interpreter_writes_what_the_torch_version_writes_in_its_layout():
+    out = _interpret(
+        """
+        import torch
+        from tests.test_rotary_store import _case, _run
+        for items, length in ((3, 2), (1, 1), (2, 1)):
+            qkv, cos, _, signed_sin, positions, columns = _case("cpu", torch.float32, items, length)
+            reference = _run(qkv, cos, signed_sin, positions, columns, fused=False)
+            fused = _run(qkv, cos, signed_sin, positions, columns, fused=True)
+            for got, want in zip(fused, reference, strict=True):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            assert fused[0].transpose(1, 2).is_contiguous(), fused[0].stride()  # [items, length, heads, d]
+            print("checked", items, length)
+        """
+    )
+    assert out.count("checked") == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's attention runs on a GPU only")
+def test_cudnn_attention_writes_a_prompts_output_in_its_querys_layout():
+    """Why the kernel writes the query [items, length, heads, d] in memory: the prompt's attention output then comes
+    in that layout too and is read as [tokens, heads x d] with no copy (73 MB a layer at a 176-item sweep batch)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    items, length, columns = 3, 5, 7
+    query = torch.randn(items, length, 8, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    keys, values = (torch.randn(items, 2, columns, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.zeros(items, 1, length, columns, device="cuda", dtype=torch.bfloat16)
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=bias, enable_gqa=True)
+    assert out.transpose(1, 2).is_contiguous()

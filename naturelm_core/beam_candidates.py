@@ -20,18 +20,22 @@ import torch
 from torch import Tensor
 
 BLOCK = 4096  # logits per program: 32 blocks per row of Llama-3.1's vocabulary
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernel reads them as float32
 
 
 def candidates(logits: Tensor, beam_scores: Tensor, count: int, fused: bool) -> tuple[Tensor, Tensor]:
     """Each item's `count` best (score, index) over its beams' tokens, best first, as torch.topk returns them.
 
     `logits` [items x beams, V] (item-major rows), `beam_scores` [items, beams]; a score is the token's
-    log-probability plus its beam's score, an index is beam * V + token. With `fused`, the Triton kernel
-    reads the logits once (float32 logits only; other dtypes take the torch version).
+    log-probability plus its beam's score, an index is beam * V + token. Logits of 16 bits are ranked as the
+    float32 numbers they equal exactly (the static step hands its bf16 lm_head output over uncopied). With
+    `fused`, the Triton kernel reads the logits once, rows at any stride (16- and 32-bit floats; float64 takes
+    the torch version).
     """
     items = beam_scores.shape[0]
-    if not fused or logits.dtype != torch.float32:
-        scores = torch.log_softmax(logits, dim=-1) + beam_scores.reshape(-1, 1)
+    if not fused or logits.dtype not in FUSED_DTYPES:
+        exact = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        scores = torch.log_softmax(exact, dim=-1) + beam_scores.reshape(-1, 1)
         return torch.topk(scores.view(items, -1), count, dim=1)
     return _fused(logits, beam_scores, count)
 
@@ -42,12 +46,13 @@ def _fused(logits: Tensor, beam_scores: Tensor, count: int) -> tuple[Tensor, Ten
     items = beam_scores.shape[0]
     block = min(BLOCK, _power_of_two_at_least(vocab))
     blocks = -(-vocab // block)
-    logits = logits.contiguous()
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
     maxima = torch.empty(rows, blocks, device=logits.device, dtype=torch.float32)
     sums = torch.empty_like(maxima)
     best = torch.empty(rows, blocks, count, device=logits.device, dtype=torch.float32)
     tokens = torch.empty(rows, blocks, count, device=logits.device, dtype=torch.int32)
-    _kernel()[(rows, blocks)](logits, maxima, sums, best, tokens, vocab, BLOCK=block, COUNT=count)
+    _kernel()[(rows, blocks)](logits, logits.stride(0), maxima, sums, best, tokens, vocab, BLOCK=block, COUNT=count)
     row_max = maxima.amax(dim=1, keepdim=True)
     # A block of -inf logits has maximum -inf and sum 0: exp(-inf - finite) is 0, so it adds nothing.
     normaliser = row_max + torch.log((sums * torch.exp(maxima - row_max)).sum(dim=1, keepdim=True))
@@ -69,10 +74,13 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def block_summaries(logits, maxima, sums, best, tokens, vocab, BLOCK: tl.constexpr, COUNT: tl.constexpr):
+    def block_summaries(
+        logits, row_stride, maxima, sums, best, tokens, vocab, BLOCK: tl.constexpr, COUNT: tl.constexpr
+    ):
         row, block = tl.program_id(0), tl.program_id(1)
         column = block * BLOCK + tl.arange(0, BLOCK)
-        x = tl.load(logits + row.to(tl.int64) * vocab + column, mask=column < vocab, other=-float("inf"))
+        x = tl.load(logits + row.to(tl.int64) * row_stride + column, mask=column < vocab, other=-float("inf"))
+        x = x.to(tl.float32)
         largest = tl.max(x, axis=0)
         finite_max = tl.where(largest == -float("inf"), 0.0, largest)  # all -inf: sum 0, not exp(nan)
         summary = row * tl.num_programs(1) + block
@@ -94,19 +102,25 @@ def _kernel():
 def fused_kernel_works(device: torch.device) -> bool:
     """Whether the Triton kernel runs here and ranks what torch ranks: the same tokens, scores to float32
     rounding, on a vocabulary that does not fill its last block, with a block of -inf logits and dead beams
-    (score -1e9, as beam search starts)."""
+    (score -1e9, as beam search starts); in float32, and in bf16 read as columns of a wider tensor (the decode
+    step's lm_head output)."""
     if device.type != "cuda":
         return False
     generator = torch.Generator(device=device).manual_seed(0)
-    logits = torch.randn(6, 3 * BLOCK + 123, generator=generator, device=device) * 4
-    logits[1, BLOCK : 2 * BLOCK] = -torch.inf
+    vocab = 3 * BLOCK + 123
+    wide = torch.randn(6, vocab + 5, generator=generator, device=device) * 4
+    wide[1, BLOCK : 2 * BLOCK] = -torch.inf
     beam_scores = torch.tensor([[0.0, -1e9], [-1.5, -2.0], [0.0, -0.25]], device=device)
-    expected_scores, expected_indices = candidates(logits, beam_scores, 6, fused=False)
-    try:
-        got_scores, got_indices = candidates(logits, beam_scores, 6, fused=True)
-        torch.cuda.synchronize(device)
-    except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
-        return False
-    return torch.equal(got_indices, expected_indices) and torch.allclose(
-        got_scores, expected_scores, atol=1e-5, rtol=1e-6
-    )
+    for logits in (wide[:, :vocab].contiguous(), wide.to(torch.bfloat16)[:, :vocab]):
+        expected_scores, expected_indices = candidates(logits, beam_scores, 6, fused=False)
+        try:
+            got_scores, got_indices = candidates(logits, beam_scores, 6, fused=True)
+            torch.cuda.synchronize(device)
+        except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
+            return False
+        agree = torch.equal(got_indices, expected_indices) and torch.allclose(
+            got_scores, expected_scores, atol=1e-5, rtol=1e-6
+        )
+        if not agree:
+            return False
+    return True

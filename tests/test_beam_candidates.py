@@ -15,6 +15,18 @@ from naturelm_core.beam_candidates import BLOCK, candidates, fused_kernel_works
 from tests.test_decode_attention import TINY_MODEL_IN_CHILD, _interpret
 
 
+def _distinct_bf16(rows: int, width: int, seed: int) -> torch.Tensor:
+    """bf16 logits without ties within a row (ties are ranked in another order by torch.topk and the kernel,
+    as before bf16 logits reached it), row 1 -inf but for its last ten columns of the first block."""
+    generator = torch.Generator().manual_seed(seed)
+    magnitudes = torch.arange(0x2800, 0x4400, dtype=torch.int32)  # ~1e-14 to 512: 7,168 bf16 numbers each sign
+    patterns = torch.cat((magnitudes, magnitudes | 0x8000)).to(torch.int16)  # wraps to the sign bit on purpose
+    picks = torch.stack([torch.randperm(patterns.numel(), generator=generator)[:width] for _ in range(rows)])
+    logits = patterns[picks].view(torch.bfloat16)
+    logits[1, : min(width, BLOCK) - 10] = -torch.inf
+    return logits
+
+
 def test_without_a_gpu_the_fused_kernel_is_not_used():
     assert not fused_kernel_works(torch.device("cpu"))
 
@@ -60,6 +72,38 @@ def test_the_kernel_in_tritons_interpreter_ranks_what_torch_ranks():
         """
     )
     assert out.strip() == "ok 4"
+
+
+def test_bf16_logits_are_ranked_as_the_float32_numbers_they_equal():
+    """The decode step hands its bf16 lm_head output over uncopied: the torch version ranks it exactly as the float32
+    copy it used to receive (log-softmax in float32, not in bf16)."""
+    logits, beam_scores = _logits(3, 2, 300, seed=5)
+    halves = logits.to(torch.bfloat16)
+    got = candidates(halves, beam_scores, 4, fused=False)
+    expected = candidates(halves.float(), beam_scores, 4, fused=False)
+    assert got[0].dtype == torch.float32
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
+
+
+def test_the_kernel_in_tritons_interpreter_reads_bf16_columns_of_a_wider_tensor():
+    """As the decode step's lm_head leaves them: bf16, rows padded to 8-aligned columns (a row stride above V)."""
+    out = _interpret(
+        """
+        import torch
+        from naturelm_core.beam_candidates import BLOCK, candidates
+        from tests.test_beam_candidates import _distinct_bf16, _logits
+        for items, beams, vocab, count in ((3, 2, 3 * BLOCK + 123, 6), (2, 2, 77, 4)):
+            _, beam_scores = _logits(items, beams, vocab, seed=vocab)
+            columns = _distinct_bf16(items * beams, vocab + 9, seed=vocab)[:, :vocab]
+            expected = candidates(columns.float(), beam_scores, count, fused=False)
+            got = candidates(columns, beam_scores, count, fused=True)
+            assert torch.equal(got[1], expected[1]), (vocab, got[1], expected[1])
+            # logits reach 510 here, where float32's spacing is 3e-5: the normaliser's rounding, not a rank
+            torch.testing.assert_close(got[0], expected[0], atol=2e-4, rtol=1e-6)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
 
 
 def test_a_row_of_minus_infinity_but_one_logit_sums_to_that_logit_in_the_interpreter():

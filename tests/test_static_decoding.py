@@ -73,6 +73,27 @@ def test_logits_match_the_eager_decoder_at_every_step(model, rows):
         _assert_float32_close(static_logits, eager_logits)
 
 
+@torch.no_grad()
+def test_a_decode_step_of_several_rows_returns_the_lm_heads_own_columns(model, rows):
+    """No float32 copy of a sweep batch's logits each step (164-168 µs of a 12.2 ms step on an H100): several rows'
+    logits are the lm_head's output in the state's buffer, in the model's dtype; a prefill's and a one-row step's
+    are the state's float32 logits."""
+    alphas = torch.tensor([0.2, 0.9, 1.7])
+    batch = model.build_inputs(rows, PROMPTS)
+    with model.row_alphas.applied(alphas):
+        decoder = StaticDecoding(prompt_block=8, window_block=3).decoder(model.llm, batch, alphas, 1, 4)
+        state = decoder.runner.state
+        step = decoder.step(decoder.prefill().argmax(dim=-1))
+    assert step.data_ptr() == state.projected.data_ptr() and step.shape == state.logits[:3].shape
+    one = model.build_inputs(rows[:1], PROMPTS[:1])
+    with model.row_alphas.applied(alphas[:1]):
+        decoder = StaticDecoding(prompt_block=8, window_block=3).decoder(model.llm, one, alphas[:1], 1, 4)
+        state = decoder.runner.state
+        prefill = decoder.prefill()
+        step = decoder.step(prefill.argmax(dim=-1))
+    assert step.data_ptr() == state.logits.data_ptr() and step.dtype == torch.float32
+
+
 def _assert_float32_close(value: torch.Tensor, reference: torch.Tensor) -> None:
     """Equal up to float32 rounding of another operation order (~1e-6 relative; logits here reach 30).
 

@@ -135,22 +135,18 @@ def triton_attention_candidates(keys: torch.Tensor, values: torch.Tensor, beams:
     visible = (column_beam[None, :] == torch.arange(beams, device=device)[:, None]).expand(items, -1, -1).clone()
     visible[..., :PROMPT_CAPACITY] = True
     visible[..., : PROMPT_CAPACITY - PROMPT] = False
-    variants = {  # the default; bf16 operands natively (P rounded to bf16); other column blocks and launches
+    variants = {  # the default (bf16 operands, P rounded to bf16); float32 operands; other column blocks and launches
         "shared_prompt_triton": {},
-        "shared_prompt_triton_bf16_products": {"float32_products": False},
+        "shared_prompt_triton_float32_products": {"float32_products": True},
         "shared_prompt_triton_block_128": {"block_columns": 128},
-        "shared_prompt_triton_bf16_products_block_128": {"float32_products": False, "block_columns": 128},
+        "shared_prompt_triton_float32_products_block_128": {"float32_products": True, "block_columns": 128},
         "shared_prompt_triton_block_32": {"block_columns": 32},
-        "shared_prompt_triton_bf16_products_block_32": {"float32_products": False, "block_columns": 32},
+        "shared_prompt_triton_float32_products_block_32": {"float32_products": True, "block_columns": 32},
         "shared_prompt_triton_warps_2": {"num_warps": 2},
         "shared_prompt_triton_warps_8": {"num_warps": 8},
         "shared_prompt_triton_stages_1": {"num_stages": 1},
         "shared_prompt_triton_stages_4": {"num_stages": 4},
-        "shared_prompt_triton_bf16_products_block_32_warps_2": {
-            "float32_products": False,
-            "block_columns": 32,
-            "num_warps": 2,
-        },
+        "shared_prompt_triton_block_32_warps_2": {"block_columns": 32, "num_warps": 2},
     }
     for name, options in variants.items():  # timed whatever the check says: its reason is reported beside
 

@@ -216,6 +216,27 @@ if hasattr(_interpreter, "_patch_lang_tensor"):
 
 
 # A child's tiny model and three rows of audio embeddings: what the kernels' static-decoding tests run.
+# Triton's interpreter (3.8) multiplies bf16 tensors in tl.dot as their raw 16-bit patterns: taught here what they
+# hold (the pattern in a float32's top half), so the kernel's bf16 products compute on the CPU what they do on a GPU.
+BF16_DOTS = """
+import numpy as np
+import triton.language as tl
+from triton.runtime import interpreter as _bf16_interpreter
+
+
+def _widened(x):
+    if x.dtype != tl.bfloat16:
+        return x
+    return _bf16_interpreter.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+
+_create_dot = _bf16_interpreter.InterpreterBuilder.create_dot
+_bf16_interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: _create_dot(
+    self, _widened(a), _widened(b), d, *rest
+)
+"""
+
+
 TINY_MODEL_IN_CHILD = """
 import tempfile
 import torch
@@ -282,6 +303,21 @@ def _interpret(script: str, prelude: str = "") -> str:
     return done.stdout
 
 
+def test_bf16_inputs_are_multiplied_as_bf16_and_float32_inputs_exactly(monkeypatch):
+    """The decode step's kernel takes bf16 operands for bf16 inputs (flash attention's numerics, 40.1 against 46.6 µs
+    a layer on an H100) and exact float32 products for float32 inputs (the CPU-checked path)."""
+    launches = []
+
+    class Launcher:
+        def __getitem__(self, grid):
+            return lambda *arguments, **options: launches.append(options)
+
+    monkeypatch.setattr(decode_attention, "_kernel", lambda: Launcher())
+    for dtype in (torch.bfloat16, torch.float32):
+        decode_attention.attention(*_case(2, 4, 2, 16, 2, 9, dtype, "random"), fused=True)
+    assert [(options["FLOAT32_DOT"], options["PRECISION"]) for options in launches] == [(False, "tf32"), (True, "ieee")]
+
+
 def test_the_kernel_in_tritons_interpreter_computes_the_reference():
     out = _interpret(
         """
@@ -308,7 +344,8 @@ def test_the_kernel_in_tritons_interpreter_computes_the_reference():
                         torch.testing.assert_close(got.float(), expected.float(), **tolerance)
                         checked += 1
         print("ok", checked)
-        """
+        """,
+        prelude=BF16_DOTS,
     )
     assert out.strip() == "ok 40"
 
@@ -352,39 +389,33 @@ def test_the_start_up_check_passes_the_kernel_against_cudas_sdpa_in_the_interpre
         for dtype in (torch.float32, torch.bfloat16):
             assert decode_attention._disagreement(torch.device("cpu"), dtype, 32, 8, 128) is None, dtype
         print("ok")
-        """
+        """,
+        prelude=BF16_DOTS,
     )
     assert out.strip() == "ok"
 
 
 def test_the_kernels_native_bf16_products_in_a_corrected_interpreter():
-    """`float32_products=False` (bf16 operands, as benchmarks/decode_parts.py times it) in an interpreter whose
-    tl.dot is taught what a bf16 tensor holds: triton 3.8's multiplies the raw 16-bit patterns."""
+    """bf16 operands (the kernel's default for bf16 inputs) in an interpreter whose tl.dot is taught what a bf16
+    tensor holds, and the float32 operands benchmarks/decode_parts.py compares them with."""
     out = _interpret(
         """
-        import numpy as np
         import torch
-        import triton.language as tl
-        from triton.runtime import interpreter
         from naturelm_core.decode_attention import _fused, reference
         from tests.test_decode_attention import _case
 
-        def widened(x):
-            if x.dtype != tl.bfloat16:
-                return x
-            return interpreter.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-
-        create_dot = interpreter.InterpreterBuilder.create_dot
-        interpreter.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: create_dot(
-            self, widened(a), widened(b), d, *rest
-        )
+        for float32_products in (False, True):
+            case = _case(3, 32, 8, 128, 2, 100, torch.bfloat16, "ancestry")
+            got = _fused(*case, float32_products=float32_products)
+            torch.testing.assert_close(got.float(), reference(*case).float(), atol=3e-2, rtol=2e-2)
         for beams, window, pattern in ((1, 71, "random"), (2, 100, "ancestry"), (4, 37, "ancestry")):
             case = _case(3, 32, 8, 128, beams, window, torch.bfloat16, pattern)
-            got = _fused(*case, float32_products=False)
+            got = _fused(*case)
             assert got.isfinite().all()
             torch.testing.assert_close(got.float(), reference(*case).float(), atol=3e-2, rtol=2e-2)
         print("ok")
-        """
+        """,
+        prelude=BF16_DOTS,
     )
     assert out.strip() == "ok"
 

@@ -291,7 +291,7 @@ def product_orientations(rows: int, layers: int) -> dict[str, float]:
 
 
 def products_by_blas_library(rows: int, layers: int) -> dict[str, Any]:
-    """Each product of a layer at `rows` rows (the sweep batch's 352) under cuBLAS and under cuBLASLt
+    """Each product of a layer at `rows` rows under cuBLAS and under cuBLASLt
     (torch.backends.cuda.preferred_blas_library): another library's heuristics may pick other kernels for the
     step's products, which run at 63-76% of the card's bf16 rate at 352 rows (2026-12-07 profiles). Products as
     llama_step runs them: q | k | v with their LoRA A, o and down summed into the residual, gate."""
@@ -344,7 +344,11 @@ def main() -> None:
         results[f"projections_ms_per_layer_rows_{rows}"] = projection_candidates(rows, args.layers)
     results["product_orientations"] = product_orientations(args.items * args.beams, args.layers)
     results["products_by_rows"] = products_by_rows([256, 288, 320, 336, 352, 384, 416, 448, 512], args.layers)
-    results["products_by_blas_library"] = products_by_blas_library(args.items * args.beams, args.layers)
+    # Where a library would be chosen per state, its rows decide: Explore's two beams, a small batch of files, a greedy
+    # and a beam-2 sweep batch, and a 352-item beam-2 batch (cuBLASLt was 1.7% faster at 352 rows, 2026-12-07 22:49Z).
+    results["products_by_blas_library"] = {
+        rows: products_by_blas_library(rows, args.layers) for rows in (2, 32, args.items, args.items * args.beams, 704)
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_parts.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

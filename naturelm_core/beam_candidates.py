@@ -19,6 +19,8 @@ import functools
 import torch
 from torch import Tensor
 
+from naturelm_core import kernel_checks
+
 BLOCK = 4096  # logits per program: 32 blocks per row of Llama-3.1's vocabulary
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernel reads them as float32
 
@@ -104,8 +106,12 @@ def fused_kernel_works(device: torch.device) -> bool:
     rounding, on a vocabulary that does not fill its last block, with a block of -inf logits and dead beams
     (score -1e9, as beam search starts); in float32, and in bf16 read as columns of a wider tensor (the decode
     step's lm_head output)."""
-    if device.type != "cuda":
-        return False
+    return kernel_checks.passes(_agrees, device, torch.float32)
+
+
+def _agrees(device: torch.device, _dtype: torch.dtype) -> bool:
+    """The check itself (kernel_checks' frame: a CUDA device, any exception a failure); it tries both logit dtypes
+    the step hands over, whatever the dtype asked."""
     generator = torch.Generator(device=device).manual_seed(0)
     vocab = 3 * BLOCK + 123
     wide = torch.randn(6, vocab + 5, generator=generator, device=device) * 4
@@ -113,14 +119,10 @@ def fused_kernel_works(device: torch.device) -> bool:
     beam_scores = torch.tensor([[0.0, -1e9], [-1.5, -2.0], [0.0, -0.25]], device=device)
     for logits in (wide[:, :vocab].contiguous(), wide.to(torch.bfloat16)[:, :vocab]):
         expected_scores, expected_indices = candidates(logits, beam_scores, 6, fused=False)
-        try:
-            got_scores, got_indices = candidates(logits, beam_scores, 6, fused=True)
-            torch.cuda.synchronize(device)
-        except Exception:  # no Triton, no compiler, an unsupported GPU: the torch version serves
+        got_scores, got_indices = candidates(logits, beam_scores, 6, fused=True)
+        torch.cuda.synchronize(device)
+        if not torch.equal(got_indices, expected_indices):
             return False
-        agree = torch.equal(got_indices, expected_indices) and torch.allclose(
-            got_scores, expected_scores, atol=1e-5, rtol=1e-6
-        )
-        if not agree:
+        if not torch.allclose(got_scores, expected_scores, atol=1e-5, rtol=1e-6):
             return False
     return True
